@@ -1,0 +1,1 @@
+"""Subcommands of the ``vsdloral`` command line, one module each."""

@@ -1,0 +1,67 @@
+"""``load_model``: weights file -> :class:`Restorer` on a device."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .model.restorer import Restorer
+from .model.weights import DLoRALModel, WeightsError
+
+DEFAULT_MODEL_PATH = Path(__file__).parent / "data" / "default.safetensors"
+_DTYPE_NAMES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+                "half": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` -> CUDA when available, else CPU. Raises ``ValueError`` for a device that does not exist."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"unknown device {device!r} ({exc}); use 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} does not exist ({torch.cuda.device_count()} CUDA devices)")
+    elif dev.type not in ("cpu", "mps", "xpu"):
+        raise ValueError(f"unsupported device {device!r}; use 'cpu' or 'cuda'")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``None`` -> fp16 on CUDA, fp32 elsewhere. Accepts torch dtypes or fp32/fp16/bf16."""
+    if dtype is None:
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"unsupported dtype {dtype}; use fp32, fp16 or bf16")
+        return dtype
+    try:
+        return _DTYPE_NAMES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use fp32, fp16 or bf16") from None
+
+
+def load_model(
+    path: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> Restorer:
+    """Load a vsdloral weights file (``None``: the bundled default model) and return a
+    :class:`~vsdloral.model.restorer.Restorer` on ``device`` in ``dtype``."""
+    if path is None:
+        path = DEFAULT_MODEL_PATH
+        if not path.is_file():
+            raise WeightsError(
+                f"the bundled default model is missing ({path}); pass a weights file path "
+                "(make one with 'vsdloral convert' or 'vsdloral-train export')"
+            )
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    return Restorer(DLoRALModel.load(path), dev, dt)

@@ -1,0 +1,1 @@
+"""The DLoRAL model: SPyNet, CFR, presets, the weights file and the restorer."""

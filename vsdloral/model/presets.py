@@ -1,0 +1,102 @@
+"""Architecture presets: UNet, VAE and CFR configs (diffusers config dicts).
+
+``sd21`` has the exact Stable Diffusion 2.1-base shapes (with DLoRAL's 8-channel ``conv_in``);
+``tiny`` is a few-million-parameter model for tests and CPU training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .cfr import CFRConfig
+
+SD21_UNET = {
+    "sample_size": 64,
+    "in_channels": 8,
+    "out_channels": 4,
+    "center_input_sample": False,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "block_out_channels": [320, 640, 1280, 1280],
+    "layers_per_block": 2,
+    "downsample_padding": 1,
+    "mid_block_scale_factor": 1,
+    "act_fn": "silu",
+    "norm_num_groups": 32,
+    "norm_eps": 1e-5,
+    "cross_attention_dim": 1024,
+    "attention_head_dim": [5, 10, 20, 20],
+    "use_linear_projection": True,
+}
+
+SD21_VAE = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [128, 256, 512, 512],
+    "layers_per_block": 2,
+    "act_fn": "silu",
+    "latent_channels": 4,
+    "norm_num_groups": 32,
+    "sample_size": 512,
+    "scaling_factor": 0.18215,
+}
+
+TINY_UNET = {
+    "sample_size": 32,
+    "in_channels": 8,
+    "out_channels": 4,
+    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+    "block_out_channels": [32, 64],
+    "layers_per_block": 1,
+    "cross_attention_dim": 32,
+    "attention_head_dim": 8,
+    "norm_num_groups": 8,
+    "use_linear_projection": True,
+}
+
+TINY_VAE = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [16, 32, 32, 32],
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 8,
+    "sample_size": 256,
+    "scaling_factor": 0.18215,
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything needed to build an untrained model of one architecture."""
+
+    name: str
+    unet: dict
+    vae: dict
+    cfr: CFRConfig
+    prompt_tokens: int = 77
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {
+    "sd21": Preset("sd21", SD21_UNET, SD21_VAE, CFRConfig(4, 9, 64, 3000.0),
+                   description="Stable Diffusion 2.1-base shapes, as in the paper"),
+    "tiny": Preset("tiny", TINY_UNET, TINY_VAE, CFRConfig(4, 2, 16, 3000.0),
+                   description="a few-million-parameter model for tests and CPU training"),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """Return the preset called ``name`` or raise ``ValueError`` listing the choices."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None

@@ -1,0 +1,174 @@
+"""One-step DLoRAL restoration of a frame given its reference (SPEC section 1)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .cfr import CFR_MODES
+from .colorfix import COLOR_FIXES, apply_color_fix
+from .spynet import flow_warp
+from .tiling import tiled_map
+from .weights import DLoRALModel
+
+
+@contextlib.contextmanager
+def _quiet_diffusers():
+    from diffusers.utils import logging as dlog
+
+    prev = dlog.get_verbosity()
+    dlog.set_verbosity_error()
+    try:
+        yield
+    finally:
+        dlog.set_verbosity(prev)
+
+
+@dataclass
+class PreparedFrame:
+    """What a frame contributes as current frame *or* as reference; cache it to reuse.
+
+    ``image``: padded input in [-1,1] (N,3,Hp,Wp); ``small``: it bicubically downscaled to the
+    latent grid (SPyNet input); ``latent``: scaled VAE posterior mean; ``size``: the unpadded (H, W).
+    """
+
+    image: torch.Tensor
+    small: torch.Tensor
+    latent: torch.Tensor
+    size: tuple[int, int]
+
+
+class Restorer:
+    """A loaded DLoRAL model on one device. Thread-safe: model calls are serialised by a lock.
+
+    ``stats`` counts ``vae_encodes`` (frames encoded), ``vae_decodes`` and ``frames`` restored.
+    """
+
+    def __init__(self, model: DLoRALModel, device: torch.device | str, dtype: torch.dtype) -> None:
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.meta = model.meta
+        with _quiet_diffusers():  # its dtype-cast advice does not apply to inference-only modules
+            self.unet = model.unet.to(self.device, dtype).eval().requires_grad_(False)
+            self.vae = model.vae.to(self.device, dtype).eval().requires_grad_(False)
+        self.cfr = model.cfr.to(self.device, dtype).eval().requires_grad_(False)
+        # flow runs in fp32: it is cheap at latent resolution and grid_sample is precision sensitive
+        self.spynet = model.spynet.to(self.device, torch.float32).eval().requires_grad_(False)
+        self.prompt_embeds = model.prompt_embeds.to(self.device, dtype)
+        self.factor = model.meta.vae_factor
+        self.scaling_factor = model.meta.scaling_factor
+        self.stats = {"vae_encodes": 0, "vae_decodes": 0, "frames": 0}
+        self._lock = threading.RLock()
+        self._timestep = torch.tensor([1], device=self.device)
+
+    @property
+    def scale(self) -> int:
+        """The upscaling factor the model was trained for."""
+        return self.meta.scale
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _vae_tiling(self, tile: int | None, overlap: int) -> None:
+        if tile is None:
+            self.vae.disable_tiling()
+            return
+        self.vae.enable_tiling()
+        self.vae.tile_sample_min_size = tile
+        self.vae.tile_latent_min_size = max(1, tile // self.factor)
+        self.vae.tile_overlap_factor = overlap / tile
+
+    def _check_frames(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"restore: {name} must be a float tensor (N,3,H,W) in [0,1]")
+        if x.shape[-1] < 1 or x.shape[-2] < 1:
+            raise ValueError(f"restore: {name} has an empty spatial size {tuple(x.shape[-2:])}")
+        x = x.to(self.device, torch.float32)
+        if not torch.isfinite(x).all():
+            x = torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0)
+        return x.clamp(0, 1)
+
+    # -- public API ------------------------------------------------------------------------
+    @torch.inference_mode()
+    def prepare(self, frames: torch.Tensor, *, tile: int | None = None, tile_overlap: int = 64) -> PreparedFrame:
+        """Pad, encode (posterior mean, deterministic) and downscale frames (N,3,H,W) in [0,1]
+        at output resolution. One VAE encode per frame; reuse the result as the next frame's reference."""
+        x = self._check_frames(frames, "frames")
+        h, w = x.shape[-2:]
+        f = self.factor
+        hp, wp = math.ceil(h / f) * f, math.ceil(w / f) * f
+        img = 2.0 * x - 1.0
+        if (hp, wp) != (h, w):
+            img = F.pad(img, (0, wp - w, 0, hp - h), mode="replicate")
+        small = F.interpolate(img, size=(hp // f, wp // f), mode="bicubic", align_corners=False)
+        with self._lock:
+            self._vae_tiling(tile, tile_overlap)
+            latent = self.vae.encode(img.to(self.dtype)).latent_dist.mode() * self.scaling_factor
+            self.stats["vae_encodes"] += img.shape[0]
+        return PreparedFrame(img, small, latent, (h, w))
+
+    @torch.inference_mode()
+    def restore_prepared(
+        self,
+        cur: PreparedFrame,
+        ref: PreparedFrame | None = None,
+        *,
+        color_fix: str = "adain",
+        cfr: str = "dense",
+        cfr_window: int = 4,
+        cfr_topk: int = 64,
+        tile: int | None = None,
+        tile_overlap: int = 64,
+    ) -> torch.Tensor:
+        """Restore prepared frames; ``ref=None`` means each frame is its own reference."""
+        if color_fix not in COLOR_FIXES:
+            raise ValueError(f"restore: unknown color_fix {color_fix!r}; choose one of {', '.join(COLOR_FIXES)}")
+        if cfr not in CFR_MODES:
+            raise ValueError(f"restore: unknown cfr {cfr!r}; choose one of {', '.join(CFR_MODES)}")
+        if tile is not None and (tile < self.factor or tile % self.factor):
+            raise ValueError(f"restore: tile must be a positive multiple of {self.factor} pixels, got {tile}")
+        ref = cur if ref is None else ref
+        if ref.latent.shape != cur.latent.shape:
+            raise ValueError("restore: reference and current frames differ in size")
+        with self._lock:
+            z_cur, z_ref = cur.latent, ref.latent
+            if ref is cur:
+                z_ref_w = z_ref
+            else:
+                flow = self.spynet(cur.small.float(), ref.small.float())  # flow n -> n-1
+                z_ref_w = flow_warp(z_ref.float(), flow).to(self.dtype)
+            z_cur = z_cur + self.cfr(z_cur, z_ref_w, cfr, window=cfr_window, topk=cfr_topk)
+            unet_in = torch.cat([z_ref_w, z_cur], dim=1)
+            t_lat = None if tile is None else tile // self.factor
+            eps = tiled_map(self._unet, unet_in, t_lat, tile_overlap // self.factor)
+            z_hat = z_cur - eps
+            self._vae_tiling(tile, tile_overlap)
+            y = self.vae.decode(z_hat / self.scaling_factor).sample.float().clamp(-1, 1)
+            self.stats["vae_decodes"] += y.shape[0]
+            self.stats["frames"] += y.shape[0]
+        h, w = cur.size
+        y = (y[..., :h, :w] + 1) / 2
+        src = (cur.image[..., :h, :w].float() + 1) / 2
+        return apply_color_fix(color_fix, y, src).clamp(0, 1)
+
+    def _unet(self, x: torch.Tensor) -> torch.Tensor:
+        prompt = self.prompt_embeds.expand(x.shape[0], -1, -1)
+        return self.unet(x, self._timestep, encoder_hidden_states=prompt).sample
+
+    def restore(
+        self, cur: torch.Tensor, ref: torch.Tensor | None = None, *, color_fix: str = "adain", cfr: str = "dense",
+        tile: int | None = None, tile_overlap: int = 64, cfr_window: int = 4, cfr_topk: int = 64,
+    ) -> torch.Tensor:
+        """Restore ``cur`` (N,3,H,W) in [0,1] at output resolution, using ``ref`` (the previous
+        frames, same shape) as reference; ``ref=None``: each frame is its own reference.
+        Returns (N,3,H,W) float32 in [0,1] on the restorer's device."""
+        if ref is not None and tuple(ref.shape) != tuple(cur.shape):
+            raise ValueError(f"restore: ref shape {tuple(ref.shape)} differs from cur shape {tuple(cur.shape)}")
+        kw = dict(tile=tile, tile_overlap=tile_overlap)
+        pc = self.prepare(cur, **kw)
+        pr = None if ref is None else self.prepare(ref, **kw)
+        return self.restore_prepared(pc, pr, color_fix=color_fix, cfr=cfr, cfr_window=cfr_window,
+                                     cfr_topk=cfr_topk, **kw)

@@ -1,0 +1,226 @@
+"""The vsdloral weights file: one ``.safetensors`` holding everything inference needs.
+
+Tensors are stored under the prefixes ``unet.``, ``vae.``, ``spynet.``, ``cfr.`` plus the
+``prompt_embeds`` tensor; JSON metadata records the format version, the architecture configs,
+the VAE scaling factor, the trained scale, the prompt and the provenance. Loading validates the
+format version and the presence, shape and finiteness of every tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..utils.atomic import atomic_path
+from .cfr import CFRConfig, CrossFrameRetrieval
+from .spynet import SPyNet
+
+FORMAT_NAME = "vsdloral"
+FORMAT_VERSION = 1
+PROMPT_KEY = "prompt_embeds"
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class WeightsError(ValueError):
+    """A weights file is missing, unreadable, from another model, or inconsistent."""
+
+
+@dataclass
+class ModelMeta:
+    """Metadata stored beside the tensors."""
+
+    unet_config: dict
+    vae_config: dict
+    cfr: CFRConfig
+    scale: int = 4
+    prompt: str = ""
+    preset: str | None = None
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae_config.get("scaling_factor", 0.18215))
+
+    @property
+    def vae_factor(self) -> int:
+        """Pixels per latent position along each axis (8 for SD)."""
+        return 2 ** (len(self.vae_config["block_out_channels"]) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae_config.get("latent_channels", 4))
+
+    def to_metadata(self, dtype: str) -> dict[str, str]:
+        return {
+            "format": FORMAT_NAME,
+            "format_version": str(FORMAT_VERSION),
+            "unet_config": json.dumps(self.unet_config),
+            "vae_config": json.dumps(self.vae_config),
+            "cfr_config": json.dumps(self.cfr.to_dict()),
+            "scaling_factor": repr(self.scaling_factor),
+            "scale": str(self.scale),
+            "prompt": self.prompt,
+            "preset": self.preset or "",
+            "provenance": json.dumps(self.provenance),
+            "dtype": dtype,
+        }
+
+    @classmethod
+    def from_metadata(cls, md: dict[str, str] | None, where: str) -> "ModelMeta":
+        if not md or md.get("format") != FORMAT_NAME:
+            raise WeightsError(f"{where} is a safetensors file but not a vsdloral model (no 'format: {FORMAT_NAME}' metadata)")
+        try:
+            version = int(md.get("format_version", ""))
+        except ValueError:
+            raise WeightsError(f"{where}: unreadable format_version {md.get('format_version')!r}") from None
+        if version != FORMAT_VERSION:
+            raise WeightsError(
+                f"{where} has format version {version}; this vsdloral reads version {FORMAT_VERSION} "
+                "(re-export it with a matching vsdloral)"
+            )
+        try:
+            meta = cls(
+                unet_config=json.loads(md["unet_config"]),
+                vae_config=json.loads(md["vae_config"]),
+                cfr=CFRConfig(**json.loads(md["cfr_config"])),
+                scale=int(md.get("scale", "4")),
+                prompt=md.get("prompt", ""),
+                preset=md.get("preset") or None,
+                provenance=json.loads(md.get("provenance", "{}")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WeightsError(f"{where}: corrupt metadata ({type(exc).__name__}: {exc})") from None
+        if meta.unet_config.get("in_channels") != 2 * meta.latent_channels:
+            raise WeightsError(f"{where}: UNet in_channels must be 2 x latent channels ({2 * meta.latent_channels})")
+        if meta.cfr.latent_channels != meta.latent_channels:
+            raise WeightsError(f"{where}: CFR latent_channels does not match the VAE's")
+        return meta
+
+
+@dataclass
+class DLoRALModel:
+    """The modules of a DLoRAL model (both LoRA branches merged) and its metadata."""
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    spynet: SPyNet
+    cfr: CrossFrameRetrieval
+    prompt_embeds: torch.Tensor
+    meta: ModelMeta
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"unet": self.unet, "vae": self.vae, "spynet": self.spynet, "cfr": self.cfr}
+
+    @classmethod
+    def build(cls, meta: ModelMeta, *, empty: bool = False) -> "DLoRALModel":
+        """Build randomly initialised modules (``empty=True``: on the meta device, for loading)."""
+        device = torch.device("meta") if empty else torch.device("cpu")
+        with device:
+            unet = UNet2DConditionModel.from_config(meta.unet_config)
+            vae = AutoencoderKL.from_config(meta.vae_config)
+        spynet, cfr = SPyNet(), CrossFrameRetrieval(meta.cfr)
+        tokens = 77
+        prompt = torch.zeros(1, tokens, meta.unet_config["cross_attention_dim"])
+        return cls(unet, vae, spynet, cfr, prompt, meta)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        out = {PROMPT_KEY: self.prompt_embeds}
+        for prefix, module in self.modules().items():
+            for k, v in module.state_dict().items():
+                out[f"{prefix}.{k}"] = v
+        return out
+
+    def save(self, path: str | os.PathLike, dtype: str = "fp32") -> None:
+        """Write the model atomically (temp file, then rename) in ``dtype`` (fp32/fp16/bf16)."""
+        if dtype not in DTYPES:
+            raise WeightsError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+        tensors = {
+            k: v.detach().to("cpu", DTYPES[dtype] if v.is_floating_point() else v.dtype).contiguous().clone()
+            for k, v in self.state_tensors().items()
+        }
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=self.meta.to_metadata(dtype))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "DLoRALModel":
+        """Load and validate a weights file onto the CPU, in the dtype it was stored in."""
+        where = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise WeightsError(f"no weights file at {where}")
+        try:
+            with safe_open(where, framework="pt") as f:
+                md = f.metadata()
+                meta = ModelMeta.from_metadata(md, where)
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except WeightsError:
+            raise
+        except Exception as exc:  # safetensors raises several types for bad headers/bytes
+            raise WeightsError(f"{where} is not a readable safetensors file ({exc})") from None
+        try:
+            model = cls.build(meta, empty=True)
+        except Exception as exc:
+            raise WeightsError(f"{where}: its architecture config cannot be built ({exc})") from None
+        expected = {k: tuple(v.shape) for k, v in model.state_tensors().items()}
+        problems = []
+        missing = sorted(set(expected) - set(tensors))
+        unexpected = sorted(set(tensors) - set(expected))
+        if missing:
+            problems.append(f"{len(missing)} missing tensors (first: {', '.join(missing[:3])})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected tensors (first: {', '.join(unexpected[:3])})")
+        for k in sorted(set(expected) & set(tensors)):
+            if tuple(tensors[k].shape) != expected[k]:
+                problems.append(f"{k} has shape {tuple(tensors[k].shape)}, expected {expected[k]}")
+            elif not tensors[k].is_floating_point():
+                problems.append(f"{k} has dtype {tensors[k].dtype}, expected a float tensor")
+            elif not torch.isfinite(tensors[k]).all():
+                problems.append(f"{k} has NaN or Inf values")
+            if len(problems) > 5:
+                break
+        if problems:
+            raise WeightsError(f"{where} does not match its own architecture: " + "; ".join(problems))
+        model.prompt_embeds = tensors.pop(PROMPT_KEY)
+        for prefix, module in model.modules().items():
+            sd = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+            module.load_state_dict(sd, strict=True, assign=True)
+        return model
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """Return a weights file's metadata as plain JSON-able data (for ``vsdloral info``)."""
+    where = str(path)
+    if not Path(path).is_file():
+        raise WeightsError(f"no weights file at {where}")
+    try:
+        with safe_open(where, framework="pt") as f:
+            md = f.metadata() or {}
+            n_tensors = len(list(f.keys()))
+            n_params = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())
+    except Exception as exc:
+        raise WeightsError(f"{where} is not a readable safetensors file ({exc})") from None
+    ModelMeta.from_metadata(md, where)
+    out: dict = {}
+    for k, v in md.items():
+        if k.endswith("_config") or k == "provenance":
+            out[k] = json.loads(v)
+        else:
+            out[k] = v
+    out["tensors"] = n_tensors
+    out["parameters"] = n_params
+    out["file_bytes"] = Path(path).stat().st_size
+    return out
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n

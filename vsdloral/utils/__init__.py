@@ -1,0 +1,1 @@
+"""Small helpers shared by the plugin, the command line and the training package."""
