@@ -81,6 +81,17 @@ class Restorer:
         self.vae.tile_latent_min_size = max(1, tile // self.factor)
         self.vae.tile_overlap_factor = overlap / tile
 
+    def check_tiling(self, tile: int | None, overlap: int) -> None:
+        """Raise ``ValueError`` unless ``tile`` is None or a multiple of the VAE factor of at least
+        4 latent positions, with ``0 <= overlap <= tile/2``."""
+        if tile is None:
+            return
+        f = self.factor
+        if not isinstance(tile, int) or tile < 4 * f or tile % f:
+            raise ValueError(f"restore: tile must be a multiple of {f} pixels and at least {4 * f}, got {tile!r}")
+        if not isinstance(overlap, int) or not 0 <= overlap <= tile // 2:
+            raise ValueError(f"restore: tile_overlap must be between 0 and tile/2 ({tile // 2}), got {overlap!r}")
+
     def _check_frames(self, x: torch.Tensor, name: str) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"restore: {name} must be a float tensor (N,3,H,W) in [0,1]")
@@ -96,6 +107,7 @@ class Restorer:
     def prepare(self, frames: torch.Tensor, *, tile: int | None = None, tile_overlap: int = 64) -> PreparedFrame:
         """Pad, encode (posterior mean, deterministic) and downscale frames (N,3,H,W) in [0,1]
         at output resolution. One VAE encode per frame; reuse the result as the next frame's reference."""
+        self.check_tiling(tile, tile_overlap)
         x = self._check_frames(frames, "frames")
         h, w = x.shape[-2:]
         f = self.factor
@@ -128,8 +140,7 @@ class Restorer:
             raise ValueError(f"restore: unknown color_fix {color_fix!r}; choose one of {', '.join(COLOR_FIXES)}")
         if cfr not in CFR_MODES:
             raise ValueError(f"restore: unknown cfr {cfr!r}; choose one of {', '.join(CFR_MODES)}")
-        if tile is not None and (tile < self.factor or tile % self.factor):
-            raise ValueError(f"restore: tile must be a positive multiple of {self.factor} pixels, got {tile}")
+        self.check_tiling(tile, tile_overlap)
         ref = cur if ref is None else ref
         if ref.latent.shape != cur.latent.shape:
             raise ValueError("restore: reference and current frames differ in size")

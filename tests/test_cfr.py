@@ -1,0 +1,81 @@
+"""CFR: dense chunking is exact, approximate modes are exact at their limits and measured otherwise."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from vsdloral.model.cfr import CFRConfig, CrossFrameRetrieval
+
+
+def naive_cfr(m: CrossFrameRetrieval, c: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """SPEC section 2 written out with the full (HW)x(HW) matrix."""
+    cfg = m.config
+    b, _, h, w = c.shape
+    q = m.query_conv(c).view(b, cfg.heads, cfg.head_dim, h * w).transpose(-1, -2)
+    k = m.key_conv(r).view(b, cfg.heads, cfg.head_dim, h * w).transpose(-1, -2)
+    v = m.value_conv(r).view(b, cfg.heads, cfg.head_dim, h * w).transpose(-1, -2)
+    t = m.threshold_fc(q)  # (b, heads, N, 1)
+    a = torch.relu((q @ k.transpose(-1, -2) / math.sqrt(cfg.head_dim) - t) / cfg.temperature)
+    out = (a @ v).transpose(-1, -2).reshape(b, -1, h, w)
+    return m.proj_out(out)
+
+
+@pytest.fixture()
+def cfr_and_inputs():
+    torch.manual_seed(0)
+    m = CrossFrameRetrieval(CFRConfig(4, 3, 16, 3000.0)).eval()
+    # larger weights so the ReLU threshold matters (a mix of active and inactive pairs)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(40)
+    c = torch.randn(2, 4, 12, 14)
+    r = c + 0.3 * torch.randn_like(c)
+    return m, c, r
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@torch.no_grad()
+def test_dense_matches_naive_and_chunking_is_exact(cfr_and_inputs):
+    m, c, r = cfr_and_inputs
+    ref = naive_cfr(m, c, r)
+    full = m(c, r, "dense")
+    chunked = m(c, r, "dense", max_chunk_elems=2 * 3 * 168 * 5)  # 5 queries per chunk
+    assert _rel(full, ref) < 1e-5
+    assert _rel(chunked, ref) < 1e-5
+    # the sparsity threshold is active: some but not all pairs contribute
+    q = m.query_conv(c)
+    assert torch.isfinite(full).all() and full.abs().max() > 0
+
+
+@torch.no_grad()
+def test_topk_and_window_are_exact_at_their_limits(cfr_and_inputs):
+    m, c, r = cfr_and_inputs
+    dense = m(c, r, "dense")
+    assert _rel(m(c, r, "topk", topk=12 * 14), dense) < 1e-5
+    assert _rel(m(c, r, "window", window=14), dense) < 1e-5
+
+
+@torch.no_grad()
+def test_approximate_modes_deviation_is_measured(cfr_and_inputs):
+    """Deviation from dense shrinks as the approximation widens (figures quoted in cfr.py)."""
+    m, c, r = cfr_and_inputs
+    dense = m(c, r, "dense")
+    win = [_rel(m(c, r, "window", window=k), dense) for k in (2, 4, 8)]
+    top = [_rel(m(c, r, "topk", topk=k), dense) for k in (16, 64, 128)]
+    print("window r=2,4,8 rel err:", win, "topk 16,64,128 rel err:", top)
+    assert win[0] > win[1] > win[2]
+    assert top[0] > top[1] > top[2]
+    # figures on random weights and unstructured inputs (the worst case for locality): quoted in cfr.py
+    assert win[2] < 0.35 and top[2] < 0.15
+
+
+def test_unknown_mode_is_a_clear_error(cfr_and_inputs):
+    m, c, r = cfr_and_inputs
+    with pytest.raises(ValueError, match="unknown CFR mode"):
+        m(c, r, "sparse")

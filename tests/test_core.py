@@ -1,0 +1,217 @@
+"""Inference core: restorer contract, tiling, colour fixes, weights-file validation, init/info."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import vsdloral
+from vsdloral.model.colorfix import adain_color_fix, apply_color_fix, wavelet_color_fix
+from vsdloral.model.init import init_model
+from vsdloral.model.tiling import tiled_map
+from vsdloral.model.weights import FORMAT_VERSION, DLoRALModel, WeightsError
+
+
+def frames(n=1, h=40, w=56, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(n, 3, h // 4 + 1, w // 4 + 1, generator=g)
+    return torch.nn.functional.interpolate(base, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+def test_restore_shape_range_and_determinism(tiny_restorer):
+    cur, ref = frames(2, 40, 56, 1), frames(2, 40, 56, 2)
+    a = tiny_restorer.restore(cur, ref)
+    b = tiny_restorer.restore(cur, ref)
+    assert a.shape == cur.shape and a.dtype == torch.float32
+    assert a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, b)
+    # the reference matters (temporal path), and ref=None is "own reference"
+    own = tiny_restorer.restore(cur, None)
+    assert not torch.equal(a, own)
+
+
+@pytest.mark.parametrize("hw", [(8, 8), (13, 21), (16, 16), (37, 8)])
+def test_any_size_at_least_8_is_padded_and_cropped(tiny_restorer, hw):
+    x = frames(1, *hw)
+    y = tiny_restorer.restore(x, x, color_fix="none")
+    assert y.shape == x.shape and torch.isfinite(y).all()
+
+
+def test_prepared_frames_are_reused_and_counted(tiny_restorer):
+    clip = [frames(1, 32, 48, s) for s in range(4)]
+    before = dict(tiny_restorer.stats)
+    prepared = [tiny_restorer.prepare(f) for f in clip]
+    outs = [tiny_restorer.restore_prepared(prepared[i], prepared[i - 1] if i else None) for i in range(4)]
+    assert tiny_restorer.stats["vae_encodes"] - before["vae_encodes"] == 4
+    assert tiny_restorer.stats["frames"] - before["frames"] == 4
+    # same result as the one-shot API
+    assert torch.equal(outs[2], tiny_restorer.restore(clip[2], clip[1]))
+
+
+def test_nan_and_inf_inputs_give_finite_output(tiny_restorer):
+    x = frames(1, 24, 24)
+    x[0, 0, 3, 3] = float("nan")
+    x[0, 1, 5, 5] = float("inf")
+    assert torch.isfinite(tiny_restorer.restore(x)).all()
+
+
+def test_tile_larger_than_frame_equals_untiled_and_small_tiles_blend(tiny_restorer):
+    x, r = frames(1, 64, 96, 3), frames(1, 64, 96, 4)
+    plain = tiny_restorer.restore(x, r, color_fix="none")
+    big = tiny_restorer.restore(x, r, color_fix="none", tile=128, tile_overlap=32)
+    assert torch.equal(plain, big)
+    tiled = tiny_restorer.restore(x, r, color_fix="none", tile=48, tile_overlap=16)
+    assert tiled.shape == plain.shape and torch.isfinite(tiled).all()
+    with pytest.raises(ValueError, match="multiple of 8"):
+        tiny_restorer.restore(x, r, tile=12)
+
+
+def test_tiled_map_blends_smoothly_and_is_exact_for_pointwise_fns():
+    x = torch.randn(1, 3, 50, 70)
+    # a pointwise function is tiled without any seam: blending weights sum to one everywhere
+    y = tiled_map(lambda t: t * 2 + 1, x, tile=16, overlap=6)
+    assert torch.allclose(y, x * 2 + 1, atol=1e-5)
+    assert torch.equal(tiled_map(lambda t: t * 3, x, tile=None, overlap=0), x * 3)
+
+
+def test_color_fixes():
+    torch.manual_seed(0)
+    src = torch.rand(1, 3, 32, 32)
+    out = torch.rand(1, 3, 32, 32) * 0.3 + 0.6
+    a = adain_color_fix(out, src)
+    assert torch.allclose(a.mean((2, 3)), src.mean((2, 3)), atol=1e-5)
+    assert torch.allclose(a.std((2, 3)), src.std((2, 3)), atol=1e-3)
+    # wavelet: a flat colour shift of the output is removed (low frequencies come from src)
+    w = wavelet_color_fix(src + 0.2, src)
+    assert torch.allclose(w, src, atol=1e-4)
+    assert torch.equal(apply_color_fix("none", out, src), out)
+    with pytest.raises(ValueError, match="unknown color_fix"):
+        apply_color_fix("histogram", out, src)
+
+
+def test_vae_factor_comes_from_config(tmp_path):
+    """A 3-level VAE (factor 4) works through the same code: nothing hard-codes 8."""
+    m = init_model("tiny", seed=1)
+    m.meta.vae_config = dict(m.meta.vae_config, down_block_types=["DownEncoderBlock2D"] * 3,
+                             up_block_types=["UpDecoderBlock2D"] * 3, block_out_channels=[16, 32, 32])
+    m = DLoRALModel.build(m.meta)
+    path = tmp_path / "f4.safetensors"
+    m.save(path)
+    r = vsdloral.load_model(path, device="cpu")
+    assert r.factor == 4
+    x = frames(1, 20, 28)
+    assert r.restore(x, x).shape == x.shape
+    assert r.prepare(x).latent.shape[-2:] == (5, 7)
+
+
+# -- the weights file -----------------------------------------------------------------------
+def _rewrite(src, dst, *, drop=None, reshape=None, meta=None):
+    with safe_open(str(src), framework="pt") as f:
+        md = dict(f.metadata())
+        t = {k: f.get_tensor(k) for k in f.keys()}
+    if drop:
+        del t[drop]
+    if reshape:
+        t[reshape] = torch.zeros(3, 3)
+    md.update(meta or {})
+    save_file(t, str(dst), metadata=md)
+    return dst
+
+
+def test_weights_roundtrip_and_dtype(tiny_model_path, tmp_path):
+    m = DLoRALModel.load(tiny_model_path)
+    m.save(tmp_path / "h.safetensors", dtype="fp16")
+    m16 = DLoRALModel.load(tmp_path / "h.safetensors")
+    assert m16.unet.conv_in.weight.dtype == torch.float16
+    assert m16.unet.conv_in.weight.shape[1] == 8
+    r = vsdloral.load_model(tmp_path / "h.safetensors", device="cpu", dtype="bf16")
+    assert r.unet.conv_in.weight.dtype == torch.bfloat16
+    assert r.restore(frames(1, 16, 16)).dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "kind, match",
+    [
+        ("missing", "missing tensors"),
+        ("shape", "has shape"),
+        ("version", "format version"),
+        ("foreign", "not a vsdloral model"),
+        ("garbage", "not a readable safetensors"),
+        ("absent", "no weights file"),
+    ],
+)
+def test_bad_weights_files_are_rejected_clearly(tiny_model_path, tmp_path, kind, match):
+    p = tmp_path / f"{kind}.safetensors"
+    if kind == "missing":
+        _rewrite(tiny_model_path, p, drop="cfr.key_conv.weight")
+    elif kind == "shape":
+        _rewrite(tiny_model_path, p, reshape="unet.conv_in.weight")
+    elif kind == "version":
+        _rewrite(tiny_model_path, p, meta={"format_version": str(FORMAT_VERSION + 1)})
+    elif kind == "foreign":
+        save_file({"w": torch.zeros(2)}, str(p), metadata={"format": "something-else"})
+    elif kind == "garbage":
+        p.write_bytes(b"\x00" * 10 + b"not a safetensors file at all")
+    with pytest.raises(WeightsError, match=match):
+        vsdloral.load_model(p, device="cpu")
+
+
+def test_truncated_file_is_rejected(tiny_model_path, tmp_path):
+    data = tiny_model_path.read_bytes()
+    p = tmp_path / "trunc.safetensors"
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError):
+        vsdloral.load_model(p, device="cpu")
+
+
+def test_bad_device_and_dtype_are_clear():
+    from vsdloral.loading import resolve_device, resolve_dtype
+
+    with pytest.raises(ValueError, match="device"):
+        resolve_device("tpu:3")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError, match="dtype"):
+        resolve_dtype("int8", torch.device("cpu"))
+    assert resolve_dtype(None, torch.device("cpu")) == torch.float32
+    assert resolve_dtype(None, torch.device("cuda")) == torch.float16
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "vsdloral", *args], capture_output=True, text=True)
+
+
+def test_cli_init_and_info(tmp_path):
+    out = tmp_path / "m.safetensors"
+    r = _cli("init", "--preset", "tiny", "--seed", "3", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    r2 = _cli("init", "--preset", "tiny", "--seed", "3", "-o", str(out))
+    assert r2.returncode != 0 and "--force" in r2.stderr and r2.stderr.count("\n") == 1
+    info = _cli("info", str(out))
+    assert info.returncode == 0, info.stderr
+    md = json.loads(info.stdout)
+    assert md["format_version"] == str(FORMAT_VERSION) and md["preset"] == "tiny"
+    assert md["provenance"]["seed"] == 3 and md["unet_config"]["in_channels"] == 8
+    bad = _cli("init", "--preset", "huge", "-o", str(tmp_path / "x.safetensors"))
+    assert bad.returncode == 2 and "unknown preset" in bad.stderr
+    assert not (tmp_path / "x.safetensors").exists()
+    # same seed, same weights
+    out2 = tmp_path / "m2.safetensors"
+    assert _cli("init", "--preset", "tiny", "--seed", "3", "-o", str(out2)).returncode == 0
+    a, b = DLoRALModel.load(out), DLoRALModel.load(out2)
+    assert torch.equal(a.unet.conv_in.weight, b.unet.conv_in.weight)
+
+
+def test_missing_default_model_is_a_clear_error(monkeypatch, tmp_path):
+    import vsdloral.loading as loading
+
+    monkeypatch.setattr(loading, "DEFAULT_MODEL_PATH", tmp_path / "none.safetensors")
+    with pytest.raises(WeightsError, match="default model"):
+        loading.load_model(None)
