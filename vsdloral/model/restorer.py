@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+import time
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +66,21 @@ class Restorer:
         self.stats = {"vae_encodes": 0, "vae_decodes": 0, "frames": 0}
         self._lock = threading.RLock()
         self._timestep = torch.tensor([1], device=self.device)
+        #: set to a dict to accumulate seconds per stage (benchmarks); None disables timing
+        self.timings: dict[str, float] | None = None
+
+    @contextlib.contextmanager
+    def _stage(self, name: str):
+        if self.timings is None:
+            yield
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
 
     @property
     def scale(self) -> int:
@@ -118,7 +134,8 @@ class Restorer:
         small = F.interpolate(img, size=(hp // f, wp // f), mode="bicubic", align_corners=False)
         with self._lock:
             self._vae_tiling(tile, tile_overlap)
-            latent = self.vae.encode(img.to(self.dtype)).latent_dist.mode() * self.scaling_factor
+            with self._stage("vae_encode"):
+                latent = self.vae.encode(img.to(self.dtype)).latent_dist.mode() * self.scaling_factor
             self.stats["vae_encodes"] += img.shape[0]
         return PreparedFrame(img, small, latent, (h, w))
 
@@ -149,21 +166,26 @@ class Restorer:
             if ref is cur:
                 z_ref_w = z_ref
             else:
-                flow = self.spynet(cur.small.float(), ref.small.float())  # flow n -> n-1
-                z_ref_w = flow_warp(z_ref.float(), flow).to(self.dtype)
-            z_cur = z_cur + self.cfr(z_cur, z_ref_w, cfr, window=cfr_window, topk=cfr_topk)
+                with self._stage("flow"):
+                    flow = self.spynet(cur.small.float(), ref.small.float())  # flow n -> n-1
+                    z_ref_w = flow_warp(z_ref.float(), flow).to(self.dtype)
+            with self._stage("cfr"):
+                z_cur = z_cur + self.cfr(z_cur, z_ref_w, cfr, window=cfr_window, topk=cfr_topk)
             unet_in = torch.cat([z_ref_w, z_cur], dim=1)
             t_lat = None if tile is None else tile // self.factor
-            eps = tiled_map(self._unet, unet_in, t_lat, tile_overlap // self.factor)
+            with self._stage("unet"):
+                eps = tiled_map(self._unet, unet_in, t_lat, tile_overlap // self.factor)
             z_hat = z_cur - eps
             self._vae_tiling(tile, tile_overlap)
-            y = self.vae.decode(z_hat / self.scaling_factor).sample.float().clamp(-1, 1)
+            with self._stage("vae_decode"):
+                y = self.vae.decode(z_hat / self.scaling_factor).sample.float().clamp(-1, 1)
             self.stats["vae_decodes"] += y.shape[0]
             self.stats["frames"] += y.shape[0]
         h, w = cur.size
         y = (y[..., :h, :w] + 1) / 2
         src = (cur.image[..., :h, :w].float() + 1) / 2
-        return apply_color_fix(color_fix, y, src).clamp(0, 1)
+        with self._stage("color_fix"):
+            return apply_color_fix(color_fix, y, src).clamp(0, 1)
 
     def _unet(self, x: torch.Tensor) -> torch.Tensor:
         prompt = self.prompt_embeds.expand(x.shape[0], -1, -1)
