@@ -24,7 +24,7 @@ def __getattr__(name: str):
 
         return Restorer
     if name == "WeightsError":
-        from .model.weights import WeightsError
+        from .model.errors import WeightsError
 
         return WeightsError
     raise AttributeError(f"module 'vsdloral' has no attribute {name!r}")

@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .model.weights import WeightsError
+    from .model.errors import WeightsError
 
     try:
         return int(args.func(args) or 0)

@@ -36,12 +36,20 @@ CFR_MODES = ("dense", "topk", "window")
 
 @dataclass(frozen=True)
 class CFRConfig:
-    """Shape of the CFR network. The released checkpoint uses 4 / 9 / 64 / 3000."""
+    """Shape and defaults of the CFR network. The released checkpoint uses 4 / 9 / 64 / 3000,
+    flow at latent resolution (``flow_downscale=1``) and dense retrieval.
+
+    ``mode``/``window`` are the retrieval this model was trained with, used when the caller does
+    not choose one; ``flow_downscale`` runs SPyNet that many times coarser than the latent grid
+    (light CPU presets; the flow is upsampled back)."""
 
     latent_channels: int = 4
     heads: int = 9
     head_dim: int = 64
     temperature: float = 3000.0
+    flow_downscale: int = 1
+    mode: str = "dense"
+    window: int = 4
 
     def to_dict(self) -> dict:
         return asdict(self)

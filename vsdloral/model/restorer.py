@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from .cfr import CFR_MODES
 from .colorfix import COLOR_FIXES, apply_color_fix
-from .spynet import flow_warp
+from .temporal import flow_input, warp_reference
 from .tiling import tiled_map
 from .weights import DLoRALModel
 
@@ -131,7 +131,7 @@ class Restorer:
         img = 2.0 * x - 1.0
         if (hp, wp) != (h, w):
             img = F.pad(img, (0, wp - w, 0, hp - h), mode="replicate")
-        small = F.interpolate(img, size=(hp // f, wp // f), mode="bicubic", align_corners=False)
+        small = flow_input(img, (hp // f, wp // f), self.meta.cfr.flow_downscale)
         with self._lock:
             self._vae_tiling(tile, tile_overlap)
             with self._stage("vae_encode"):
@@ -146,13 +146,16 @@ class Restorer:
         ref: PreparedFrame | None = None,
         *,
         color_fix: str = "adain",
-        cfr: str = "dense",
-        cfr_window: int = 4,
+        cfr: str | None = None,
+        cfr_window: int | None = None,
         cfr_topk: int = 64,
         tile: int | None = None,
         tile_overlap: int = 64,
     ) -> torch.Tensor:
-        """Restore prepared frames; ``ref=None`` means each frame is its own reference."""
+        """Restore prepared frames; ``ref=None`` means each frame is its own reference.
+        ``cfr=None``/``cfr_window=None``: the mode the model was trained with (its metadata)."""
+        cfr = self.meta.cfr.mode if cfr is None else cfr
+        cfr_window = self.meta.cfr.window if cfr_window is None else cfr_window
         if color_fix not in COLOR_FIXES:
             raise ValueError(f"restore: unknown color_fix {color_fix!r}; choose one of {', '.join(COLOR_FIXES)}")
         if cfr not in CFR_MODES:
@@ -166,9 +169,8 @@ class Restorer:
             if ref is cur:
                 z_ref_w = z_ref
             else:
-                with self._stage("flow"):
-                    flow = self.spynet(cur.small.float(), ref.small.float())  # flow n -> n-1
-                    z_ref_w = flow_warp(z_ref.float(), flow).to(self.dtype)
+                with self._stage("flow"):  # flow n -> n-1 (SPyNet in fp32)
+                    z_ref_w = warp_reference(self.spynet, cur.small, ref.small, z_ref)
             with self._stage("cfr"):
                 z_cur = z_cur + self.cfr(z_cur, z_ref_w, cfr, window=cfr_window, topk=cfr_topk)
             unet_in = torch.cat([z_ref_w, z_cur], dim=1)
@@ -192,8 +194,8 @@ class Restorer:
         return self.unet(x, self._timestep, encoder_hidden_states=prompt).sample
 
     def restore(
-        self, cur: torch.Tensor, ref: torch.Tensor | None = None, *, color_fix: str = "adain", cfr: str = "dense",
-        tile: int | None = None, tile_overlap: int = 64, cfr_window: int = 4, cfr_topk: int = 64,
+        self, cur: torch.Tensor, ref: torch.Tensor | None = None, *, color_fix: str = "adain", cfr: str | None = None,
+        tile: int | None = None, tile_overlap: int = 64, cfr_window: int | None = None, cfr_topk: int = 64,
     ) -> torch.Tensor:
         """Restore ``cur`` (N,3,H,W) in [0,1] at output resolution, using ``ref`` (the previous
         frames, same shape) as reference; ``ref=None``: each frame is its own reference.

@@ -20,16 +20,13 @@ from safetensors.torch import save_file
 
 from ..utils.atomic import atomic_path
 from .cfr import CFRConfig, CrossFrameRetrieval
+from .errors import WeightsError
 from .spynet import SPyNet
 
 FORMAT_NAME = "vsdloral"
 FORMAT_VERSION = 1
 PROMPT_KEY = "prompt_embeds"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-class WeightsError(ValueError):
-    """A weights file is missing, unreadable, from another model, or inconsistent."""
 
 
 @dataclass
