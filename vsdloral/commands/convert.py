@@ -1,0 +1,29 @@
+"""``vsdloral convert``: the DLoRAL authors' ``model.pkl`` + an SD 2.1-base folder -> a vsdloral file."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert the DLoRAL authors' checkpoint (model.pkl) into a vsdloral .safetensors file",
+        description="Rebuild the authors' UNet with its six LoRA adapters, merge them with PEFT, take the CFR "
+        "weights, encode the prompt with the SD text encoder and write one .safetensors file.",
+    )
+    p.add_argument("--sd-base", required=True, metavar="DIR",
+                   help="Stable Diffusion 2.1-base folder in diffusers layout (vae/, unet/, text_encoder/, tokenizer/)")
+    p.add_argument("--checkpoint", required=True, metavar="PKL", help="the authors' model.pkl")
+    p.add_argument("-o", "--output", required=True, help="output .safetensors path")
+    p.add_argument("--prompt", default="", help="text prompt encoded once into the model (default: empty)")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"), help="stored tensor dtype")
+    p.add_argument("--scale", type=int, default=4, help="upscaling factor the model was trained for (default 4)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..convert import convert
+
+    convert(args.sd_base, args.checkpoint, args.output, prompt=args.prompt, dtype=args.dtype,
+            scale=args.scale, force=args.force)
+    return 0
