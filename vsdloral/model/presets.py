@@ -72,6 +72,36 @@ TINY_VAE = {
     "scaling_factor": 0.18215,
 }
 
+# The bundled CPU model: a x4 VAE (3 levels, 4 latent channels: enough for a bicubically upscaled
+# x4 input), a convolutional UNet without self-attention, flow 4x coarser than the latent grid and
+# windowed CFR, all chosen from FLOP counts at 1280x720 (see docs/default-model.md).
+LITE_UNET = {
+    "sample_size": 32,
+    "in_channels": 8,
+    "out_channels": 4,
+    "down_block_types": ["DownBlock2D", "DownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "UpBlock2D", "UpBlock2D"],
+    "mid_block_type": "UNetMidBlock2D",
+    "block_out_channels": [16, 32, 64],
+    "layers_per_block": 1,
+    "cross_attention_dim": 32,
+    "norm_num_groups": 8,
+}
+
+LITE_VAE = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 3,
+    "up_block_types": ["UpDecoderBlock2D"] * 3,
+    "block_out_channels": [8, 16, 32],
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 4,
+    "sample_size": 256,
+    "mid_block_add_attention": False,
+    "scaling_factor": 1.0,
+}
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -91,6 +121,9 @@ PRESETS: dict[str, Preset] = {
                    description="Stable Diffusion 2.1-base shapes, as in the paper"),
     "tiny": Preset("tiny", TINY_UNET, TINY_VAE, CFRConfig(4, 2, 16, 3000.0),
                    description="a few-million-parameter model for tests and CPU training"),
+    "lite": Preset("lite", LITE_UNET, LITE_VAE,
+                   CFRConfig(4, 2, 16, 3000.0, flow_downscale=4, mode="window", window=4),
+                   description="the bundled CPU model's architecture (x4 VAE, no self-attention)"),
 }
 
 
