@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml .ci/find-python
 	fi; \
 	$(PY) -m pip install -q --upgrade pip >&2; \
 	$(PY) -m pip install -q -e '.[test,train,eval,sources]' >&2; \
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/vapoursynth config >&2; \
 	touch $(STAMP)
 
 test: setup

@@ -1,0 +1,248 @@
+"""The VapourSynth filter ``vsdloral.upscale`` on short real clips with a tiny random model."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+vs = pytest.importorskip("vapoursynth")
+core = vs.core
+
+import vsdloral  # noqa: E402
+from vsdloral.vs_filter import upscale  # noqa: E402
+
+W, H = 64, 32
+
+
+@pytest.fixture(scope="module")
+def src(sample_clip):
+    if not hasattr(core, "bs"):
+        pytest.skip("bestsource (core.bs) is not installed")
+    return core.bs.VideoSource(str(sample_clip))
+
+
+def lq(src, fmt=vs.YUV420P8, n=8, start=0):
+    """A small LQ clip in ``fmt`` with a known matrix (the sample's _Matrix is 'unspecified')."""
+    clip = src[start : start + n]
+    if vs.core.get_video_format(fmt).color_family == vs.RGB:
+        return core.resize.Bicubic(clip, W, H, format=fmt, matrix_in=1)
+    clip = core.resize.Bicubic(clip, W, H, format=fmt)
+    return core.std.SetFrameProps(clip, _Matrix=1)
+
+
+def planes(frame) -> np.ndarray:
+    """All planes of a frame, flattened into one array (a copy)."""
+    return np.concatenate([np.asarray(frame[p]).ravel() for p in range(frame.format.num_planes)])
+
+
+def to_tensor(frame) -> torch.Tensor:
+    return torch.from_numpy(np.stack([np.asarray(frame[p]).astype(np.float32) for p in range(3)]))[None]
+
+
+def catrom_rgbs(clip, w, h):
+    return core.resize.Bicubic(clip, w, h, format=vs.RGBS, filter_param_a=0, filter_param_b=0.5)
+
+
+@pytest.mark.parametrize("fmt", [vs.RGBS, vs.RGBH, vs.YUV420P8, vs.YUV420P10],
+                         ids=["RGBS", "RGBH", "YUV420P8", "YUV420P10"])
+def test_format_size_count_roundtrip(src, tiny_restorer, fmt):
+    clip = lq(src, fmt, n=6)
+    out = upscale(clip, 2, model=tiny_restorer)
+    assert (out.width, out.height, out.num_frames) == (2 * W, 2 * H, 6)
+    assert out.format.id == clip.format.id
+    f = out.get_frame(3)
+    data = planes(f)
+    assert np.isfinite(data.astype(np.float64)).all()
+    if clip.format.sample_type == vs.FLOAT:
+        assert data.min() >= 0 and data.max() <= 1
+    else:
+        assert data.max() <= (1 << clip.format.bits_per_sample) - 1
+        assert data.std() > 0
+        f_in = clip.get_frame(3)
+        assert int(f.props["_Matrix"]) == 1 and f.props["_Range"] == f_in.props["_Range"] == vs.RANGE_LIMITED
+        full = core.resize.Bicubic(clip, range_s="full")
+        f_full = upscale(full, 2, model=tiny_restorer).get_frame(3)
+        assert f_full.props["_Range"] == vs.RANGE_FULL
+
+
+def test_explicit_size_and_aspect(src, tiny_restorer):
+    clip = lq(src, n=2)
+    assert (upscale(clip, model=tiny_restorer, width=96, height=40).width, ) == (96,)
+    out = upscale(clip, model=tiny_restorer, width=128)
+    assert (out.width, out.height) == (128, 64)
+    assert (upscale(clip, 1.5, model=tiny_restorer).width, ) == (96,)
+
+
+def test_props_carried_and_reference(src, tiny_restorer):
+    a = lq(src, n=4)
+    b = lq(src, n=4, start=100)
+    b = core.std.SetFrameProps(b[0], _SceneChangePrev=1) + b[1:]
+    clip = core.std.SetFrameProps(a + b, Custom=7)
+    out = upscale(clip, 2, model=tiny_restorer)
+    refs = [f.props["DLoRALReference"] for f in out.frames()]
+    assert refs == [0, 0, 1, 2, 4, 4, 5, 6]
+    f_in, f_out = clip.get_frame(5), out.get_frame(5)
+    for k, v in f_in.props.items():
+        if k not in ("_SARNum", "_SARDen"):  # resize adjusts the sample aspect ratio of a rescale
+            assert f_out.props[k] == v, k
+    off = upscale(clip, 2, model=tiny_restorer, scene_change=False)
+    assert [f.props["DLoRALReference"] for f in off.frames()] == [0, 0, 1, 2, 3, 4, 5, 6]
+
+
+def test_order_and_thread_independent(src, tiny_restorer):
+    clip = lq(src, vs.RGBS, n=10)
+    old = core.num_threads
+    try:
+        core.num_threads = 1
+        seq = [planes(f) for f in upscale(clip, 2, model=tiny_restorer).frames()]
+        core.num_threads = 2
+        out = upscale(clip, 2, model=tiny_restorer)
+        order = list(range(clip.num_frames))
+        random.Random(1).shuffle(order)
+        futs = {n: out.get_frame_async(n) for n in order}
+        rnd = {n: planes(fut.result()) for n, fut in futs.items()}
+        threaded = [planes(f) for f in upscale(clip, 2, model=tiny_restorer).frames(prefetch=4)]
+    finally:
+        core.num_threads = old
+    for n in range(clip.num_frames):
+        assert np.array_equal(seq[n], rnd[n]), n
+        assert np.array_equal(seq[n], threaded[n]), n
+
+
+def test_one_vae_encode_per_frame(src, tiny_restorer):
+    clip = lq(src, n=24)
+    before = dict(tiny_restorer.stats)
+    for _ in upscale(clip, 2, model=tiny_restorer).frames():
+        pass
+    enc = tiny_restorer.stats["vae_encodes"] - before["vae_encodes"]
+    frames = tiny_restorer.stats["frames"] - before["frames"]
+    assert frames == 24
+    assert enc / frames <= 1.05
+
+
+def test_output_equals_restorer(src, tiny_restorer):
+    clip = lq(src, vs.RGBS, n=6)
+    out = upscale(clip, 2, model=tiny_restorer)
+    up = catrom_rgbs(clip, 2 * W, 2 * H)
+    cur, prev = to_tensor(up.get_frame(5)), to_tensor(up.get_frame(4))
+    expected = tiny_restorer.restore(cur, prev)[0].numpy().ravel()
+    assert np.allclose(planes(out.get_frame(5)), expected, atol=1e-6)
+    first = tiny_restorer.restore(to_tensor(up.get_frame(0)))[0].numpy().ravel()
+    assert np.allclose(planes(out.get_frame(0)), first, atol=1e-6)
+    # the reference matters: restoring frame 5 on its own gives something else
+    assert not np.allclose(planes(out.get_frame(5)), tiny_restorer.restore(cur)[0].numpy().ravel(), atol=1e-6)
+
+
+def test_nan_input_is_sanitised(src, tiny_restorer, caplog, capfd):
+    clip = lq(src, vs.RGBS, n=2)
+
+    def poison(n, f):
+        g = f.copy()
+        a = np.asarray(g[0])
+        a[0, :5] = np.nan
+        a[1, :5] = np.inf
+        return g
+
+    bad = core.std.ModifyFrame(clip, clip, poison)
+    out = upscale(bad, 2, model=tiny_restorer)
+    for f in out.frames():
+        assert np.isfinite(planes(f)).all()
+    assert "NaN" in caplog.text  # the vsdloral logger writes to stderr
+    assert capfd.readouterr().out == ""  # never on stdout (vspipe streams video there)
+
+
+def test_bad_clips(src, tiny_restorer):
+    with pytest.raises(vs.Error, match=r"upscale: .*grayscale"):
+        upscale(core.resize.Bicubic(lq(src, n=2), format=vs.GRAY8), model=tiny_restorer)
+    mixed = core.std.Splice([lq(src, n=1), core.resize.Bicubic(lq(src, n=1), 32, 16)], mismatch=True)
+    with pytest.raises(vs.Error, match=r"upscale: .*variable"):
+        upscale(mixed, model=tiny_restorer)
+    unknown = core.resize.Bicubic(src[:2], W, H)  # _Matrix = 2 (unspecified)
+    with pytest.raises(vs.Error, match=r"upscale: .*matrix_in"):
+        upscale(unknown, 2, model=tiny_restorer)
+    assert upscale(unknown, 2, model=tiny_restorer, matrix_in=1).num_frames == 2
+    assert upscale(unknown, 2, model=tiny_restorer, matrix_in="709").num_frames == 2
+    with pytest.raises(vs.Error, match=r"upscale: clip must be"):
+        upscale("not a clip", model=tiny_restorer)
+
+
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        ({"scale": 0}, "scale"),
+        ({"scale": -2}, "scale"),
+        ({"scale": 1000}, "scale"),
+        ({"width": 0}, "width"),
+        ({"width": 99, "height": 40}, "width .* multiple of 2"),
+        ({"width": 20000, "height": 64}, "width"),
+        ({"tile": 12}, "tile must be a multiple of 8"),
+        ({"tile": 4}, "tile"),
+        ({"tile": 64, "tile_overlap": 64}, "tile_overlap"),
+        ({"cfr": "nope"}, "cfr"),
+        ({"color_fix": "nope"}, "color_fix"),
+        ({"matrix_in": 1.5}, "matrix_in"),
+    ],
+)
+def test_bad_args(src, tiny_restorer, kwargs, pattern):
+    with pytest.raises(vs.Error, match=rf"upscale: .*{pattern}"):
+        upscale(lq(src, n=2), model=tiny_restorer, **kwargs)
+
+
+def test_bad_model_and_device(src, tiny_restorer, tiny_model_path, tmp_path):
+    clip = lq(src, n=2)
+    with pytest.raises(vs.Error, match=r"upscale: .*device"):
+        upscale(clip, model=str(tiny_model_path), device="bogus")
+    if not torch.cuda.is_available():
+        with pytest.raises(vs.Error, match=r"upscale: .*CUDA"):
+            upscale(clip, model=str(tiny_model_path), device="cuda")
+    with pytest.raises(vs.Error, match=r"upscale: .*device/dtype"):
+        upscale(clip, model=tiny_restorer, device="cpu")
+    with pytest.raises(vs.Error, match=r"upscale: "):
+        upscale(clip, model=str(tmp_path / "missing.safetensors"))
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(vs.Error, match=r"upscale: "):
+        upscale(clip, model=str(junk))
+    from vsdloral.loading import DEFAULT_MODEL_PATH
+
+    if not DEFAULT_MODEL_PATH.is_file():
+        with pytest.raises(vs.Error, match=r"upscale: .*default model"):
+            upscale(clip)
+    # a path is loaded once and shared between calls
+    a = upscale(clip, 2, model=str(tiny_model_path), device="cpu", dtype="fp32")
+    b = upscale(clip, 2, model=str(tiny_model_path), device="cpu", dtype="fp32")
+    assert np.array_equal(planes(a.get_frame(1)), planes(b.get_frame(1)))
+    assert vsdloral.upscale is upscale
+
+
+def test_frame_cache_computes_each_key_once():
+    import threading
+
+    from vsdloral.frame_cache import FrameCache
+
+    cache = FrameCache(2)
+    calls = []
+    gate = threading.Event()
+
+    def slow():
+        calls.append(1)
+        gate.wait(5)
+        return "v"
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cache.get(7, slow))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    gate.set()
+    for t in threads:
+        t.join()
+    assert results == ["v"] * 4 and len(calls) == 1
+    for k in range(5):
+        cache.get(k, lambda: k)
+    assert len(cache) == 2  # bounded
+    with pytest.raises(ZeroDivisionError):
+        cache.get(9, lambda: 1 / 0)
+    assert cache.get(9, lambda: "ok") == "ok"  # a failure is not cached

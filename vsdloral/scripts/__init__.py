@@ -1,0 +1,1 @@
+"""Graph builders behind the ``vsdloral upscale`` command (run inside ``vspipe``)."""

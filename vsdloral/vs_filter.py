@@ -1,0 +1,261 @@
+"""The VapourSynth filter: ``vsdloral.upscale(clip)``.
+
+Graph (SPEC section 1): the LQ clip is resized to the output size with ``core.resize.Bicubic``
+(Catmull-Rom) and converted to float RGB, frame n and frame n-1 (``rgb[0] + rgb[:-1]``) are
+fetched through the graph by ``std.ModifyFrame``, each frame is VAE-encoded once (a small
+thread-safe LRU of :class:`~vsdloral.model.restorer.PreparedFrame`), restored by the model and
+written back; non-float-RGB input is converted back to its own format at the output size.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from numbers import Real
+from typing import Any
+
+import numpy as np
+import torch
+import vapoursynth as vs
+
+from .frame_cache import FrameCache
+from .utils.log import get_logger
+
+__all__ = ["upscale"]
+
+core = vs.core
+log = get_logger("vsdloral.vs_filter")
+
+MAX_DIM = 16384
+MAX_SCALE = 16
+# Catmull-Rom: Bicubic with b=0, c=0.5
+_CATROM = {"filter_param_a": 0.0, "filter_param_b": 0.5}
+_MODELS: dict[tuple, Any] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def _err(msg: str) -> vs.Error:
+    return vs.Error(f"upscale: {msg}")
+
+
+def _load_restorer(model, device, dtype):
+    """``model`` (path / Restorer / None) -> Restorer; path-loaded models are shared per
+    (file, mtime, device, dtype) so several calls in one script load the weights once."""
+    from .model.restorer import Restorer
+    from .model.weights import WeightsError
+
+    if isinstance(model, Restorer):
+        if device is not None or dtype is not None:
+            raise _err("device/dtype apply only when model is a path or None; load the Restorer with "
+                       "vsdloral.load_model(path, device=..., dtype=...) instead")
+        return model
+    if model is not None and not isinstance(model, (str, os.PathLike)):
+        raise _err(f"model must be a weights-file path, a vsdloral Restorer or None, got {type(model).__name__}")
+    from .loading import DEFAULT_MODEL_PATH, load_model
+
+    path = os.path.realpath(os.fspath(model)) if model is not None else str(DEFAULT_MODEL_PATH)
+    try:
+        mtime = os.stat(path).st_mtime_ns
+    except OSError:
+        mtime = None
+    key = (path, mtime, str(device), str(dtype))
+    with _MODELS_LOCK:
+        if mtime is not None and key in _MODELS:
+            return _MODELS[key]
+        try:
+            restorer = load_model(model, device=device, dtype=dtype)
+        except WeightsError as exc:
+            raise _err(f"{exc}") from None
+        except ValueError as exc:  # bad device / dtype
+            raise _err(f"{exc}") from None
+        except OSError as exc:
+            raise _err(f"cannot read model {model!r}: {exc}; pass model=<path to a .safetensors weights file>") from None
+        if mtime is not None:
+            _MODELS[key] = restorer
+        return restorer
+
+
+def _check_positive_int(name: str, value, lo: int = 1, hi: int = MAX_DIM) -> int:
+    if isinstance(value, bool) or not isinstance(value, Real) or value != int(value):
+        raise _err(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if not lo <= value <= hi:
+        raise _err(f"{name} must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def _output_size(clip: vs.VideoNode, scale, width, height) -> tuple[int, int]:
+    fmt = clip.format
+    mw, mh = 1 << fmt.subsampling_w, 1 << fmt.subsampling_h
+
+    def snap(v: float, m: int) -> int:
+        return max(m, int(round(v / m)) * m)
+
+    if width is not None:
+        width = _check_positive_int("width", width)
+        if width % mw:
+            raise _err(f"width {width} must be a multiple of {mw} for {fmt.name}; pick an even width")
+    if height is not None:
+        height = _check_positive_int("height", height)
+        if height % mh:
+            raise _err(f"height {height} must be a multiple of {mh} for {fmt.name}; pick an even height")
+    if width is None and height is None:
+        if isinstance(scale, bool) or not isinstance(scale, Real) or not math.isfinite(scale):
+            raise _err(f"scale must be a number, got {scale!r}")
+        if not 0 < scale <= MAX_SCALE:
+            raise _err(f"scale must be in (0, {MAX_SCALE}], got {scale}; or pass width=/height=")
+        width, height = snap(clip.width * scale, mw), snap(clip.height * scale, mh)
+    elif width is None:
+        width = snap(clip.width * height / clip.height, mw)
+    elif height is None:
+        height = snap(clip.height * width / clip.width, mh)
+    if width > MAX_DIM or height > MAX_DIM:
+        raise _err(f"output size {width}x{height} exceeds {MAX_DIM} pixels per side; use a smaller scale")
+    return width, height
+
+
+def _matrix_kwargs(matrix_in, suffix: str) -> dict:
+    """An int (VapourSynth enum) or a name ('709', '170m', ...) -> resize keyword arguments."""
+    if isinstance(matrix_in, str):
+        return {f"matrix{suffix}_s": matrix_in}
+    if isinstance(matrix_in, bool) or not isinstance(matrix_in, int):
+        raise _err(f"matrix_in must be an int (e.g. 1 for BT.709) or a name (e.g. '709'), got {matrix_in!r}")
+    return {f"matrix{suffix}": int(matrix_in)}
+
+
+def _to_rgb(clip: vs.VideoNode, w: int, h: int, matrix_in) -> tuple[vs.VideoNode, dict | None]:
+    """Resize+convert to float RGB at the output size. Returns (rgb, kwargs to convert back or None)."""
+    fmt = clip.format
+    if fmt.id in (vs.RGBS, vs.RGBH):
+        return core.resize.Bicubic(clip, w, h, **_CATROM), None
+    back: dict[str, Any] = {"format": fmt.id}
+    kw: dict[str, Any] = {}
+    if fmt.color_family == vs.YUV:
+        props = clip.get_frame(0).props
+        m = props.get("_Matrix")
+        if m is None or int(m) in (2, 3):  # absent / unspecified / reserved
+            if matrix_in is None:
+                raise _err("the clip does not say which YUV matrix it uses (frame prop _Matrix is missing or "
+                           "unspecified); pass matrix_in=1 for BT.709 (HD) or matrix_in=6 for BT.601 (SD), or set "
+                           "_Matrix with std.SetFrameProps")
+            kw.update(_matrix_kwargs(matrix_in, "_in"))
+            back.update(_matrix_kwargs(matrix_in, ""))
+        else:
+            back["matrix"] = int(m)
+        back["range_s"] = "full" if _is_full_range(props) else "limited"
+        if "_ChromaLocation" in props:
+            back["chromaloc"] = int(props["_ChromaLocation"])
+    try:
+        rgb = core.resize.Bicubic(clip, w, h, format=vs.RGBS, **_CATROM, **kw)
+        rgb.get_frame(0)  # resize checks colour arguments at frame time: surface errors now
+    except vs.Error as exc:
+        raise _err(f"cannot convert {fmt.name} to RGB: {exc}; check matrix_in and the clip's frame props") from None
+    return rgb, back
+
+
+def _is_full_range(props) -> bool:
+    """``_Range`` uses vs.Range (RANGE_FULL=1, LIMITED=0); the older ``_ColorRange`` 0=full, 1=limited.
+    Absent: limited, resize's default for YUV."""
+    if "_Range" in props:
+        return int(props["_Range"]) == int(vs.RANGE_FULL)
+    if "_ColorRange" in props:
+        return int(props["_ColorRange"]) == 0
+    return False
+
+
+def _frame_to_tensor(frame: vs.VideoFrame) -> torch.Tensor:
+    arr = np.stack([np.asarray(frame[p]) for p in range(3)])
+    return torch.from_numpy(arr.astype(np.float32, copy=False))[None]
+
+
+def upscale(
+    clip: vs.VideoNode,
+    scale: float = 4,
+    *,
+    width: int | None = None,
+    height: int | None = None,
+    model: Any = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    cfr: str | None = None,
+    color_fix: str = "adain",
+    tile: int | None = None,
+    tile_overlap: int = 64,
+    scene_change: bool = True,
+    matrix_in: int | str | None = None,
+    cfr_window: int | None = None,
+) -> vs.VideoNode:
+    """Upscale ``clip`` with DLoRAL (one-step diffusion VSR, SPEC section 1).
+
+    Frame n is restored with frame n-1 as reference (frame 0 and frames whose ``_SceneChangePrev``
+    prop is set use themselves). ``model``: a weights file, a loaded :class:`Restorer` or ``None``
+    for the bundled default. Output size: ``scale`` x input, or ``width``/``height``. RGBS/RGBH are
+    processed directly; other constant formats are converted to RGB via frame props (``matrix_in``
+    when ``_Matrix`` is unknown) and back to their own format. Output frames carry the source props
+    plus ``DLoRALReference`` (the reference frame number). ``cfr``/``cfr_window`` ``None``: the
+    retrieval the model was trained with (dense for converted released weights)."""
+    from .model.cfr import CFR_MODES
+    from .model.colorfix import COLOR_FIXES
+
+    if not isinstance(clip, vs.VideoNode):
+        raise _err(f"clip must be a vapoursynth.VideoNode, got {type(clip).__name__}")
+    fmt = clip.format
+    if fmt is None or fmt.id == vs.PresetVideoFormat.NONE or clip.width == 0 or clip.height == 0:
+        raise _err("the clip has a variable format or size; make it constant first (e.g. core.resize.Bicubic(clip, "
+                   "width, height, format=vs.YUV420P8))")
+    if fmt.color_family == vs.GRAY:
+        raise _err(f"{fmt.name} (grayscale) is not supported: the model needs colour; convert with "
+                   "core.resize.Bicubic(clip, format=vs.RGBS) first")
+    if fmt.color_family not in (vs.RGB, vs.YUV):
+        raise _err(f"unsupported colour family of {fmt.name}; use RGB or YUV")
+    if cfr is not None and cfr not in CFR_MODES:
+        raise _err(f"unknown cfr {cfr!r}; choose one of {', '.join(CFR_MODES)}")
+    if color_fix not in COLOR_FIXES:
+        raise _err(f"unknown color_fix {color_fix!r}; choose one of {', '.join(COLOR_FIXES)}")
+    if cfr_window is not None:
+        cfr_window = _check_positive_int("cfr_window", cfr_window, 1, 1024)
+    tile_overlap = _check_positive_int("tile_overlap", tile_overlap, 0, MAX_DIM)
+    out_w, out_h = _output_size(clip, scale, width, height)
+
+    restorer = _load_restorer(model, device, dtype)
+    factor = restorer.factor
+    if tile is not None:
+        tile = _check_positive_int("tile", tile, 1, MAX_DIM)
+        if tile < factor or tile % factor:
+            raise _err(f"tile must be a multiple of {factor} (the model's VAE factor) and >= {factor}, got {tile}")
+        if tile_overlap >= tile:
+            raise _err(f"tile_overlap ({tile_overlap}) must be smaller than tile ({tile})")
+    if matrix_in is not None:
+        _matrix_kwargs(matrix_in, "_in")  # type check before the (slow) model load
+
+    rgb, back = _to_rgb(clip, out_w, out_h, matrix_in)
+    prev = rgb if rgb.num_frames == 1 else rgb[0] + rgb[:-1]
+    cache: FrameCache = FrameCache(max(4, core.num_threads + 3))
+    prep_kw = {"tile": tile, "tile_overlap": tile_overlap}
+    restore_kw = {"color_fix": color_fix, "cfr": cfr, "cfr_window": cfr_window, **prep_kw}
+    warned = threading.Event()
+
+    def prepare(frame: vs.VideoFrame):
+        x = _frame_to_tensor(frame)
+        if not warned.is_set() and not torch.isfinite(x).all():
+            warned.set()
+            log.warning("upscale: input contains NaN/Inf samples; they are replaced (NaN->0, clamped to [0,1])")
+        return restorer.prepare(x, **prep_kw)
+
+    def process(n: int, f: list[vs.VideoFrame]) -> vs.VideoFrame:
+        cur_f, prev_f = f
+        own = n == 0 or (scene_change and bool(cur_f.props.get("_SceneChangePrev", 0)))
+        cur = cache.get(n, lambda: prepare(cur_f))
+        ref = None if own else cache.get(n - 1, lambda: prepare(prev_f))
+        y = restorer.restore_prepared(cur, ref, **restore_kw)[0].float().cpu().numpy()
+        out = cur_f.copy()
+        for p in range(3):
+            np.copyto(np.asarray(out[p]), y[p], casting="same_kind")
+        out.props["DLoRALReference"] = n if own else n - 1
+        return out
+
+    res = core.std.ModifyFrame(clip=rgb, clips=[rgb, prev], selector=process)
+    if back is not None:
+        res = core.resize.Bicubic(res, **_CATROM, dither_type="error_diffusion", **back)
+    return res
