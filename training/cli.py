@@ -1,0 +1,118 @@
+"""``vsdloral-train`` (also ``python -m training``): vae | base | dloral | export | degrade.
+
+Each training subcommand takes ``--preset`` (tiny, sd21), ``--config FILE.yaml`` and
+``--set key=value`` overrides (plus the explicit flags below, which win) and prints the
+effective config to stderr before it starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vsdloral.model.weights import WeightsError
+from vsdloral.utils.log import get_logger
+
+from . import config as config_mod
+
+log = get_logger("vsdloral.train")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default=None, help="training preset: tiny (CPU) or sd21 (paper, GPU); default tiny")
+    p.add_argument("--config", default=None, help="YAML config merged over the preset")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config entry (dotted key, YAML value); repeatable")
+    p.add_argument("--out", required=True, help="run folder (checkpoints/, metrics.jsonl, config.yaml)")
+    p.add_argument("--data", action="append", default=None, metavar="PATH",
+                   help="video file, folder of frames or folder of videos (repeatable; replaces data.videos)")
+    p.add_argument("--images", action="append", default=None, metavar="FOLDER",
+                   help="folder of still images used as pseudo-videos (repeatable)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--crop", type=int, default=None, help="HQ crop size in pixels")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
+                   help="continue from the latest checkpoint in --out (or the given file)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vsdloral-train", description="Train DLoRAL models for vsdloral.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("vae", help="train the autoencoder from scratch on frames")
+    _common(p)
+    p = sub.add_parser("base", help="train the one-step single-frame UNet prior on a trained VAE")
+    _common(p)
+    p.add_argument("--vae", default=None, help="'vae' run folder or checkpoint")
+    p = sub.add_parser("dloral", help="dual LoRA learning (consistency/detail stages)")
+    _common(p)
+    p.add_argument("--base", default=None, help="Stable Diffusion 2.1-base folder, or a 'base' run folder/checkpoint")
+    p.add_argument("--init", default=None, help="vsdloral weights file to continue training from")
+    p = sub.add_parser("export", help="dloral checkpoint -> vsdloral weights file")
+    p.add_argument("checkpoint", help="'dloral' checkpoint file or run folder (latest checkpoint)")
+    p.add_argument("output", help="output .safetensors")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--prompt", default=None, help="prompt text recorded in the metadata")
+    p = sub.add_parser("degrade", help="write a degraded low-quality copy of a video")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--preset", default="bicubic", choices=["bicubic", "realistic"])
+    p.add_argument("--scale", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--crf", type=int, default=10, help="x264 CRF of the written file (default 10, near lossless)")
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .loop import train
+
+    cmd = args.command
+    explicit = {
+        "data.videos": args.data, "data.images": args.images, f"{cmd}.steps": args.steps,
+        f"{cmd}.batch_size": args.batch_size, f"{cmd}.crop": args.crop, f"{cmd}.lr": args.lr,
+        "seed": args.seed, "train.device": args.device,
+        "base.vae": getattr(args, "vae", None), "dloral.base": getattr(args, "base", None),
+        "dloral.init": getattr(args, "init", None),
+    }
+    cfg = config_mod.build_config(args.preset, args.config, args.overrides, explicit)
+    print(f"vsdloral-train {cmd}: effective config\n{config_mod.dump(cfg)}", file=sys.stderr, flush=True)
+    summary = train(cmd, cfg, args.out, resume=args.resume)
+    print(f"done: {summary['steps']} steps, {summary['steps_per_s']:.3f} steps/s, "
+          f"final loss {summary['losses'][-1] if summary['losses'] else float('nan'):.5f}, "
+          f"checkpoint {summary['checkpoint']}", file=sys.stderr)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    export(args.checkpoint, args.output, args.dtype, args.prompt)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _degrade(args: argparse.Namespace) -> int:
+    from .degrade_video import degrade_video
+
+    n, w, h = degrade_video(args.input, args.output, preset=args.preset, scale=args.scale, seed=args.seed, crf=args.crf)
+    print(f"wrote {args.output}: {n} frames, {w}x{h}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"export": _export, "degrade": _degrade}.get(args.command, _train)
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("vsdloral-train: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, WeightsError, FileNotFoundError) as exc:
+        print(f"vsdloral-train {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,228 @@
+"""Training data: videos (PyAV), folders of frames, image folders as pseudo-videos.
+
+Every sample is a deterministic function of ``(seed, index)``: the clip, window start, crop,
+flips and the clip's degradation parameters are drawn from ``numpy.random.default_rng([seed,
+index])``. The data order therefore needs no saved state: a resumed run at step ``s`` draws
+exactly the samples the uninterrupted run would have drawn. Broken or unreadable inputs are
+skipped with a warning and counted (``skipped``), never fatal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from vsdloral.utils.log import get_logger
+
+from .degrade import degrade_clip, sample_params
+
+log = get_logger("vsdloral.train.data")
+VIDEO_EXTS = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".y4m", ".mpg", ".mpeg", ".ts", ".flv"}
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+@dataclass
+class Clip:
+    """Decoded frames (T,H,W,3) uint8 RGB; ``pseudo``: a still image made into a moving clip."""
+
+    name: str
+    frames: np.ndarray
+    pseudo: bool = False
+
+
+def read_video(path: Path, max_frames: int = 0) -> np.ndarray:
+    """Decode a video to (T,H,W,3) uint8 RGB with PyAV (raises on unreadable files)."""
+    out = []
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        for frame in container.decode(video=0):
+            out.append(frame.to_ndarray(format="rgb24"))
+            if max_frames and len(out) >= max_frames:
+                break
+    if not out:
+        raise ValueError("no decodable frames")
+    return np.stack(out)
+
+
+def read_image(path: Path) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError("not a readable image")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+
+
+class Sources:
+    """Load all clips from ``videos`` (files or folders of videos / frame folders) and ``images``
+    (folders whose images are independent stills)."""
+
+    def __init__(self, videos: list[str] | None, images: list[str] | None = None, *,
+                 min_size: int = 0, max_frames: int = 0) -> None:
+        self.clips: list[Clip] = []
+        self.skipped: list[tuple[str, str]] = []
+        self.min_size, self.max_frames = min_size, max_frames
+        for item in videos or []:
+            self._add_video_entry(Path(item))
+        for item in images or []:
+            self._add_image_folder(Path(item))
+
+    def _skip(self, name: str, why: str) -> None:
+        log.warning("skipping %s: %s", name, why)
+        self.skipped.append((name, why))
+
+    def _keep(self, clip: Clip) -> None:
+        h, w = clip.frames.shape[1:3]
+        if min(h, w) < self.min_size:
+            self._skip(clip.name, f"frames {w}x{h} are smaller than the {self.min_size}px crop")
+            return
+        self.clips.append(clip)
+
+    def _add_video_entry(self, path: Path) -> None:
+        if path.is_dir():
+            frames = _images_in(path)
+            if frames:
+                self._add_frame_folder(path, frames)
+            for p in sorted(path.iterdir()):
+                if p.is_dir() or p.suffix.lower() in VIDEO_EXTS:
+                    self._add_video_entry(p)
+            return
+        if not path.exists():
+            self._skip(str(path), "does not exist")
+            return
+        try:
+            self._keep(Clip(str(path), read_video(path, self.max_frames)))
+        except Exception as exc:  # PyAV raises many types for broken files
+            self._skip(str(path), f"unreadable video ({type(exc).__name__}: {exc})")
+
+    def _add_frame_folder(self, folder: Path, files: list[Path]) -> None:
+        frames, shape = [], None
+        for f in files[: self.max_frames or None]:
+            try:
+                img = read_image(f)
+            except ValueError as exc:
+                self._skip(str(f), str(exc))
+                continue
+            if shape is not None and img.shape != shape:
+                self._skip(str(f), f"size {img.shape[1]}x{img.shape[0]} differs from the folder's first frame")
+                continue
+            shape = img.shape
+            frames.append(img)
+        if frames:
+            self._keep(Clip(str(folder), np.stack(frames)))
+
+    def _add_image_folder(self, folder: Path) -> None:
+        if not folder.is_dir():
+            self._skip(str(folder), "is not a folder")
+            return
+        for f in _images_in(folder):
+            try:
+                self._keep(Clip(str(f), read_image(f)[None], pseudo=True))
+            except ValueError as exc:
+                self._skip(str(f), str(exc))
+
+
+def _to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """(T,H,W,3) float [0,1] -> (T,3,H,W) float32 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2))).float()
+
+
+class WindowDataset(Dataset):
+    """Deterministic windows of ``frames`` consecutive HQ frames with their degraded LQ frames.
+
+    Item ``i`` is ``{"hq": (T,3,C,C), "lq": (T,3,C/s,C/s)}`` in [0,1]. The last ``holdout``
+    frames of each real clip are never used (they are the validation frames)."""
+
+    def __init__(self, clips: list[Clip], *, crop: int, frames: int, scale: int, degradation: dict,
+                 seed: int, holdout: int = 0, flip: bool = True, shift: int = 4, length: int = 10 ** 9) -> None:
+        self.crop, self.frames, self.scale = crop, frames, scale
+        self.degradation, self.seed, self.flip, self.shift, self.length = degradation, seed, flip, shift, length
+        self.failures = 0
+        self.items: list[tuple[Clip, int]] = []  # (clip, number of usable window starts)
+        for c in clips:
+            usable = c.frames.shape[0] if c.pseudo else c.frames.shape[0] - holdout - frames + 1
+            if usable > 0:
+                self.items.append((c, usable))
+        if not self.items:
+            raise ValueError(f"no training windows: every clip is shorter than {frames} frames + {holdout} held out")
+        w = np.array([n for _, n in self.items], dtype=np.float64)
+        self.weights = w / w.sum()
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _window(self, clip: Clip, start: int, rng: np.random.Generator) -> np.ndarray:
+        c = self.crop + (2 * self.shift if clip.pseudo else 0)
+        h, w = clip.frames.shape[1:3]
+        y, x = int(rng.integers(0, h - c + 1)) if h > c else 0, int(rng.integers(0, w - c + 1)) if w > c else 0
+        if not clip.pseudo:
+            return clip.frames[start:start + self.frames, y:y + self.crop, x:x + self.crop]
+        # a still image: a random walk of small shifts makes it move like a camera pan
+        img = clip.frames[0, y:y + c, x:x + c]
+        oy = ox = self.shift
+        out = []
+        for _ in range(self.frames):
+            out.append(img[oy:oy + self.crop, ox:ox + self.crop])
+            oy = int(np.clip(oy + rng.integers(-self.shift, self.shift + 1) // 2, 0, 2 * self.shift))
+            ox = int(np.clip(ox + rng.integers(-self.shift, self.shift + 1) // 2, 0, 2 * self.shift))
+        return np.stack(out)
+
+    def sample(self, index: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, index])
+        k = int(rng.choice(len(self.items), p=self.weights))
+        clip, usable = self.items[k]
+        start = int(rng.integers(0, usable)) if not clip.pseudo else 0
+        hq = self._window(clip, start, rng).astype(np.float32) / 255.0
+        if self.flip:
+            if rng.random() < 0.5:
+                hq = hq[:, :, ::-1]
+            if rng.random() < 0.5:
+                hq = hq[:, ::-1]
+        hq = np.ascontiguousarray(hq)
+        params = sample_params(rng, self.degradation)
+        noise_seed = int(rng.integers(2 ** 31))
+        try:
+            lq = degrade_clip(hq, params, self.scale, noise_seed)
+        except Exception as exc:  # e.g. a codec failure: never end a long run for one sample
+            self.failures += 1
+            log.warning("degradation failed for sample %d (%s: %s); using bicubic", index, type(exc).__name__, exc)
+            lq = degrade_clip(hq, {"kind": "bicubic"}, self.scale, noise_seed)
+        return {"hq": _to_tensor(hq), "lq": _to_tensor(lq)}
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.sample(index)
+
+
+def validation_windows(clips: list[Clip], *, holdout: int, frames: int, crop: int, scale: int,
+                       degradation: dict, seed: int, max_clips: int = 4) -> list[dict[str, torch.Tensor]]:
+    """Fixed validation windows: the first window of each clip's held-out frames, centre crop,
+    degraded with a fixed per-clip seed."""
+    out = []
+    for i, clip in enumerate(c for c in clips if not c.pseudo):
+        n = clip.frames.shape[0]
+        if holdout < frames or n < holdout or len(out) >= max_clips:
+            continue
+        h, w = clip.frames.shape[1:3]
+        ch, cw = min(crop, h) // 8 // scale * 8 * scale, min(crop, w) // 8 // scale * 8 * scale
+        y, x = (h - ch) // 2, (w - cw) // 2
+        hq = clip.frames[n - holdout:n - holdout + frames, y:y + ch, x:x + cw].astype(np.float32) / 255.0
+        rng = np.random.default_rng([seed, 7919, i])
+        lq = degrade_clip(hq, sample_params(rng, degradation), scale, int(rng.integers(2 ** 31)))
+        out.append({"hq": _to_tensor(hq), "lq": _to_tensor(lq), "name": clip.name})
+    return out
+
+
+def step_batch(dataset: WindowDataset, step: int, batch_size: int, rank: int = 0, world: int = 1) -> dict[str, torch.Tensor]:
+    """The batch of optimisation step ``step`` on process ``rank`` (deterministic, resumable)."""
+    base = (step * world + rank) * batch_size
+    items = [dataset.sample(base + i) for i in range(batch_size)]
+    return {k: torch.stack([it[k] for it in items]) for k in ("hq", "lq")}

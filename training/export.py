@@ -1,0 +1,42 @@
+"""``export``: a ``dloral`` checkpoint -> the vsdloral weights file the plugin loads."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from vsdloral.model.weights import DLoRALModel, ModelMeta
+
+from . import lora
+from .checkpoint import load_checkpoint
+from .tasks import DLoRALTask
+
+
+def export(checkpoint: str | Path, output: str | Path, dtype: str = "fp32", prompt: str | None = None) -> DLoRALModel:
+    """Rebuild the training model from ``checkpoint`` (its base must still be reachable), merge
+    both LoRA branches with PEFT and save the inference model atomically."""
+    state = load_checkpoint(checkpoint)
+    if state.get("task_name") != "dloral":
+        raise ValueError(f"export needs a 'dloral' checkpoint; {checkpoint} is {state.get('task_name')!r}")
+    cfg = state["config"]
+    task = DLoRALTask(cfg)
+    task.load_state(state["task"])
+    s, net = task.start, task.net
+    unet = lora.merged_unet(net.unet, s.unet_config)
+    d = cfg["dloral"]
+    provenance = {
+        "source": "vsdloral-train",
+        "preset": cfg.get("preset"), "arch": cfg.get("arch"), "base": d.get("base"), "base_kind": s.kind,
+        "init": d.get("init"), "data": {"videos": cfg["data"].get("videos"), "images": cfg["data"].get("images")},
+        "steps": int(state["step"]), "seed": cfg.get("seed"),
+        "degradation": (cfg.get("degradation") or {}).get("kind"),
+        "config_sha256": hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest(),
+    }
+    meta = ModelMeta(dict(s.unet_config), dict(s.vae_config), net.cfr.config, scale=int(cfg.get("scale", 4)),
+                     prompt=d.get("prompt", "") if prompt is None else prompt,
+                     preset=cfg.get("arch"), provenance=provenance)
+    model = DLoRALModel(unet, s.vae.float().cpu(), net.spynet.float().cpu(), net.cfr.float().cpu(),
+                        net.prompt_embeds.detach().float().cpu().clone(), meta)
+    model.save(output, dtype)
+    return model

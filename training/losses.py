@@ -1,0 +1,88 @@
+"""Losses: L2, LPIPS (local weights only), differentiable flow consistency, CSD."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vsdloral.model.spynet import SPyNet
+
+
+def l2(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(pred.float(), target.float())
+
+
+def _load_state(path: Path) -> dict:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+
+
+def build_lpips(weights: str | None, net: str = "alex") -> nn.Module:
+    """A frozen LPIPS network whose backbone and linear layers come from the LOCAL file
+    ``weights`` (a full ``lpips.LPIPS`` state dict, ``.pt``/``.pth``/``.safetensors``)."""
+    if not weights:
+        raise ValueError(
+            "loss.lpips > 0 needs loss.lpips_weights: a local file with a full lpips.LPIPS state dict "
+            "(backbone + linear layers); no weights are downloaded. Set loss.lpips=0 to train without LPIPS")
+    path = Path(weights)
+    if not path.is_file():
+        raise ValueError(f"loss.lpips_weights: no file at {path}")
+    import lpips
+
+    model = lpips.LPIPS(pretrained=False, net=net, pnet_rand=True, verbose=False)
+    try:
+        missing, unexpected = model.load_state_dict(_load_state(path), strict=False)
+    except RuntimeError as exc:
+        raise ValueError(f"loss.lpips_weights {path} does not fit lpips net {net!r}: {exc}") from None
+    if missing:
+        raise ValueError(f"loss.lpips_weights {path} lacks {len(missing)} tensors (first: {missing[0]}); "
+                         "it must hold the backbone and the linear layers")
+    return model.eval().requires_grad_(False)
+
+
+def lpips_loss(model: nn.Module, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """LPIPS of images in [-1,1]."""
+    return model(pred.float(), target.float()).mean()
+
+
+def flow_loss(flow_net: SPyNet, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``|F(y1_hat, y2_hat) - F(y1, y2)|_1`` over consecutive restored frames (B,T,3,H,W) in [-1,1].
+
+    ``flow_net`` is a frozen SPyNet: gradients flow through it into the restored frames."""
+    a, b = pred[:, :-1].flatten(0, 1).float(), pred[:, 1:].flatten(0, 1).float()
+    with torch.no_grad():
+        ref = flow_net(target[:, :-1].flatten(0, 1).float(), target[:, 1:].flatten(0, 1).float())
+    return (flow_net(a, b) - ref).abs().mean()
+
+
+def csd_loss(teacher: nn.Module, alphas_cumprod: torch.Tensor, z: torch.Tensor, pos: torch.Tensor,
+             neg: torch.Tensor, cfg_scale: float = 7.5, t_range: tuple[float, float] = (0.02, 0.5)) -> torch.Tensor:
+    """Classifier score distillation with a frozen diffusion ``teacher`` (a 4-channel SD UNet).
+
+    Noises ``z`` at a random timestep in ``t_range * T``, takes the teacher's guided and
+    unguided x0 predictions and pulls ``z`` along their difference (the classifier score),
+    normalised by the guided prediction's mean error."""
+    n = z.shape[0]
+    steps = alphas_cumprod.shape[0]
+    t = torch.randint(int(t_range[0] * steps), int(t_range[1] * steps), (n,), device=z.device)
+    a = alphas_cumprod.to(z.device, torch.float32)[t].view(n, 1, 1, 1)
+    noise = torch.randn_like(z, dtype=torch.float32)
+    with torch.no_grad():
+        zt = (a.sqrt() * z.float() + (1 - a).sqrt() * noise)
+        dtype = next(teacher.parameters()).dtype
+        inp = torch.cat([zt, zt]).to(dtype)
+        emb = torch.cat([neg.expand(n, -1, -1), pos.expand(n, -1, -1)]).to(dtype)
+        eps_u, eps_c = teacher(inp, torch.cat([t, t]), encoder_hidden_states=emb).sample.float().chunk(2)
+        eps_g = eps_u + cfg_scale * (eps_c - eps_u)
+        x0_g = (zt - (1 - a).sqrt() * eps_g) / a.sqrt()
+        x0_u = (zt - (1 - a).sqrt() * eps_u) / a.sqrt()
+        weight = (z.float() - x0_g).abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
+        grad = torch.nan_to_num((x0_u - x0_g) / weight)
+    return 0.5 * F.mse_loss(z.float(), (z.float() - grad).detach())

@@ -1,0 +1,312 @@
+"""The three trainable tasks (``vae``, ``base``, ``dloral``): what to build, the forward, the
+loss, the learned state, validation. The optimisation loop itself is in :mod:`training.loop`."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from torch import nn
+
+from vsdloral.model.presets import get_preset
+from vsdloral.utils.log import get_logger
+
+from . import lora
+from .bases import load_start
+from .checkpoint import load_checkpoint
+from .losses import build_lpips, csd_loss, flow_loss, l2, lpips_loss
+from .nets import AutoencoderNet, DLoRALNet, LatentCodec, PriorNet, upscale
+from .schedule import from_config as schedule_from_config
+
+log = get_logger("vsdloral.train.tasks")
+
+
+def arch(cfg: dict):
+    """The architecture preset ``cfg['arch']`` with ``model.unet`` / ``model.vae`` / ``model.cfr``
+    overrides merged in (e.g. ``--set model.vae.latent_channels=8``); CFR follows the latent width."""
+    from dataclasses import replace
+
+    p = get_preset(cfg["arch"])
+    m = cfg.get("model") or {}
+    vae = {**p.vae, **(m.get("vae") or {})}
+    unet = {**p.unet, **(m.get("unet") or {})}
+    cfr = replace(p.cfr, **{"latent_channels": int(vae.get("latent_channels", 4)), **(m.get("cfr") or {})})
+    return unet, vae, cfr
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of images in [0,1]."""
+    mse = F.mse_loss(a.float().clamp(0, 1), b.float().clamp(0, 1)).item()
+    return 10 * torch.log10(torch.tensor(1.0 / max(mse, 1e-12))).item()
+
+
+class Task:
+    name = ""
+    frames = 1
+
+    def __init__(self, cfg: dict) -> None:
+        self.cfg, self.c = cfg, cfg[self.name]
+        self.scale = int(cfg.get("scale", 4))
+        self.lpips = None
+        weight = cfg["loss"].get("lpips", 0) if self.name == "dloral" else self.c.get("lpips", 0)
+        if float(weight or 0) > 0:
+            self.lpips = build_lpips(cfg["loss"].get("lpips_weights"), cfg["loss"].get("lpips_net", "alex"))
+
+    net: nn.Module
+
+    def trainable(self) -> list[nn.Parameter]:
+        return [p for p in self.net.parameters() if p.requires_grad]
+
+    def set_step(self, step: int) -> str:
+        return self.name
+
+    def aux_to(self, device: torch.device) -> None:
+        if self.lpips is not None:
+            self.lpips.to(device)
+
+    def state(self) -> dict:
+        raise NotImplementedError
+
+    def load_state(self, state: dict) -> None:
+        raise NotImplementedError
+
+
+class VAETask(Task):
+    """Autoencoder from scratch on HQ frames: L1/L2 + LPIPS + small KL."""
+
+    name = "vae"
+
+    def __init__(self, cfg: dict) -> None:
+        super().__init__(cfg)
+        self.vae_config = dict(arch(cfg)[1])
+        torch.manual_seed(int(cfg.get("seed", 0)))
+        self.net = AutoencoderNet(AutoencoderKL.from_config(self.vae_config))
+        self.z_var = 0.0  # running mean of the latent variance -> scaling_factor
+        self.z_n = 0
+
+    def forward(self, model, batch):
+        return model(2 * batch["hq"][:, 0] - 1)
+
+    def loss(self, out, batch, step):
+        x = 2 * batch["hq"][:, 0] - 1
+        y = out["y"].float()
+        c = self.c
+        terms = {"l1": (y - x).abs().mean(), "l2": l2(y, x), "kl": out["kl"]}
+        if self.lpips is not None:
+            terms["lpips"] = lpips_loss(self.lpips, y, x)
+        loss = sum(float(c.get(k, 0)) * v for k, v in terms.items())
+        with torch.no_grad():
+            self.z_var += out["z"].float().var().item()
+            self.z_n += 1
+        return loss, {k: v.item() for k, v in terms.items()}
+
+    def scaling_factor(self) -> float:
+        if not self.z_n:
+            return float(self.vae_config.get("scaling_factor", 0.18215))
+        return float(1.0 / max(self.z_var / self.z_n, 1e-8) ** 0.5)
+
+    def state(self) -> dict:
+        cfg = dict(self.vae_config, scaling_factor=self.scaling_factor())
+        return {"vae": {k: v.detach().cpu().clone() for k, v in self.net.vae.state_dict().items()},
+                "vae_config": cfg, "z_var": self.z_var, "z_n": self.z_n}
+
+    def load_state(self, state: dict) -> None:
+        self.net.vae.load_state_dict(state["vae"], strict=True)
+        self.z_var, self.z_n = float(state["z_var"]), int(state["z_n"])
+
+    @torch.no_grad()
+    def validate(self, model, windows) -> dict:
+        vals = []
+        for w in windows:
+            x = w["hq"][:1].to(next(model.parameters()).device)
+            vals.append(psnr((model(2 * x - 1)["y"] + 1) / 2, x))
+        return {"val_psnr": sum(vals) / len(vals)} if vals else {}
+
+
+def _load_vae(path: str) -> tuple[AutoencoderKL, dict]:
+    state = load_checkpoint(path)
+    if state.get("task_name") != "vae":
+        raise ValueError(f"base.vae {path} is not a 'vae' training checkpoint")
+    vae = AutoencoderKL.from_config(state["task"]["vae_config"])
+    vae.load_state_dict(state["task"]["vae"], strict=True)
+    return vae, dict(state["task"]["vae_config"])
+
+
+class BaseTask(Task):
+    """The one-step single-frame prior on a frozen VAE's latents (plays SD's role)."""
+
+    name = "base"
+
+    def __init__(self, cfg: dict) -> None:
+        super().__init__(cfg)
+        if not self.c.get("vae"):
+            raise ValueError("base needs --vae: a 'vae' run folder or checkpoint")
+        vae, self.vae_config = _load_vae(self.c["vae"])
+        p = get_preset(cfg["arch"])
+        self.unet_config = dict(arch(cfg)[0], in_channels=self.vae_config["latent_channels"],
+                                out_channels=self.vae_config["latent_channels"])
+        torch.manual_seed(int(cfg.get("seed", 0)))
+        unet = UNet2DConditionModel.from_config(self.unet_config)
+        nn.init.zeros_(unet.conv_out.weight)  # start as the identity: z_hat = z_lq
+        nn.init.zeros_(unet.conv_out.bias)
+        prompt = torch.zeros(1, p.prompt_tokens, self.unet_config["cross_attention_dim"])
+        codec = LatentCodec(vae, float(self.vae_config["scaling_factor"]))
+        self.net = PriorNet(unet, codec, prompt, self.scale)
+
+    def forward(self, model, batch):
+        return model(batch["lq"][:, 0])
+
+    def loss(self, out, batch, step):
+        x = 2 * batch["hq"][:, 0] - 1
+        terms = {"l2": l2(out["y"], x), "latent": l2(out["z_hat"], self.net.codec.encode(x))}
+        if self.lpips is not None:
+            terms["lpips"] = lpips_loss(self.lpips, out["y"], x)
+        w = {"l2": float(self.c.get("pixel", 1.0)), "latent": float(self.c.get("latent", 1.0)),
+             "lpips": float(self.c.get("lpips", 0.0))}
+        return sum(w[k] * v for k, v in terms.items()), {k: v.item() for k, v in terms.items()}
+
+    def state(self) -> dict:
+        return {"unet": {k: v.detach().cpu().clone() for k, v in self.net.unet.state_dict().items()},
+                "unet_config": self.unet_config, "vae_config": self.vae_config,
+                "vae": {k: v.detach().cpu().clone() for k, v in self.net.codec.vae.state_dict().items()},
+                "prompt_embeds": self.net.prompt_embeds.detach().cpu().clone()}
+
+    def load_state(self, state: dict) -> None:
+        self.net.unet.load_state_dict(state["unet"], strict=True)
+
+    @torch.no_grad()
+    def validate(self, model, windows) -> dict:
+        out, bic = [], []
+        for w in windows:
+            dev = next(model.parameters()).device
+            lq, hq = w["lq"][:1].to(dev), w["hq"][:1].to(dev)
+            out.append(psnr((model(lq)["y"] + 1) / 2, hq))
+            bic.append(psnr(upscale(lq, self.scale), hq))
+        return {"val_psnr": sum(out) / len(out), "val_psnr_bicubic": sum(bic) / len(bic)} if out else {}
+
+
+class DLoRALTask(Task):
+    """Dual LoRA learning (SPEC section 5)."""
+
+    name = "dloral"
+
+    def __init__(self, cfg: dict) -> None:
+        super().__init__(cfg)
+        self.frames = int(cfg["data"].get("frames", 3))
+        if self.frames < 2:
+            raise ValueError("dloral needs windows of at least 2 frames (data.frames)")
+        torch.manual_seed(int(cfg.get("seed", 0)))
+        s = self.start = load_start(cfg)
+        self.schedule = schedule_from_config(cfg)
+        self.flow_net = copy.deepcopy(s.spynet).eval().requires_grad_(False)  # frozen copy for the flow loss
+        if not any("lora_" in n for n, _ in s.unet.named_parameters()):
+            lora.inject(s.unet, int(self.c.get("lora_rank", 4)), float(self.c.get("lora_alpha", 8)))
+        codec = LatentCodec(s.vae, float(s.vae_config.get("scaling_factor", 0.18215)))
+        factor = 2 ** (len(s.vae_config["block_out_channels"]) - 1)
+        self.net = DLoRALNet(s.unet, codec, s.spynet, s.cfr, s.prompt_embeds, self.scale, factor)
+        self.sets = {
+            "consistency": list(s.cfr.parameters()) + list(s.spynet.parameters())
+            + lora.lora_parameters(s.unet, "consistency") + list(s.unet.conv_in.parameters()),
+            "detail": lora.lora_parameters(s.unet, "quality") + list(s.unet.conv_in.parameters()),
+        }
+        self._all = list({id(p): p for v in self.sets.values() for p in v}.values())
+        # an untrained (zero-flow) SPyNet gives F == 0 for every input: the flow loss is then
+        # identically zero, so it is skipped (and logged) instead of paying its backward pass
+        self.flow_inert = all(float(m.basic_module[-1].conv.weight.abs().sum()) == 0.0
+                              and float(m.basic_module[-1].conv.bias.abs().sum()) == 0.0
+                              for m in self.flow_net.basic_module)
+        if self.flow_inert and float(cfg["loss"].get("flow", 0)) > 0:
+            log.info("flow loss skipped: the frozen flow network is an untrained (zero-flow) SPyNet; "
+                     "give dloral.spynet_weights (or --init a model with a trained SPyNet) to use it")
+        self._stage = None
+        self._csd_logged = False
+        if float(cfg["loss"].get("csd", 0)) > 0 and s.teacher is None:
+            log.info("CSD skipped: the base (%s) is not a Stable Diffusion model, so there is no diffusion teacher", s.kind)
+
+    def trainable(self) -> list[nn.Parameter]:
+        """Every parameter trained in some stage (the optimiser holds all of them)."""
+        self.net.requires_grad_(False)
+        for p in self._all:
+            p.requires_grad_(True)
+        return self._all
+
+    def set_stage(self, stage: str) -> None:
+        """Make exactly the parameters of ``stage`` trainable (SPEC section 5)."""
+        self.net.requires_grad_(False)
+        for p in self.sets[stage]:
+            p.requires_grad_(True)
+        self._stage = stage
+
+    def set_step(self, step: int) -> str:
+        stage = self.schedule.stage(step)
+        if stage != self._stage:
+            self.set_stage(stage)
+        return stage
+
+    def aux_to(self, device) -> None:
+        super().aux_to(device)
+        self.flow_net.to(device)
+        if self.start.teacher is not None:
+            self.start.teacher.to(device)
+
+    def forward(self, model, batch):
+        return model(batch["lq"])
+
+    def loss(self, out, batch, step):
+        y = out["y"]
+        target = 2 * batch["hq"][:, 1:] - 1
+        w = self.schedule.weights(step)
+        terms = {"l2": l2(y, target)}
+        if w["lpips"] > 0 and self.lpips is not None:
+            terms["lpips"] = lpips_loss(self.lpips, y.flatten(0, 1), target.flatten(0, 1))
+        if w["flow"] > 0 and y.shape[1] >= 2 and not self.flow_inert:
+            terms["flow"] = flow_loss(self.flow_net, y, target)
+        if w["csd"] > 0 and self.start.teacher is not None:
+            s = self.start
+            terms["csd"] = csd_loss(s.teacher, s.alphas_cumprod, out["z_hat"], self.net.prompt_embeds,
+                                    s.negative_embeds.to(y.device), float(self.c.get("cfg_scale", 7.5)),
+                                    tuple(self.c.get("csd_t_range", (0.02, 0.5))))
+        loss = sum(w[k] * v for k, v in terms.items())
+        logs = {k: v.item() for k, v in terms.items()}
+        logs.update({f"w_{k}": v for k, v in w.items() if k in terms})
+        return loss, logs
+
+    def state(self) -> dict:
+        n = self.net
+        return {"unet": lora.learned_unet_state(n.unet),
+                "spynet": {k: v.detach().cpu().clone() for k, v in n.spynet.state_dict().items()},
+                "cfr": {k: v.detach().cpu().clone() for k, v in n.cfr.state_dict().items()}}
+
+    def load_state(self, state: dict) -> None:
+        n = self.net
+        missing, unexpected = n.unet.load_state_dict(state["unet"], strict=False)
+        if unexpected or any("lora_" in k or k.startswith("conv_in.") for k in missing):
+            raise ValueError("checkpoint does not match this dloral model (LoRA rank/targets or base differ)")
+        n.spynet.load_state_dict(state["spynet"], strict=True)
+        n.cfr.load_state_dict(state["cfr"], strict=True)
+
+    @torch.no_grad()
+    def validate(self, model, windows) -> dict:
+        out, bic, terr, terr_bic = [], [], [], []
+        dev = next(model.parameters()).device
+        for w in windows:
+            lq, hq = w["lq"][None].to(dev), w["hq"][None].to(dev)
+            y = (model(lq)["y"] + 1) / 2                     # (1,T-1,3,H,W)
+            gt = hq[:, 1:]
+            up = upscale(lq[:, 1:].flatten(0, 1), self.scale).unflatten(0, (1, -1))
+            out.append(psnr(y, gt))
+            bic.append(psnr(up, gt))
+            if y.shape[1] >= 2:  # temporal error: frame differences vs the ground truth's
+                terr.append(((y[:, 1:] - y[:, :-1]) - (gt[:, 1:] - gt[:, :-1])).abs().mean().item())
+                terr_bic.append(((up[:, 1:] - up[:, :-1]) - (gt[:, 1:] - gt[:, :-1])).abs().mean().item())
+        res = {}
+        if out:
+            res = {"val_psnr": sum(out) / len(out), "val_psnr_bicubic": sum(bic) / len(bic)}
+        if terr:
+            res.update(val_temporal_err=sum(terr) / len(terr), val_temporal_err_bicubic=sum(terr_bic) / len(terr_bic))
+        return res
+
+
+TASKS = {"vae": VAETask, "base": BaseTask, "dloral": DLoRALTask}
