@@ -43,7 +43,7 @@ def to_tensor(frame) -> torch.Tensor:
 
 
 def catrom_rgbs(clip, w, h):
-    return core.resize.Bicubic(clip, w, h, format=vs.RGBS, filter_param_a=0, filter_param_b=0.5)
+    return core.resize.Bicubic(clip, w, h, format=vs.RGBS, filter_param_a=0, filter_param_b=0.75)
 
 
 @pytest.mark.parametrize("fmt", [vs.RGBS, vs.RGBH, vs.YUV420P8, vs.YUV420P10],

@@ -15,7 +15,8 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
 
 from vsdloral.model.cfr import CrossFrameRetrieval
-from vsdloral.model.spynet import SPyNet, flow_warp
+from vsdloral.model.spynet import SPyNet
+from vsdloral.model.temporal import flow_input, warp_reference
 
 
 def upscale(lq: torch.Tensor, scale: int) -> torch.Tensor:
@@ -79,12 +80,13 @@ class DLoRALNet(nn.Module):
         x = 2 * upscale(lq.flatten(0, 1), self.scale) - 1            # (B*T,3,H,W) in [-1,1]
         h, w = x.shape[-2:]
         z = self.codec.encode(x)
-        small = F.interpolate(x, size=(h // self.factor, w // self.factor), mode="bicubic", align_corners=False)
+        cfg = self.cfr.config
+        small = flow_input(x, (h // self.factor, w // self.factor), cfg.flow_downscale)
         z, small = z.unflatten(0, (b, t)), small.unflatten(0, (b, t))
         cur, ref = z[:, 1:].flatten(0, 1), z[:, :-1].flatten(0, 1)
-        flow = self.spynet(small[:, 1:].flatten(0, 1).float(), small[:, :-1].flatten(0, 1).float())  # n -> n-1
-        ref_w = flow_warp(ref.float(), flow).to(cur.dtype)
-        cur = cur + self.cfr(cur, ref_w, "dense")
+        # the same alignment and retrieval as inference (vsdloral.model.temporal, the model's CFR mode)
+        ref_w = warp_reference(self.spynet, small[:, 1:].flatten(0, 1), small[:, :-1].flatten(0, 1), ref)
+        cur = cur + self.cfr(cur, ref_w, cfg.mode, window=cfg.window)
         steps = torch.ones(cur.shape[0], device=cur.device, dtype=torch.long)
         prompt = self.prompt_embeds.expand(cur.shape[0], -1, -1).to(cur.dtype)
         eps = self.unet(torch.cat([ref_w, cur], 1), steps, encoder_hidden_states=prompt).sample

@@ -1,7 +1,7 @@
 """The VapourSynth filter: ``vsdloral.upscale(clip)``.
 
 Graph (SPEC section 1): the LQ clip is resized to the output size with ``core.resize.Bicubic``
-(Catmull-Rom) and converted to float RGB, frame n and frame n-1 (``rgb[0] + rgb[:-1]``) are
+(Keys cubic a=-0.75, as torch and the training package) and converted to float RGB, frame n and frame n-1 (``rgb[0] + rgb[:-1]``) are
 fetched through the graph by ``std.ModifyFrame``, each frame is VAE-encoded once (a small
 thread-safe LRU of :class:`~vsdloral.model.restorer.PreparedFrame`), restored by the model and
 written back; non-float-RGB input is converted back to its own format at the output size.
@@ -29,8 +29,9 @@ log = get_logger("vsdloral.vs_filter")
 
 MAX_DIM = 16384
 MAX_SCALE = 16
-# Catmull-Rom: Bicubic with b=0, c=0.5
-_CATROM = {"filter_param_a": 0.0, "filter_param_b": 0.5}
+# Keys cubic with a = -0.75 (b=0, c=0.75): the same kernel as torch's and OpenCV's bicubic, which
+# the training package uses to make its LQ inputs, so the plugin feeds the model what it was trained on.
+_BICUBIC = {"filter_param_a": 0.0, "filter_param_b": 0.75}
 _MODELS: dict[tuple, Any] = {}
 _MODELS_LOCK = threading.Lock()
 
@@ -128,7 +129,7 @@ def _to_rgb(clip: vs.VideoNode, w: int, h: int, matrix_in) -> tuple[vs.VideoNode
     """Resize+convert to float RGB at the output size. Returns (rgb, kwargs to convert back or None)."""
     fmt = clip.format
     if fmt.id in (vs.RGBS, vs.RGBH):
-        return core.resize.Bicubic(clip, w, h, **_CATROM), None
+        return core.resize.Bicubic(clip, w, h, **_BICUBIC), None
     back: dict[str, Any] = {"format": fmt.id}
     kw: dict[str, Any] = {}
     if fmt.color_family == vs.YUV:
@@ -147,7 +148,7 @@ def _to_rgb(clip: vs.VideoNode, w: int, h: int, matrix_in) -> tuple[vs.VideoNode
         if "_ChromaLocation" in props:
             back["chromaloc"] = int(props["_ChromaLocation"])
     try:
-        rgb = core.resize.Bicubic(clip, w, h, format=vs.RGBS, **_CATROM, **kw)
+        rgb = core.resize.Bicubic(clip, w, h, format=vs.RGBS, **_BICUBIC, **kw)
         rgb.get_frame(0)  # resize checks colour arguments at frame time: surface errors now
     except vs.Error as exc:
         raise _err(f"cannot convert {fmt.name} to RGB: {exc}; check matrix_in and the clip's frame props") from None
@@ -257,5 +258,5 @@ def upscale(
 
     res = core.std.ModifyFrame(clip=rgb, clips=[rgb, prev], selector=process)
     if back is not None:
-        res = core.resize.Bicubic(res, **_CATROM, dither_type="error_diffusion", **back)
+        res = core.resize.Bicubic(res, **_BICUBIC, dither_type="error_diffusion", **back)
     return res
