@@ -1,0 +1,94 @@
+"""Every benchmark runs in its --smoke mode and prints JSON with the expected keys and sane values.
+
+Each benchmark is a subprocess (``python -m benchmarks.<name> --smoke --json --threads 1``, cwd = repo
+root), as a user runs it, so that the benchmarks cannot rot. One torch thread: smoke figures are
+not measurements, and a single thread does not spin against other jobs on a busy CI machine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_benchmark(name: str, *extra: str) -> dict:
+    proc = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", "--smoke", "--json", "--threads", "1", *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"benchmarks.{name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+    return json.loads(proc.stdout)
+
+
+def _pos(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_pipeline_smoke():
+    r = run_benchmark("pipeline")
+    assert _pos(r["matmul_peak_gflops"])
+    assert r["runs"], "no runs"
+    for run in r["runs"]:
+        assert "error" not in run, run
+        assert run["preset"] == "tiny"
+        assert _pos(run["fps"]) and _pos(run["seconds_per_frame"]) and _pos(run["peak_rss_mb"])
+        assert set(run["stage_seconds"]) == {"vae_encode", "flow", "cfr", "unet", "vae_decode", "color_fix"}
+        assert all(v >= 0 for v in run["stage_seconds"].values())
+        assert _pos(run["stage_gflops"]["unet"]) and _pos(run["stage_gflops"]["vae_decode"])
+        assert 1.0 <= run["vae_encodes_per_frame"] <= 2.0
+
+
+def test_cfr_smoke():
+    r = run_benchmark("cfr")
+    modes = [x["mode"] for x in r["runs"]]
+    assert modes[0] == "dense" and any(m.startswith("window") for m in modes) and any(m.startswith("topk") for m in modes)
+    for x in r["runs"]:
+        assert x["positions"] > 0
+        if "skipped" in x:
+            continue
+        assert x["seconds"] >= 0
+        if x["mode"] != "dense":
+            assert math.isfinite(x["rel_error_vs_dense"]) and x["rel_error_vs_dense"] >= 0
+
+
+def test_precision_smoke():
+    r = run_benchmark("precision")
+    rows = {x["dtype"]: x for x in r["runs"]}
+    assert "fp32" in rows and len(rows) >= 2
+    assert rows["fp32"]["speedup_vs_fp32"] == 1.0
+    for dt, x in rows.items():
+        assert _pos(x["seconds"]) and _pos(x["speedup_vs_fp32"])
+        if dt != "fp32":
+            assert 20 < x["psnr_vs_fp32_db"] < math.inf, x  # reduced precision: close to fp32, not identical
+
+
+def test_plugin_smoke():
+    r = run_benchmark("plugin")
+    for side in ("plugin", "bare"):
+        assert _pos(r[side]["fps_steady"]) and _pos(r[side]["fps_whole"]) and _pos(r[side]["wall_s"]), side
+    # a sequential vspipe render encodes each frame once (read from the filter's Restorer inside vspipe)
+    assert r["vae_encodes_per_frame"] == 1.0
+    assert r["plugin"]["vae_encodes_per_frame"] == 1.0 and r["bare"]["vae_encodes_per_frame"] == 1.0
+    assert _pos(r["ratio_steady"]) and _pos(r["ratio_whole"])
+    assert r["max_pixel_diff"] < 1e-4  # the plugin and the bare loop restored the same frames the same way
+    assert r["frames"] == 6 and r["out"] == "64x48"
+    # vspipe's whole run pays for its start-up and the model load; the steady state does not
+    assert r["plugin"]["fps_whole"] < r["plugin"]["fps_steady"]
+
+
+def test_long_render_smoke():
+    r = run_benchmark("long_render")
+    assert r["frames"] == 200
+    assert _pos(r["fps_steady"]) and _pos(r["fps_whole"])
+    assert r["vae_encodes_per_frame"] == 1.0
+    assert _pos(r["rss_warmup_mb"]) and _pos(r["rss_end_mb"])
+    assert r["rss_warmup_mb"] > 100  # the vspipe process with torch loaded, not its launcher
+    assert 20 <= r["warmup_frame"] <= r["end_frame"] <= 200
+    assert r["samples"] >= 3
+    # 200 frames are too few to judge the 5% target (issue 7: run the full 5000 frames); gross leaks still show
+    assert math.isfinite(r["growth_pct"]) and abs(r["growth_pct"]) < 25
