@@ -167,11 +167,11 @@ def bare_frames(frames: int, lq: tuple[int, int], scale: float):
     import numpy as np
     import torch
 
-    from vsdloral.vs_filter import _output_size, _to_rgb  # the filter's resize, so the input cannot drift
+    from vsdloral.vs_filter import output_size, to_rgb_at_size  # the filter's own resize: the inputs cannot drift
 
     clip = lq_clip(frames, lq)
-    w, h = _output_size(clip, scale, None, None)
-    rgb, _ = _to_rgb(clip, w, h, None)
+    w, h = output_size(clip, scale, None, None)
+    rgb, _ = to_rgb_at_size(clip, w, h, None)
     return [torch.from_numpy(np.stack([np.asarray(f[p]) for p in range(3)]).astype(np.float32))[None]
             for f in rgb.frames()], (w, h)
 

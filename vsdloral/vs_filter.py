@@ -86,7 +86,8 @@ def _check_positive_int(name: str, value, lo: int = 1, hi: int = MAX_DIM) -> int
     return value
 
 
-def _output_size(clip: vs.VideoNode, scale, width, height) -> tuple[int, int]:
+def output_size(clip: vs.VideoNode, scale, width, height) -> tuple[int, int]:
+    """Output (width, height) from ``scale`` or explicit ``width``/``height``, kept on the chroma grid."""
     fmt = clip.format
     mw, mh = 1 << fmt.subsampling_w, 1 << fmt.subsampling_h
 
@@ -125,7 +126,7 @@ def _matrix_kwargs(matrix_in, suffix: str) -> dict:
     return {f"matrix{suffix}": int(matrix_in)}
 
 
-def _to_rgb(clip: vs.VideoNode, w: int, h: int, matrix_in) -> tuple[vs.VideoNode, dict | None]:
+def to_rgb_at_size(clip: vs.VideoNode, w: int, h: int, matrix_in) -> tuple[vs.VideoNode, dict | None]:
     """Resize+convert to float RGB at the output size. Returns (rgb, kwargs to convert back or None)."""
     fmt = clip.format
     if fmt.id in (vs.RGBS, vs.RGBH):
@@ -217,7 +218,7 @@ def upscale(
     if cfr_window is not None:
         cfr_window = _check_positive_int("cfr_window", cfr_window, 1, 1024)
     tile_overlap = _check_positive_int("tile_overlap", tile_overlap, 0, MAX_DIM)
-    out_w, out_h = _output_size(clip, scale, width, height)
+    out_w, out_h = output_size(clip, scale, width, height)
 
     restorer = _load_restorer(model, device, dtype)
     factor = restorer.factor
@@ -230,7 +231,7 @@ def upscale(
     if matrix_in is not None:
         _matrix_kwargs(matrix_in, "_in")  # type check before the (slow) model load
 
-    rgb, back = _to_rgb(clip, out_w, out_h, matrix_in)
+    rgb, back = to_rgb_at_size(clip, out_w, out_h, matrix_in)
     prev = rgb if rgb.num_frames == 1 else rgb[0] + rgb[:-1]
     cache: FrameCache = FrameCache(max(4, core.num_threads + 3))
     prep_kw = {"tile": tile, "tile_overlap": tile_overlap}
