@@ -7,7 +7,7 @@ Source: the first ``--frames`` frames of bikes.mp4 (BestSource), shrunk to ``--l
 with ``vsdloral.upscale(clip, scale, model=<Restorer>)``; the script records when each output
 frame is delivered and, after the last one, writes the filter's ``restorer.stats`` (VAE encodes)
 to a JSON file. The bare loop builds the identical VapourSynth graph in this process (same LQ
-frames, same Catmull-Rom resize to the output size, decoded up front and not timed), loads the
+frames, same resize to the output size, via the filter's own to_rgb_at_size, decoded up front and not timed), loads the
 same weights and runs ``prepare`` once per frame and ``restore_prepared(cur, prev)``.
 
 Figures: whole-run fps (vspipe: process start to exit, i.e. Python/torch imports, model load,
