@@ -24,7 +24,7 @@ from .common import emit, model_file, parser, setup_threads
 METRICS = ("psnr_y", "ssim_y", "psnr_rgb", "ewarp", "tof")
 
 
-def _upscale_frames(lq: Path, model, scale: int, per_frame: bool, frames: int) -> tuple[np.ndarray, float]:
+def _upscale_frames(lq: Path, model, scale: int, per_frame: bool, frames: int, color_fix: str) -> tuple[np.ndarray, float]:
     import vapoursynth as vs
 
     import vsdloral
@@ -34,7 +34,7 @@ def _upscale_frames(lq: Path, model, scale: int, per_frame: bool, frames: int) -
     rgb = core.resize.Bicubic(clip, format=vs.RGBS, matrix_in_s="170m" if clip.height < 600 else "709")
     if per_frame:
         rgb = core.std.SetFrameProps(rgb, _SceneChangePrev=1)
-    out = vsdloral.upscale(rgb, scale, model=model)
+    out = vsdloral.upscale(rgb, scale, model=model, color_fix=color_fix)
     t0 = time.perf_counter()
     arr = np.stack([np.stack([np.asarray(f[p]) for p in range(3)], axis=-1) for f in out.frames()])
     return arr.clip(0, 1), (time.perf_counter() - t0) / out.num_frames
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=120)
     p.add_argument("--degradations", default="bicubic,realistic")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--color-fix", default="adain", help="adain (the filter's default), wavelet or none")
     a = p.parse_args(argv)
     setup_threads(a.threads)
     import vsdloral
@@ -64,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             lq = Path(tmp) / f"lq-{deg}.mkv"
             subprocess.run([sys.executable, "-m", "training", "degrade", str(gt), str(lq), "--preset", deg,
                             "--scale", str(scale), "--seed", str(a.seed)], check=True, stdout=subprocess.DEVNULL)
-            temporal, spf_t = _upscale_frames(lq, restorer, scale, False, frames)
-            per_frame, spf_p = _upscale_frames(lq, restorer, scale, True, frames)
+            temporal, spf_t = _upscale_frames(lq, restorer, scale, False, frames, a.color_fix)
+            per_frame, spf_p = _upscale_frames(lq, restorer, scale, True, frames, a.color_fix)
             print(f"quality: {deg}: evaluating", file=sys.stderr)
             res_t = evaluate(gt, temporal, lq=lq, baseline="bicubic", max_frames=frames)
             res_p = evaluate(gt, per_frame, max_frames=frames)
@@ -74,11 +75,11 @@ def main(argv: list[str] | None = None) -> int:
                          "ewarp_reference": res_t.get("ewarp_reference"),
                          "seconds_per_frame": {"temporal": spf_t, "per_frame": spf_p},
                          "size": f"{res_t['width']}x{res_t['height']}", "frames": res_t["frames"]})
-    result = {"model": str(model_path or "bundled default"), "clip": gt.name, "scale": scale,
+    result = {"model": str(model_path or "bundled default"), "clip": gt.name, "scale": scale, "color_fix": a.color_fix,
               "flow_method": "OpenCV DIS", "rows": rows}
 
     def table(res):
-        lines = [f"{res['model']} on {res['clip']} (x{res['scale']}, not used in training); flow for E*warp/tOF: {res['flow_method']}"]
+        lines = [f"{res['model']} on {res['clip']} (x{res['scale']}, not used in training, color_fix={res['color_fix']}); flow for E*warp/tOF: {res['flow_method']}"]
         for r in res["rows"]:
             lines += ["", f"degradation: {r['degradation']}  ({r['frames']} frames, {r['size']}; "
                       f"reference E*warp floor {r['ewarp_reference']:.3f})",

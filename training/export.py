@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from vsdloral.model.presets import PRESETS, get_preset
 from vsdloral.model.weights import DLoRALModel, ModelMeta
 
 from . import lora
@@ -28,7 +29,11 @@ def export(checkpoint: str | Path, output: str | Path, dtype: str = "fp32", prom
     provenance = {
         "source": "vsdloral-train",
         "preset": cfg.get("preset"), "arch": cfg.get("arch"), "base": d.get("base"), "base_kind": s.kind,
-        "init": d.get("init"), "data": {"videos": cfg["data"].get("videos"), "images": cfg["data"].get("images")},
+        "init": d.get("init"),
+        # file names only: absolute paths say where the trainer's disk was, not what the data was
+        "data": {k: [Path(p).name for p in cfg["data"].get(k) or []] for k in ("videos", "images")},
+        "description": get_preset(cfg["arch"]).description if cfg.get("arch") in PRESETS else "",
+        "trained_on": state.get("trained_on", "unknown"),
         "steps": int(state["step"]), "seed": cfg.get("seed"),
         "degradation": (cfg.get("degradation") or {}).get("kind"),
         "config_sha256": hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest(),
@@ -40,3 +45,4 @@ def export(checkpoint: str | Path, output: str | Path, dtype: str = "fp32", prom
                         net.prompt_embeds.detach().float().cpu().clone(), meta)
     model.save(output, dtype)
     return model
+

@@ -8,6 +8,7 @@ hold the learned tensors, the optimiser and the RNG states, so ``resume`` contin
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import sys
@@ -90,6 +91,15 @@ def build_data(cfg: dict, task_name: str, frames: int):
     return src, ds, val
 
 
+def device_description(accelerator) -> str:
+    """Where training runs, for the exported model's provenance: ``cpu (2 cores)``, ``cuda x8 (A100)``."""
+    dev = accelerator.device
+    procs = f" x{accelerator.num_processes}" if accelerator.num_processes > 1 else ""
+    if dev.type == "cuda":
+        return f"cuda{procs} ({torch.cuda.get_device_name(dev)})"
+    return f"{dev.type}{procs} ({os.cpu_count()} cores)"
+
+
 def train(task_name: str, cfg: dict, out_dir: str | Path, resume: str | bool | None = None) -> dict:
     """Run (or resume) ``task_name`` for ``cfg[task_name]['steps']`` steps; returns a summary."""
     out = Path(out_dir)
@@ -144,7 +154,8 @@ def train(task_name: str, cfg: dict, out_dir: str | Path, resume: str | bool | N
         if not main:
             return None
         state = {"task_name": task_name, "step": step, "task": task.state(), "optimizer": optimizer.state_dict(),
-                 "rng": rng_now, "config": cfg, "skipped": [list(s) for s in src.skipped]}
+                 "rng": rng_now, "config": cfg, "skipped": [list(s) for s in src.skipped],
+                 "trained_on": device_description(accelerator)}
         return save_checkpoint(ckpt_dir, step, state, keep=int(t.get("keep", 3)))
 
     def validate(step: int) -> None:
