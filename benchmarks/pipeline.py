@@ -28,7 +28,8 @@ def _parse_size(s: str) -> tuple[int, int]:
     return int(w), int(h)
 
 
-def measure_one(preset: str, size: str, device: str | None, dtype: str | None, reps: int, cfr: str, tile: int | None) -> dict:
+def measure_one(preset: str, size: str, device: str | None, dtype: str | None, reps: int, cfr: str | None,
+                tile: int | None) -> dict:
     """Run in the child process: load, warm up, time stages, count FLOPs."""
     import vsdloral
     from torch.utils.flop_counter import FlopCounterMode
@@ -57,7 +58,7 @@ def measure_one(preset: str, size: str, device: str | None, dtype: str | None, r
     total_s = sum(stage_s.values())
     return {
         "preset": preset, "size": size, "device": str(r.device), "dtype": str(r.dtype).replace("torch.", ""),
-        "cfr": cfr, "tile": tile, "seconds_per_frame": total_s, "fps": 1.0 / total_s if total_s else None,
+        "cfr": cfr or r.meta.cfr.mode, "tile": tile, "seconds_per_frame": total_s, "fps": 1.0 / total_s if total_s else None,
         "stage_seconds": stage_s, "stage_gflops": {k: v / 1e9 for k, v in flops.items()},
         "stage_gflops_per_s": {k: (flops[k] / stage_s[k] / 1e9 if stage_s.get(k) else None) for k in flops},
         "vae_encodes_per_frame": r.stats["vae_encodes"] / max(1, r.stats["frames"]),
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="256x256,512x512,1280x720,1920x1080")
     p.add_argument("--dtype", default=None)
     p.add_argument("--reps", type=int, default=2)
-    p.add_argument("--cfr", default="dense")
+    p.add_argument("--cfr", default=None, help="dense, topk or window (default: each model's trained mode)")
     p.add_argument("--tile", type=int, default=None)
     p.add_argument("--single", nargs=2, metavar=("PRESET", "SIZE"), help=argparse_hidden())
     a = p.parse_args(argv)
@@ -116,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
         model_file(preset)  # build once in the parent, not in each child
         for size in sizes:
-            args = ["--single", preset, size, "--reps", str(1 if a.smoke else a.reps), "--cfr", a.cfr]
-            for flag, val in (("--device", a.device), ("--dtype", a.dtype), ("--threads", a.threads), ("--tile", a.tile)):
+            args = ["--single", preset, size, "--reps", str(1 if a.smoke else a.reps)]
+            for flag, val in (("--device", a.device), ("--dtype", a.dtype), ("--threads", a.threads), ("--tile", a.tile),
+                              ("--cfr", a.cfr)):
                 if val is not None:
                     args += [flag, str(val)]
             print(f"pipeline: {preset} {size} ...", file=sys.stderr)

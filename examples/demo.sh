@@ -7,7 +7,7 @@
 # Environment:
 #   VSDLORAL_MODEL  weights file (default: the bundled model, vsdloral/data/default.safetensors)
 #   DEMO_SECONDS    seconds of video (default 3)
-#   DEMO_LQ         LQ size WxH (default 64x36 -> 256x144; ~4 s/frame with the SD-sized model on 2 CPU cores)
+#   DEMO_LQ         LQ size WxH (default 320x180 -> 1280x720: about 1 s/frame with the bundled model on 2 CPU cores)
 #   DEMO_SCALE      upscaling factor (default 4)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -17,24 +17,15 @@ PY="$ROOT/.venv/bin/python"
 
 SRC=$("$PY" -c 'from vsdloral.samples import sample_video; print(sample_video("bigbuckbunny.mp4"))')
 SECONDS_=${DEMO_SECONDS:-3}
-LQ=${DEMO_LQ:-64x36}
+LQ=${DEMO_LQ:-320x180}
 SCALE=${DEMO_SCALE:-4}
 FPS=25  # bigbuckbunny.mp4
 FRAMES=$(( SECONDS_ * FPS ))
 mkdir -p "$ROOT/out"
 
-MODEL=${VSDLORAL_MODEL:-}
-DEFAULT=$("$PY" -c 'from vsdloral.loading import DEFAULT_MODEL_PATH; print(DEFAULT_MODEL_PATH)')
 MODEL_ARGS=()
-if [ -n "$MODEL" ]; then
-  MODEL_ARGS=(--arg "model=$MODEL")
-elif [ ! -f "$DEFAULT" ]; then
-  # No trained weights yet: show the pipeline with a random tiny model (its output is NOT a restoration).
-  MODEL="$ROOT/out/demo-random-tiny.safetensors"
-  echo "demo: the bundled model ($DEFAULT) is missing and VSDLORAL_MODEL is not set;" >&2
-  echo "demo: using RANDOM tiny weights to show the pipeline -- the picture will not be restored." >&2
-  [ -f "$MODEL" ] || "$PY" -m vsdloral init --preset tiny --seed 0 -o "$MODEL" >&2
-  MODEL_ARGS=(--arg "model=$MODEL")
+if [ -n "${VSDLORAL_MODEL:-}" ]; then
+  MODEL_ARGS=(--arg "model=$VSDLORAL_MODEL")
 fi
 
 OUT="$ROOT/out/demo_x${SCALE}.mkv"

@@ -54,9 +54,11 @@ class Restorer:
         self.device = torch.device(device)
         self.dtype = dtype
         self.meta = model.meta
+        # channels-last: measured 1.7x faster VAE decode on CPU (benchmarks/README.md); convs prefer it on GPUs too
+        cl = torch.channels_last
         with _quiet_diffusers():  # its dtype-cast advice does not apply to inference-only modules
-            self.unet = model.unet.to(self.device, dtype).eval().requires_grad_(False)
-            self.vae = model.vae.to(self.device, dtype).eval().requires_grad_(False)
+            self.unet = model.unet.to(self.device, dtype, memory_format=cl).eval().requires_grad_(False)
+            self.vae = model.vae.to(self.device, dtype, memory_format=cl).eval().requires_grad_(False)
         self.cfr = model.cfr.to(self.device, dtype).eval().requires_grad_(False)
         # flow runs in fp32: it is cheap at latent resolution and grid_sample is precision sensitive
         self.spynet = model.spynet.to(self.device, torch.float32).eval().requires_grad_(False)
@@ -135,7 +137,8 @@ class Restorer:
         with self._lock:
             self._vae_tiling(tile, tile_overlap)
             with self._stage("vae_encode"):
-                latent = self.vae.encode(img.to(self.dtype)).latent_dist.mode() * self.scaling_factor
+                x_in = img.to(self.dtype).contiguous(memory_format=torch.channels_last)
+                latent = self.vae.encode(x_in).latent_dist.mode().contiguous() * self.scaling_factor
             self.stats["vae_encodes"] += img.shape[0]
         return PreparedFrame(img, small, latent, (h, w))
 
@@ -180,7 +183,8 @@ class Restorer:
             z_hat = z_cur - eps
             self._vae_tiling(tile, tile_overlap)
             with self._stage("vae_decode"):
-                y = self.vae.decode(z_hat / self.scaling_factor).sample.float().clamp(-1, 1)
+                z_in = (z_hat / self.scaling_factor).contiguous(memory_format=torch.channels_last)
+                y = self.vae.decode(z_in).sample.float().contiguous().clamp(-1, 1)
             self.stats["vae_decodes"] += y.shape[0]
             self.stats["frames"] += y.shape[0]
         h, w = cur.size
@@ -191,7 +195,8 @@ class Restorer:
 
     def _unet(self, x: torch.Tensor) -> torch.Tensor:
         prompt = self.prompt_embeds.expand(x.shape[0], -1, -1)
-        return self.unet(x, self._timestep, encoder_hidden_states=prompt).sample
+        x = x.contiguous(memory_format=torch.channels_last)
+        return self.unet(x, self._timestep, encoder_hidden_states=prompt).sample.contiguous()
 
     def restore(
         self, cur: torch.Tensor, ref: torch.Tensor | None = None, *, color_fix: str = "adain", cfr: str | None = None,
