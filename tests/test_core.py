@@ -215,3 +215,21 @@ def test_missing_default_model_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(loading, "DEFAULT_MODEL_PATH", tmp_path / "none.safetensors")
     with pytest.raises(WeightsError, match="default model"):
         loading.load_model(None)
+
+
+def test_model_default_tile_is_used_unless_overridden(tmp_path):
+    m = init_model("tiny", seed=2)
+    m.meta.tile, m.meta.tile_overlap = 32, 8
+    path = tmp_path / "tiled.safetensors"
+    m.save(path)
+    from vsdloral.model.weights import read_metadata
+
+    assert read_metadata(path)["tile"] == 32 and read_metadata(path)["tile_overlap"] == 8
+    r = vsdloral.load_model(path, device="cpu")
+    assert r.resolve_tiling(None, None) == (32, 8)
+    assert r.resolve_tiling(0, None)[0] is None  # 0: tiling off
+    assert r.resolve_tiling(64, None) == (64, 8)
+    x, ref = frames(1, 48, 72, 5), frames(1, 48, 72, 6)
+    default = r.restore(x, ref, color_fix="none")
+    assert torch.equal(default, r.restore(x, ref, color_fix="none", tile=32, tile_overlap=8))
+    assert not torch.equal(default, r.restore(x, ref, color_fix="none", tile=0))

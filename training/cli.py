@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="output .safetensors")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--prompt", default=None, help="prompt text recorded in the metadata")
+    p.add_argument("--tile", type=int, default=None,
+                   help="default inference tile in output pixels recorded in the model (default: model.inference_tile "
+                        "of the run's config; models trained on small crops need one, see docs/default-model.md)")
+    p.add_argument("--tile-overlap", type=int, default=None, help="default inference tile overlap in output pixels")
     p = sub.add_parser("degrade", help="write a degraded low-quality copy of a video")
     p.add_argument("input")
     p.add_argument("output")
@@ -88,7 +92,7 @@ def _train(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .export import export
 
-    export(args.checkpoint, args.output, args.dtype, args.prompt)
+    export(args.checkpoint, args.output, args.dtype, args.prompt, tile=args.tile, tile_overlap=args.tile_overlap)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 

@@ -14,9 +14,12 @@ from .checkpoint import load_checkpoint
 from .tasks import DLoRALTask
 
 
-def export(checkpoint: str | Path, output: str | Path, dtype: str = "fp32", prompt: str | None = None) -> DLoRALModel:
+def export(checkpoint: str | Path, output: str | Path, dtype: str = "fp32", prompt: str | None = None, *,
+           tile: int | None = None, tile_overlap: int | None = None) -> DLoRALModel:
     """Rebuild the training model from ``checkpoint`` (its base must still be reachable), merge
-    both LoRA branches with PEFT and save the inference model atomically."""
+    both LoRA branches with PEFT and save the inference model atomically. ``tile``/``tile_overlap``
+    (default: ``model.inference_tile``/``model.inference_tile_overlap`` of the run's config) are
+    recorded as the model's default inference tiling."""
     state = load_checkpoint(checkpoint)
     if state.get("task_name") != "dloral":
         raise ValueError(f"export needs a 'dloral' checkpoint; {checkpoint} is {state.get('task_name')!r}")
@@ -40,7 +43,10 @@ def export(checkpoint: str | Path, output: str | Path, dtype: str = "fp32", prom
     }
     meta = ModelMeta(dict(s.unet_config), dict(s.vae_config), net.cfr.config, scale=int(cfg.get("scale", 4)),
                      prompt=d.get("prompt", "") if prompt is None else prompt,
-                     preset=cfg.get("arch"), provenance=provenance)
+                     preset=cfg.get("arch"), provenance=provenance,
+                     tile=tile if tile is not None else (cfg.get("model") or {}).get("inference_tile"),
+                     tile_overlap=tile_overlap if tile_overlap is not None
+                     else (cfg.get("model") or {}).get("inference_tile_overlap"))
     model = DLoRALModel(unet, s.vae.float().cpu(), net.spynet.float().cpu(), net.cfr.float().cpu(),
                         net.prompt_embeds.detach().float().cpu().clone(), meta)
     model.save(output, dtype)

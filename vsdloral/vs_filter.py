@@ -183,7 +183,7 @@ def upscale(
     cfr: str | None = None,
     color_fix: str = "adain",
     tile: int | None = None,
-    tile_overlap: int = 64,
+    tile_overlap: int | None = None,
     scene_change: bool = True,
     matrix_in: int | str | None = None,
     cfr_window: int | None = None,
@@ -217,17 +217,17 @@ def upscale(
         raise _err(f"unknown color_fix {color_fix!r}; choose one of {', '.join(COLOR_FIXES)}")
     if cfr_window is not None:
         cfr_window = _check_positive_int("cfr_window", cfr_window, 1, 1024)
-    tile_overlap = _check_positive_int("tile_overlap", tile_overlap, 0, MAX_DIM)
+    if tile_overlap is not None:
+        tile_overlap = _check_positive_int("tile_overlap", tile_overlap, 0, MAX_DIM)
     out_w, out_h = output_size(clip, scale, width, height)
 
     restorer = _load_restorer(model, device, dtype)
-    factor = restorer.factor
     if tile is not None:
-        tile = _check_positive_int("tile", tile, 1, MAX_DIM)
-        if tile < factor or tile % factor:
-            raise _err(f"tile must be a multiple of {factor} (the model's VAE factor) and >= {factor}, got {tile}")
-        if tile_overlap >= tile:
-            raise _err(f"tile_overlap ({tile_overlap}) must be smaller than tile ({tile})")
+        tile = _check_positive_int("tile", tile, 0, MAX_DIM)
+    try:
+        tile, tile_overlap = restorer.resolve_tiling(tile, tile_overlap)
+    except ValueError as exc:
+        raise _err(f"{str(exc).removeprefix('restore: ')} (tile=0 turns tiling off)") from None
     if matrix_in is not None:
         _matrix_kwargs(matrix_in, "_in")  # type check before the (slow) model load
 

@@ -99,6 +99,20 @@ class Restorer:
         self.vae.tile_latent_min_size = max(1, tile // self.factor)
         self.vae.tile_overlap_factor = overlap / tile
 
+    def resolve_tiling(self, tile: int | None, overlap: int | None) -> tuple[int | None, int]:
+        """``tile=None``: the model's own default (its metadata; untiled when it has none);
+        ``tile=0``: untiled. ``overlap=None``: the model's default, else 64, at most tile/2.
+        Returns the checked (tile or None, overlap)."""
+        if tile is None:
+            tile = self.meta.tile
+        if overlap is None:
+            overlap = self.meta.tile_overlap if self.meta.tile_overlap is not None else 64
+            if tile:
+                overlap = min(overlap, tile // 2)
+        tile = None if tile == 0 else tile
+        self.check_tiling(tile, overlap)
+        return tile, overlap
+
     def check_tiling(self, tile: int | None, overlap: int) -> None:
         """Raise ``ValueError`` unless ``tile`` is None or a multiple of the VAE factor of at least
         4 latent positions, with ``0 <= overlap <= tile/2``."""
@@ -122,10 +136,10 @@ class Restorer:
 
     # -- public API ------------------------------------------------------------------------
     @torch.inference_mode()
-    def prepare(self, frames: torch.Tensor, *, tile: int | None = None, tile_overlap: int = 64) -> PreparedFrame:
+    def prepare(self, frames: torch.Tensor, *, tile: int | None = None, tile_overlap: int | None = None) -> PreparedFrame:
         """Pad, encode (posterior mean, deterministic) and downscale frames (N,3,H,W) in [0,1]
         at output resolution. One VAE encode per frame; reuse the result as the next frame's reference."""
-        self.check_tiling(tile, tile_overlap)
+        tile, tile_overlap = self.resolve_tiling(tile, tile_overlap)
         x = self._check_frames(frames, "frames")
         h, w = x.shape[-2:]
         f = self.factor
@@ -153,17 +167,18 @@ class Restorer:
         cfr_window: int | None = None,
         cfr_topk: int = 64,
         tile: int | None = None,
-        tile_overlap: int = 64,
+        tile_overlap: int | None = None,
     ) -> torch.Tensor:
         """Restore prepared frames; ``ref=None`` means each frame is its own reference.
-        ``cfr=None``/``cfr_window=None``: the mode the model was trained with (its metadata)."""
+        ``cfr=None``/``cfr_window=None``: the mode the model was trained with (its metadata).
+        ``tile`` (output pixels): ``None`` the model's default tiling, ``0`` untiled."""
         cfr = self.meta.cfr.mode if cfr is None else cfr
         cfr_window = self.meta.cfr.window if cfr_window is None else cfr_window
         if color_fix not in COLOR_FIXES:
             raise ValueError(f"restore: unknown color_fix {color_fix!r}; choose one of {', '.join(COLOR_FIXES)}")
         if cfr not in CFR_MODES:
             raise ValueError(f"restore: unknown cfr {cfr!r}; choose one of {', '.join(CFR_MODES)}")
-        self.check_tiling(tile, tile_overlap)
+        tile, tile_overlap = self.resolve_tiling(tile, tile_overlap)
         ref = cur if ref is None else ref
         if ref.latent.shape != cur.latent.shape:
             raise ValueError("restore: reference and current frames differ in size")
@@ -200,7 +215,7 @@ class Restorer:
 
     def restore(
         self, cur: torch.Tensor, ref: torch.Tensor | None = None, *, color_fix: str = "adain", cfr: str | None = None,
-        tile: int | None = None, tile_overlap: int = 64, cfr_window: int | None = None, cfr_topk: int = 64,
+        tile: int | None = None, tile_overlap: int | None = None, cfr_window: int | None = None, cfr_topk: int = 64,
     ) -> torch.Tensor:
         """Restore ``cur`` (N,3,H,W) in [0,1] at output resolution, using ``ref`` (the previous
         frames, same shape) as reference; ``ref=None``: each frame is its own reference.

@@ -40,6 +40,10 @@ class ModelMeta:
     prompt: str = ""
     preset: str | None = None
     provenance: dict = field(default_factory=dict)
+    #: inference tile (output pixels) the model works best with, used when the caller gives none:
+    #: GroupNorm statistics of a model trained on small crops do not carry over to whole large frames
+    tile: int | None = None
+    tile_overlap: int | None = None
 
     @property
     def scaling_factor(self) -> float:
@@ -66,6 +70,8 @@ class ModelMeta:
             "prompt": self.prompt,
             "preset": self.preset or "",
             "provenance": json.dumps(self.provenance),
+            "tile": "" if self.tile is None else str(self.tile),
+            "tile_overlap": "" if self.tile_overlap is None else str(self.tile_overlap),
             "dtype": dtype,
         }
 
@@ -91,6 +97,8 @@ class ModelMeta:
                 prompt=md.get("prompt", ""),
                 preset=md.get("preset") or None,
                 provenance=json.loads(md.get("provenance", "{}")),
+                tile=int(md["tile"]) if md.get("tile") else None,
+                tile_overlap=int(md["tile_overlap"]) if md.get("tile_overlap") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise WeightsError(f"{where}: corrupt metadata ({type(exc).__name__}: {exc})") from None
@@ -206,7 +214,9 @@ def read_metadata(path: str | os.PathLike) -> dict:
     ModelMeta.from_metadata(md, where)
     out: dict = {}
     for k, v in md.items():
-        if k.endswith("_config") or k == "provenance":
+        if k in ("tile", "tile_overlap"):
+            out[k] = int(v) if v else None
+        elif k.endswith("_config") or k == "provenance":
             out[k] = json.loads(v)
         else:
             out[k] = v

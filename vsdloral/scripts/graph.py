@@ -65,7 +65,7 @@ def build(args: Mapping) -> vs.VideoNode:
         except ValueError:
             raise vs.Error(f"upscale: lq must look like 320x180, got {lq!r}") from None
         clip = core.resize.Bicubic(clip, w, h)
-    tile = _int(args, "tile", None, lo=1)
+    tile = _int(args, "tile", None, lo=0)
     try:
         scale = float(args.get("scale") or 4)
     except ValueError:
