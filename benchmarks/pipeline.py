@@ -38,7 +38,7 @@ def measure_one(preset: str, size: str, device: str | None, dtype: str | None, r
     r = vsdloral.load_model(model_file(preset), device=device, dtype=dtype)
     g = torch.Generator().manual_seed(0)
     frames = [torch.rand(1, 3, h, w, generator=g) for _ in range(reps + 2)]
-    kw = dict(tile=tile, tile_overlap=64 if tile else 64)
+    kw = dict(tile=tile, tile_overlap=None)  # None: the model's own default overlap
     prev = r.prepare(frames[0], **kw)
     cur = r.prepare(frames[1], **kw)
     r.restore_prepared(cur, prev, cfr=cfr, **kw)  # warm-up
