@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     setup_threads(a.threads)
     import vsdloral
-    from vsdloral.model.spynet import flow_warp
+    from vsdloral.model.temporal import warp_reference
 
     path = a.model or model_file("tiny" if a.smoke else a.preset)
     r = vsdloral.load_model(path, device=a.device)
@@ -72,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         cur, ref = _real_pair(w, h)
         pc, pr = r.prepare(cur), r.prepare(ref)
         with torch.inference_mode():
-            flow = r.spynet(pc.small.float(), pr.small.float())
-            zr = flow_warp(pr.latent.float(), flow).to(r.dtype)
+            zr = warp_reference(r.spynet, pc.small, pr.small, pr.latent)
             n = pc.latent.shape[-1] * pc.latent.shape[-2]
             dense = None
             for mode, kw in MODES:
