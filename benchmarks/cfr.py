@@ -38,8 +38,9 @@ def _real_pair(w: int, h: int) -> tuple[torch.Tensor, torch.Tensor]:
     return pair[1:2], pair[0:1]
 
 
-def _peak_bytes(fn, device) -> tuple[float, int]:
-    """Time ``fn``; peak allocated bytes on CUDA (-1 on CPU, where torch has no allocator counter)."""
+def _peak_bytes(fn, device) -> tuple[float, int, torch.Tensor]:
+    """Time ``fn``: (seconds, peak allocated bytes on CUDA or -1 on CPU, where torch has no
+    allocator counter, its result)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()

@@ -34,6 +34,13 @@ def tiny_cfg(clip: Path, **sets) -> dict:
     return cfg
 
 
+def _resume_from(checkpoint: Path, run: Path, task: str, cfg: dict) -> dict:
+    """Start a fresh run folder holding only ``checkpoint`` and resume ``task`` from it."""
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / checkpoint.name).write_bytes(checkpoint.read_bytes())
+    return train(task, copy.deepcopy(cfg), run, resume=True)
+
+
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, sample_clip):
     """vae -> base -> dloral, a few steps each; returns (cfg, run folders)."""
@@ -161,11 +168,7 @@ def test_resume_reproduces_next_losses(pipeline, tmp_path):
     """Resuming from the step-2 checkpoint gives exactly the losses of steps 3 and 4 of the
     uninterrupted run (schedule, optimiser, RNG and data order all restored)."""
     cfg, root, summary = pipeline
-    run = tmp_path / "resumed"
-    (run / "checkpoints").mkdir(parents=True)
-    src = root / "dloral" / "checkpoints" / "step-00000002.pt"
-    (run / "checkpoints" / src.name).write_bytes(src.read_bytes())
-    resumed = train("dloral", copy.deepcopy(cfg), run, resume=True)
+    resumed = _resume_from(root / "dloral" / "checkpoints" / "step-00000002.pt", tmp_path / "resumed", "dloral", cfg)
     assert resumed["losses"] == summary["losses"][2:]
 
 
@@ -402,14 +405,7 @@ def test_vae_resume_restores_rng(tmp_path, sample_clip):
     """The VAE samples its posterior (torch RNG): resuming must restore the RNG state too."""
     cfg = tiny_cfg(sample_clip, **{"vae.steps": 4})
     full = train("vae", copy.deepcopy(cfg), tmp_path / "a")
-    run = tmp_path / "b"
-    (run / "checkpoints").mkdir(parents=True)
     src = tmp_path / "a" / "checkpoints" / "step-00000002.pt"
-    (run / "checkpoints" / src.name).write_bytes(src.read_bytes())
-    resumed = train("vae", copy.deepcopy(cfg), run, resume=True)
-    assert resumed["losses"] == full["losses"][2:]
+    assert _resume_from(src, tmp_path / "b", "vae", cfg)["losses"] == full["losses"][2:]
     torch.manual_seed(123)  # a different global RNG state at resume time must not matter
-    run2 = tmp_path / "c"
-    (run2 / "checkpoints").mkdir(parents=True)
-    (run2 / "checkpoints" / src.name).write_bytes(src.read_bytes())
-    assert train("vae", copy.deepcopy(cfg), run2, resume=True)["losses"] == full["losses"][2:]
+    assert _resume_from(src, tmp_path / "c", "vae", cfg)["losses"] == full["losses"][2:]
