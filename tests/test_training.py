@@ -409,3 +409,61 @@ def test_vae_resume_restores_rng(tmp_path, sample_clip):
     assert _resume_from(src, tmp_path / "b", "vae", cfg)["losses"] == full["losses"][2:]
     torch.manual_seed(123)  # a different global RNG state at resume time must not matter
     assert _resume_from(src, tmp_path / "c", "vae", cfg)["losses"] == full["losses"][2:]
+
+
+@pytest.mark.parametrize("parts", ["none", "decoder", "all"])
+def test_base_train_vae_sets_and_carries_the_learned_vae(pipeline, tmp_path, parts):
+    """``base.train_vae`` makes exactly that part of the VAE learn; the learned VAE is what the
+    base checkpoint holds and what the dloral stage (frozen) starts from."""
+    from training.bases import load_start
+    from training.tasks import BaseTask
+
+    cfg, root, _ = pipeline
+    cfg = copy.deepcopy(cfg)
+    config_mod.set_dotted(cfg, "base.train_vae", parts)
+    task = BaseTask(cfg)
+    learn = {n.split(".")[2] for n, p in task.net.named_parameters() if p.requires_grad and n.startswith("codec.")}
+    assert learn == {"none": set(), "decoder": {"decoder", "post_quant_conv"},
+                     "all": {"decoder", "post_quant_conv", "encoder", "quant_conv"}}[parts]
+    assert all(p.requires_grad for p in task.net.unet.parameters())
+    task.net.train()
+    assert task.net.codec.vae.decoder.training == (parts != "none")
+    assert task.net.codec.vae.encoder.training == (parts == "all")
+
+    run = tmp_path / "base"
+    train("base", cfg, run)
+    before = load_checkpoint(latest_checkpoint(root / "vae" / "checkpoints"))["task"]["vae"]
+    after = load_checkpoint(latest_checkpoint(run / "checkpoints"))["task"]["vae"]
+    changed = {k.split(".")[0] for k in after if not torch.equal(after[k], before[k])}
+    assert changed == {"none": set(), "decoder": {"decoder", "post_quant_conv"},
+                       "all": {"decoder", "post_quant_conv", "encoder", "quant_conv"}}[parts]
+    config_mod.set_dotted(cfg, "dloral.base", str(run))
+    start = load_start(cfg)
+    assert all(torch.equal(start.vae.state_dict()[k], after[k]) for k in after)
+
+
+def test_base_train_vae_rejects_unknown_part(pipeline):
+    from training.tasks import BaseTask
+
+    cfg = copy.deepcopy(pipeline[0])
+    config_mod.set_dotted(cfg, "base.train_vae", "encoder")
+    with pytest.raises(ValueError, match="train_vae must be one of"):
+        BaseTask(cfg)
+
+
+def test_learning_rate_warmup_and_cosine():
+    from training.loop import learning_rate
+
+    c = {"lr": 1e-3, "warmup": 10}
+    assert learning_rate(c, 0, 100) == pytest.approx(1e-4)
+    assert learning_rate(c, 9, 100) == pytest.approx(1e-3)
+    assert learning_rate(c, 99, 100) == pytest.approx(1e-3)          # decay: none (default)
+    c = {"lr": 1e-3, "warmup": 10, "decay": "cosine", "lr_min_ratio": 0.1}
+    assert learning_rate(c, 10, 100) == pytest.approx(1e-3)
+    assert learning_rate(c, 99, 100) == pytest.approx(1e-4)
+    mid = learning_rate(c, 10 + 89 // 2, 100)
+    assert 1e-4 < mid < 1e-3 and mid == pytest.approx(5.5e-4, rel=0.02)
+    lrs = [learning_rate(c, s, 100) for s in range(10, 100)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    with pytest.raises(ValueError, match="decay"):
+        learning_rate({"lr": 1e-3, "decay": "step"}, 5, 10)

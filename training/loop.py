@@ -8,6 +8,7 @@ hold the learned tensors, the optimiser and the RNG states, so ``resume`` contin
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import signal
@@ -40,6 +41,22 @@ def _accelerator(cfg: dict):
                        mixed_precision=t.get("mixed_precision", "no"),
                        gradient_accumulation_steps=int(t.get("grad_accum", 1)),
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+
+def learning_rate(c: dict, step: int, steps: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then constant (``decay: none``) or cosine down to
+    ``lr * lr_min_ratio`` at the last step (``decay: cosine``)."""
+    base, warmup = float(c["lr"]), int(c.get("warmup", 0) or 0)
+    if warmup and step < warmup:
+        return base * (step + 1) / warmup
+    decay = str(c.get("decay", "none"))
+    if decay == "none":
+        return base
+    if decay != "cosine":
+        raise ValueError(f"decay must be 'none' or 'cosine', not {decay!r}")
+    floor = base * float(c.get("lr_min_ratio", 0.1))
+    t = (step - warmup) / max(1, steps - 1 - warmup)
+    return floor + (base - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
 def _sigterm_as_interrupt():
@@ -169,7 +186,6 @@ def train(task_name: str, cfg: dict, out_dir: str | Path, resume: str | bool | N
         log.info("step %d validation: %s", step, ", ".join(f"{k}={v:.4f}" for k, v in res.items()))
 
     grad_clip = float(t.get("grad_clip", 1.0))
-    warmup = int(c.get("warmup", 0))
     log_every, ckpt_every, val_every = int(t.get("log_every", 10)), int(t.get("checkpoint_every", 500)), int(t.get("val_every", 0))
     bar = tqdm(total=steps, initial=start, file=sys.stderr, disable=not main or not t.get("progress", True),
                dynamic_ncols=True, desc=task_name)
@@ -182,7 +198,7 @@ def train(task_name: str, cfg: dict, out_dir: str | Path, resume: str | bool | N
         while step < steps:
             rng_at_step = rng_state()
             stage = task.set_step(step)
-            lr = float(c["lr"]) * min(1.0, (step + 1) / warmup) if warmup else float(c["lr"])
+            lr = learning_rate(c, step, steps)
             for g in optimizer.param_groups:
                 g["lr"] = lr
             logs: dict[str, float] = {}

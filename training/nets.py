@@ -25,22 +25,40 @@ def upscale(lq: torch.Tensor, scale: int) -> torch.Tensor:
 
 
 class LatentCodec(nn.Module):
-    """A frozen VAE: ``encode`` ([-1,1] image -> scaled posterior mean, no grad) and ``decode``
-    (scaled latent -> image in [-1,1], differentiable w.r.t. the latent)."""
+    """The VAE as a codec: ``encode`` ([-1,1] image -> scaled posterior mean) and ``decode``
+    (scaled latent -> image in [-1,1], differentiable w.r.t. the latent).
 
-    def __init__(self, vae: AutoencoderKL, scaling_factor: float) -> None:
+    ``train_parts`` says which VAE halves learn with the restoration loss: ``"none"`` (a frozen
+    VAE, as Stable Diffusion's is in DLoRAL), ``"decoder"`` or ``"all"`` (only for the from-scratch
+    ``base`` stage, where the VAE is ours; frozen parts stay in eval mode and get no gradients)."""
+
+    PARTS = ("none", "decoder", "all")
+
+    def __init__(self, vae: AutoencoderKL, scaling_factor: float, train_parts: str = "none") -> None:
         super().__init__()
-        self.vae = vae.requires_grad_(False).eval()
-        self.scaling_factor = scaling_factor
+        if train_parts not in self.PARTS:
+            raise ValueError(f"train_vae must be one of {', '.join(self.PARTS)}, not {train_parts!r}")
+        self.vae, self.scaling_factor, self.train_parts = vae, scaling_factor, train_parts
+        vae.requires_grad_(False).eval()
+        if train_parts in ("decoder", "all"):
+            vae.decoder.requires_grad_(True)
+            vae.post_quant_conv.requires_grad_(True)
+        if train_parts == "all":
+            vae.encoder.requires_grad_(True)
+            vae.quant_conv.requires_grad_(True)
 
-    def train(self, mode: bool = True):  # the VAE stays in eval mode
+    def train(self, mode: bool = True):  # frozen parts stay in eval mode
         super().train(mode)
         self.vae.eval()
+        if mode and self.train_parts != "none":
+            self.vae.decoder.train()
+            if self.train_parts == "all":
+                self.vae.encoder.train()
         return self
 
-    @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(x).latent_dist.mode() * self.scaling_factor
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.train_parts == "all"):
+            return self.vae.encode(x).latent_dist.mode() * self.scaling_factor
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(z / self.scaling_factor).sample.clamp(-1, 1)

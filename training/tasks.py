@@ -135,7 +135,10 @@ def _load_vae(path: str) -> tuple[AutoencoderKL, dict]:
 
 
 class BaseTask(Task):
-    """The one-step single-frame prior on a frozen VAE's latents (plays SD's role)."""
+    """The one-step single-frame prior (plays SD's role). ``base.train_vae`` (``none`` | ``decoder``
+    | ``all``) lets the from-scratch VAE learn with the restoration loss too: a small VAE trained
+    only to reconstruct HQ frames caps the restoration below bicubic; trained end to end, its
+    decoder learns to render restored latents. The dloral stage keeps the VAE frozen either way."""
 
     name = "base"
 
@@ -152,7 +155,7 @@ class BaseTask(Task):
         nn.init.zeros_(unet.conv_out.weight)  # start as the identity: z_hat = z_lq
         nn.init.zeros_(unet.conv_out.bias)
         prompt = torch.zeros(1, p.prompt_tokens, self.unet_config["cross_attention_dim"])
-        codec = LatentCodec(vae, float(self.vae_config["scaling_factor"]))
+        codec = LatentCodec(vae, float(self.vae_config["scaling_factor"]), str(self.c.get("train_vae", "none")))
         self.net = PriorNet(unet, codec, prompt, self.scale)
 
     def forward(self, model, batch):
@@ -160,7 +163,9 @@ class BaseTask(Task):
 
     def loss(self, out, batch, step):
         x = 2 * batch["hq"][:, 0] - 1
-        terms = {"l2": l2(out["y"], x), "latent": l2(out["z_hat"], self.net.codec.encode(x))}
+        with torch.no_grad():
+            z_hq = self.net.codec.encode(x)
+        terms = {"l2": l2(out["y"], x), "latent": l2(out["z_hat"], z_hq)}
         if self.lpips is not None:
             terms["lpips"] = lpips_loss(self.lpips, out["y"], x)
         w = {"l2": float(self.c.get("pixel", 1.0)), "latent": float(self.c.get("latent", 1.0)),
@@ -175,6 +180,8 @@ class BaseTask(Task):
 
     def load_state(self, state: dict) -> None:
         self.net.unet.load_state_dict(state["unet"], strict=True)
+        if self.net.codec.train_parts != "none":
+            self.net.codec.vae.load_state_dict(state["vae"], strict=True)
 
     @torch.no_grad()
     def validate(self, model, windows) -> dict:
