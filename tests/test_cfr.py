@@ -79,3 +79,23 @@ def test_unknown_mode_is_a_clear_error(cfr_and_inputs):
     m, c, r = cfr_and_inputs
     with pytest.raises(ValueError, match="unknown CFR mode"):
         m(c, r, "sparse")
+
+
+def test_window_row_blocks_match_whole_frame_with_gradients():
+    """The window mode walks rows in cache-sized blocks: any block size gives the same output and
+    the same gradients (training backpropagates through it)."""
+    torch.manual_seed(0)
+    m = CrossFrameRetrieval(CFRConfig(4, 2, 16, 3.0))
+    cur = torch.randn(2, 4, 13, 11, requires_grad=True)
+    ref = torch.randn(2, 4, 13, 11, requires_grad=True)
+    results = []
+    for block in (1 << 18, 2 * 32 * 11 * 3, 1):  # one block, blocks of 3 rows, single rows
+        q, k, v = m._heads(m.query_conv(cur)), m._heads(m.key_conv(ref)), m._heads(m.value_conv(ref))
+        t = m.threshold_fc(q.movedim(2, -1)).squeeze(-1)
+        out = m._window(q, k, v, t, 3, block_elems=block)
+        grads = torch.autograd.grad((out ** 2).sum(), [cur, ref, m.query_conv.weight])
+        results.append((out.detach(), grads))
+    for out, grads in results[1:]:
+        assert _rel(out, results[0][0]) < 1e-5
+        for g, g0 in zip(grads, results[0][1]):
+            assert _rel(g, g0) < 1e-5
