@@ -92,3 +92,20 @@ def test_long_render_smoke():
     assert r["samples"] >= 3
     # 200 frames are too few to judge the 5% target (issue 7: run the full 5000 frames); gross leaks still show
     assert math.isfinite(r["growth_pct"]) and abs(r["growth_pct"]) < 25
+
+
+def test_memory_smoke():
+    r = run_benchmark("memory")
+    assert [x["tile"] for x in r["runs"]] == [0, 64]
+    for x in r["runs"]:
+        assert "error" not in x, x
+        assert _pos(x["peak_rss_mb"]) and _pos(x["loaded_rss_mb"]) and x["peak_rss_mb"] >= x["loaded_rss_mb"]
+        assert x["output_shape"] == [1, 3, 64, 96]
+
+
+def test_compile_smoke():
+    """The torch.compile path runs and matches eager (this also compiles, so it is the slow one)."""
+    r = run_benchmark("compile")
+    assert _pos(r["eager"]["seconds_per_frame"]) and _pos(r["compiled"]["seconds_per_frame"])
+    assert _pos(r["compiled"]["first_frame_s"]) and _pos(r["speedup"])
+    assert r["max_abs_diff"] < 1e-3

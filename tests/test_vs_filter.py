@@ -184,6 +184,8 @@ def test_bad_clips(src, tiny_restorer):
         ({"cfr": "nope"}, "cfr"),
         ({"color_fix": "nope"}, "color_fix"),
         ({"matrix_in": 1.5}, "matrix_in"),
+        ({"compile": "yes"}, "compile must be True or False"),
+        ({"compile": True}, "device/dtype/compile apply only"),
     ],
 )
 def test_bad_args(src, tiny_restorer, kwargs, pattern):

@@ -52,9 +52,13 @@ def load_model(
     *,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    compile: bool = False,
 ) -> Restorer:
     """Load a vsdloral weights file (``None``: the bundled default model) and return a
-    :class:`~vsdloral.model.restorer.Restorer` on ``device`` in ``dtype``."""
+    :class:`~vsdloral.model.restorer.Restorer` on ``device`` in ``dtype``.
+
+    ``compile=True`` wraps the UNet and the VAE encoder/decoder in ``torch.compile`` (the first
+    frames of each new shape pay the compile time; ``benchmarks.compile`` measures both)."""
     if path is None:
         path = DEFAULT_MODEL_PATH
         if not path.is_file():
@@ -64,4 +68,4 @@ def load_model(
             )
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    return Restorer(DLoRALModel.load(path), dev, dt)
+    return Restorer(DLoRALModel.load(path), dev, dt, compile=compile)

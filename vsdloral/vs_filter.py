@@ -40,16 +40,16 @@ def _err(msg: str) -> vs.Error:
     return vs.Error(f"upscale: {msg}")
 
 
-def _load_restorer(model, device, dtype):
+def _load_restorer(model, device, dtype, compile=False):
     """``model`` (path / Restorer / None) -> Restorer; path-loaded models are shared per
     (file, mtime, device, dtype) so several calls in one script load the weights once."""
     from .model.restorer import Restorer
     from .model.weights import WeightsError
 
     if isinstance(model, Restorer):
-        if device is not None or dtype is not None:
-            raise _err("device/dtype apply only when model is a path or None; load the Restorer with "
-                       "vsdloral.load_model(path, device=..., dtype=...) instead")
+        if device is not None or dtype is not None or compile:
+            raise _err("device/dtype/compile apply only when model is a path or None; load the Restorer with "
+                       "vsdloral.load_model(path, device=..., dtype=..., compile=...) instead")
         return model
     if model is not None and not isinstance(model, (str, os.PathLike)):
         raise _err(f"model must be a weights-file path, a vsdloral Restorer or None, got {type(model).__name__}")
@@ -60,12 +60,12 @@ def _load_restorer(model, device, dtype):
         mtime = os.stat(path).st_mtime_ns
     except OSError:
         mtime = None
-    key = (path, mtime, str(device), str(dtype))
+    key = (path, mtime, str(device), str(dtype), bool(compile))
     with _MODELS_LOCK:
         if mtime is not None and key in _MODELS:
             return _MODELS[key]
         try:
-            restorer = load_model(model, device=device, dtype=dtype)
+            restorer = load_model(model, device=device, dtype=dtype, compile=compile)
         except WeightsError as exc:
             raise _err(f"{exc}") from None
         except ValueError as exc:  # bad device / dtype
@@ -187,6 +187,7 @@ def upscale(
     scene_change: bool = True,
     matrix_in: int | str | None = None,
     cfr_window: int | None = None,
+    compile: bool = False,
 ) -> vs.VideoNode:
     """Upscale ``clip`` with DLoRAL (one-step diffusion VSR, SPEC section 1).
 
@@ -196,7 +197,9 @@ def upscale(
     processed directly; other constant formats are converted to RGB via frame props (``matrix_in``
     when ``_Matrix`` is unknown) and back to their own format. Output frames carry the source props
     plus ``DLoRALReference`` (the reference frame number). ``cfr``/``cfr_window`` ``None``: the
-    retrieval the model was trained with (dense for converted released weights)."""
+    retrieval the model was trained with (dense for converted released weights). ``compile=True``:
+    ``torch.compile`` the UNet and VAE (first frames are slow while it compiles; measure with
+    ``python -m benchmarks.compile`` before relying on it)."""
     from .model.cfr import CFR_MODES
     from .model.colorfix import COLOR_FIXES
 
@@ -221,7 +224,9 @@ def upscale(
         tile_overlap = _check_positive_int("tile_overlap", tile_overlap, 0, MAX_DIM)
     out_w, out_h = output_size(clip, scale, width, height)
 
-    restorer = _load_restorer(model, device, dtype)
+    if not isinstance(compile, bool):
+        raise _err(f"compile must be True or False, got {compile!r}")
+    restorer = _load_restorer(model, device, dtype, compile)
     if tile is not None:
         tile = _check_positive_int("tile", tile, 0, MAX_DIM)
     try:

@@ -50,7 +50,7 @@ class Restorer:
     ``stats`` counts ``vae_encodes`` (frames encoded), ``vae_decodes`` and ``frames`` restored.
     """
 
-    def __init__(self, model: DLoRALModel, device: torch.device | str, dtype: torch.dtype) -> None:
+    def __init__(self, model: DLoRALModel, device: torch.device | str, dtype: torch.dtype, *, compile: bool = False) -> None:
         self.device = torch.device(device)
         self.dtype = dtype
         self.meta = model.meta
@@ -70,6 +70,20 @@ class Restorer:
         self._timestep = torch.tensor([1], device=self.device)
         #: set to a dict to accumulate seconds per stage (benchmarks); None disables timing
         self.timings: dict[str, float] | None = None
+        self.compiled = bool(compile)
+        if compile:
+            self._compile()
+
+    def _compile(self) -> None:
+        """``torch.compile`` the heavy modules in place (the UNet and the VAE encoder/decoder;
+        flow, CFR and tiling stay eager). Tiled runs see a few shapes (full tiles, edge tiles):
+        each compiles once."""
+        import torch._dynamo
+
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
+        self._unet_fn = torch.compile(self.unet)
+        self.vae.encoder = torch.compile(self.vae.encoder)
+        self.vae.decoder = torch.compile(self.vae.decoder)
 
     @contextlib.contextmanager
     def _stage(self, name: str):
@@ -211,7 +225,8 @@ class Restorer:
     def _unet(self, x: torch.Tensor) -> torch.Tensor:
         prompt = self.prompt_embeds.expand(x.shape[0], -1, -1)
         x = x.contiguous(memory_format=torch.channels_last)
-        return self.unet(x, self._timestep, encoder_hidden_states=prompt).sample.contiguous()
+        unet = self._unet_fn if self.compiled else self.unet
+        return unet(x, self._timestep, encoder_hidden_states=prompt).sample.contiguous()
 
     def restore(
         self, cur: torch.Tensor, ref: torch.Tensor | None = None, *, color_fix: str = "adain", cfr: str | None = None,
