@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=120)
     p.add_argument("--degradations", default="bicubic,realistic")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--color-fix", default="adain", help="adain (the filter's default), wavelet or none")
+    p.add_argument("--color-fix", default=None, help="adain, wavelet or none (default: the model's own, as the filter does)")
     a = p.parse_args(argv)
     setup_threads(a.threads)
     import vsdloral
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                          "ewarp_reference": res_t.get("ewarp_reference"),
                          "seconds_per_frame": {"temporal": spf_t, "per_frame": spf_p},
                          "size": f"{res_t['width']}x{res_t['height']}", "frames": res_t["frames"]})
-    result = {"model": str(model_path or "bundled default"), "clip": gt.name, "scale": scale, "color_fix": a.color_fix,
+    result = {"model": str(model_path or "bundled default"), "clip": gt.name, "scale": scale, "color_fix": a.color_fix or restorer.default_color_fix,
               "flow_method": "OpenCV DIS", "rows": rows}
 
     def table(res):

@@ -233,3 +233,29 @@ def test_model_default_tile_is_used_unless_overridden(tmp_path):
     default = r.restore(x, ref, color_fix="none")
     assert torch.equal(default, r.restore(x, ref, color_fix="none", tile=32, tile_overlap=8))
     assert not torch.equal(default, r.restore(x, ref, color_fix="none", tile=0))
+
+
+def test_model_default_color_fix_is_used_unless_overridden(tmp_path):
+    m = init_model("tiny", seed=2)
+    m.meta.color_fix = "wavelet"
+    path = tmp_path / "wavelet.safetensors"
+    m.save(path)
+    from vsdloral.model.weights import read_metadata
+
+    assert read_metadata(path)["color_fix"] == "wavelet"
+    r = vsdloral.load_model(path, device="cpu")
+    assert r.default_color_fix == "wavelet"
+    x, ref = frames(1, 48, 72, 5), frames(1, 48, 72, 6)
+    default = r.restore(x, ref)
+    assert torch.equal(default, r.restore(x, ref, color_fix="wavelet"))
+    assert not torch.equal(default, r.restore(x, ref, color_fix="adain"))
+    # no colour fix recorded: adain, as before
+    plain = tmp_path / "plain.safetensors"
+    init_model("tiny", seed=2).save(plain)
+    assert vsdloral.load_model(plain, device="cpu").default_color_fix == "adain"
+    # an unknown name in the metadata is a load error, not a failure at the first frame
+    m.meta.color_fix = "sepia"
+    bad = tmp_path / "bad.safetensors"
+    m.save(bad)
+    with pytest.raises(WeightsError, match="unknown color_fix 'sepia'"):
+        vsdloral.load_model(bad, device="cpu")

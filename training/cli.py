@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default inference tile in output pixels recorded in the model (default: model.inference_tile "
                         "of the run's config; models trained on small crops need one, see docs/default-model.md)")
     p.add_argument("--tile-overlap", type=int, default=None, help="default inference tile overlap in output pixels")
+    p.add_argument("--color-fix", default=None, choices=("adain", "wavelet", "none"),
+                   help="default colour fix recorded in the model (default: model.inference_color_fix of the run, else adain)")
     p = sub.add_parser("degrade", help="write a degraded low-quality copy of a video")
     p.add_argument("input")
     p.add_argument("output")
@@ -92,7 +94,8 @@ def _train(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .export import export
 
-    export(args.checkpoint, args.output, args.dtype, args.prompt, tile=args.tile, tile_overlap=args.tile_overlap)
+    export(args.checkpoint, args.output, args.dtype, args.prompt, tile=args.tile, tile_overlap=args.tile_overlap,
+           color_fix=args.color_fix)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 

@@ -15,11 +15,12 @@ from .tasks import DLoRALTask
 
 
 def export(checkpoint: str | Path, output: str | Path, dtype: str = "fp32", prompt: str | None = None, *,
-           tile: int | None = None, tile_overlap: int | None = None) -> DLoRALModel:
+           tile: int | None = None, tile_overlap: int | None = None, color_fix: str | None = None) -> DLoRALModel:
     """Rebuild the training model from ``checkpoint`` (its base must still be reachable), merge
     both LoRA branches with PEFT and save the inference model atomically. ``tile``/``tile_overlap``
     (default: ``model.inference_tile``/``model.inference_tile_overlap`` of the run's config) are
-    recorded as the model's default inference tiling."""
+    recorded as the model's default inference tiling, ``color_fix`` (default:
+    ``model.inference_color_fix``) as its default colour fix."""
     state = load_checkpoint(checkpoint)
     if state.get("task_name") != "dloral":
         raise ValueError(f"export needs a 'dloral' checkpoint; {checkpoint} is {state.get('task_name')!r}")
@@ -45,6 +46,7 @@ def export(checkpoint: str | Path, output: str | Path, dtype: str = "fp32", prom
                      prompt=d.get("prompt", "") if prompt is None else prompt,
                      preset=cfg.get("arch"), provenance=provenance,
                      tile=tile if tile is not None else (cfg.get("model") or {}).get("inference_tile"),
+                     color_fix=color_fix if color_fix is not None else (cfg.get("model") or {}).get("inference_color_fix"),
                      tile_overlap=tile_overlap if tile_overlap is not None
                      else (cfg.get("model") or {}).get("inference_tile_overlap"))
     model = DLoRALModel(unet, s.vae.float().cpu(), net.spynet.float().cpu(), net.cfr.float().cpu(),

@@ -181,7 +181,7 @@ def upscale(
     device: str | None = None,
     dtype: str | None = None,
     cfr: str | None = None,
-    color_fix: str = "adain",
+    color_fix: str | None = None,
     tile: int | None = None,
     tile_overlap: int | None = None,
     scene_change: bool = True,
@@ -197,7 +197,8 @@ def upscale(
     processed directly; other constant formats are converted to RGB via frame props (``matrix_in``
     when ``_Matrix`` is unknown) and back to their own format. Output frames carry the source props
     plus ``DLoRALReference`` (the reference frame number). ``cfr``/``cfr_window`` ``None``: the
-    retrieval the model was trained with (dense for converted released weights). ``compile=True``:
+    retrieval the model was trained with (dense for converted released weights); ``color_fix``
+    ``None``: the model's own (adain unless its metadata says otherwise). ``compile=True``:
     ``torch.compile`` the UNet and VAE (first frames are slow while it compiles; measure with
     ``python -m benchmarks.compile`` before relying on it)."""
     from .model.cfr import CFR_MODES
@@ -216,7 +217,7 @@ def upscale(
         raise _err(f"unsupported colour family of {fmt.name}; use RGB or YUV")
     if cfr is not None and cfr not in CFR_MODES:
         raise _err(f"unknown cfr {cfr!r}; choose one of {', '.join(CFR_MODES)}")
-    if color_fix not in COLOR_FIXES:
+    if color_fix is not None and color_fix not in COLOR_FIXES:
         raise _err(f"unknown color_fix {color_fix!r}; choose one of {', '.join(COLOR_FIXES)}")
     if cfr_window is not None:
         cfr_window = _check_positive_int("cfr_window", cfr_window, 1, 1024)

@@ -37,7 +37,7 @@ def register(sub) -> None:
     p.add_argument("--end", type=int, help="frame to stop at, exclusive (default: the end)")
     p.add_argument("--cfr", default=None,
                    help="cross-frame retrieval: dense (exact), topk, window (default: the mode the model was trained with)")
-    p.add_argument("--color-fix", default="adain", help="adain, wavelet or none")
+    p.add_argument("--color-fix", default=None, help="adain, wavelet or none (default: the model's own, else adain)")
     p.add_argument("--tile", type=int, help="tile size in output pixels (bounds memory; default: the model's own, 0 = off)")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA when available)")
     p.add_argument("--dtype", help="fp32, fp16, bf16 (default: fp16 on CUDA, fp32 on CPU)")

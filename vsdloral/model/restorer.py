@@ -103,6 +103,11 @@ class Restorer:
         """The upscaling factor the model was trained for."""
         return self.meta.scale
 
+    @property
+    def default_color_fix(self) -> str:
+        """The colour fix used when the caller gives none: the model's metadata, else ``adain``."""
+        return self.meta.color_fix or "adain"
+
     # -- helpers ---------------------------------------------------------------------------
     def _vae_tiling(self, tile: int | None, overlap: int) -> None:
         if tile is None:
@@ -176,7 +181,7 @@ class Restorer:
         cur: PreparedFrame,
         ref: PreparedFrame | None = None,
         *,
-        color_fix: str = "adain",
+        color_fix: str | None = None,
         cfr: str | None = None,
         cfr_window: int | None = None,
         cfr_topk: int = 64,
@@ -184,9 +189,11 @@ class Restorer:
         tile_overlap: int | None = None,
     ) -> torch.Tensor:
         """Restore prepared frames; ``ref=None`` means each frame is its own reference.
-        ``cfr=None``/``cfr_window=None``: the mode the model was trained with (its metadata).
+        ``cfr=None``/``cfr_window=None``: the mode the model was trained with (its metadata);
+        ``color_fix=None``: the model's own (its metadata; ``adain`` when it has none).
         ``tile`` (output pixels): ``None`` the model's default tiling, ``0`` untiled."""
         cfr = self.meta.cfr.mode if cfr is None else cfr
+        color_fix = self.default_color_fix if color_fix is None else color_fix
         cfr_window = self.meta.cfr.window if cfr_window is None else cfr_window
         if color_fix not in COLOR_FIXES:
             raise ValueError(f"restore: unknown color_fix {color_fix!r}; choose one of {', '.join(COLOR_FIXES)}")
@@ -229,7 +236,7 @@ class Restorer:
         return unet(x, self._timestep, encoder_hidden_states=prompt).sample.contiguous()
 
     def restore(
-        self, cur: torch.Tensor, ref: torch.Tensor | None = None, *, color_fix: str = "adain", cfr: str | None = None,
+        self, cur: torch.Tensor, ref: torch.Tensor | None = None, *, color_fix: str | None = None, cfr: str | None = None,
         tile: int | None = None, tile_overlap: int | None = None, cfr_window: int | None = None, cfr_topk: int = 64,
     ) -> torch.Tensor:
         """Restore ``cur`` (N,3,H,W) in [0,1] at output resolution, using ``ref`` (the previous

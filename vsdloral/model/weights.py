@@ -44,6 +44,8 @@ class ModelMeta:
     #: GroupNorm statistics of a model trained on small crops do not carry over to whole large frames
     tile: int | None = None
     tile_overlap: int | None = None
+    #: colour fix the model was validated with, used when the caller gives none (None: adain)
+    color_fix: str | None = None
 
     @property
     def scaling_factor(self) -> float:
@@ -72,6 +74,7 @@ class ModelMeta:
             "provenance": json.dumps(self.provenance),
             "tile": "" if self.tile is None else str(self.tile),
             "tile_overlap": "" if self.tile_overlap is None else str(self.tile_overlap),
+            "color_fix": self.color_fix or "",
             "dtype": dtype,
         }
 
@@ -99,6 +102,7 @@ class ModelMeta:
                 provenance=json.loads(md.get("provenance", "{}")),
                 tile=int(md["tile"]) if md.get("tile") else None,
                 tile_overlap=int(md["tile_overlap"]) if md.get("tile_overlap") else None,
+                color_fix=md.get("color_fix") or None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise WeightsError(f"{where}: corrupt metadata ({type(exc).__name__}: {exc})") from None
@@ -106,6 +110,10 @@ class ModelMeta:
             raise WeightsError(f"{where}: UNet in_channels must be 2 x latent channels ({2 * meta.latent_channels})")
         if meta.cfr.latent_channels != meta.latent_channels:
             raise WeightsError(f"{where}: CFR latent_channels does not match the VAE's")
+        from .colorfix import COLOR_FIXES
+
+        if meta.color_fix is not None and meta.color_fix not in COLOR_FIXES:
+            raise WeightsError(f"{where}: unknown color_fix {meta.color_fix!r} in metadata (known: {', '.join(COLOR_FIXES)})")
         return meta
 
 
