@@ -108,11 +108,16 @@ class CrossFrameRetrieval(nn.Module):
         out = torch.empty_like(qf)
         for s0 in range(0, n, chunk):
             s1 = min(n, s0 + chunk)
-            scores = torch.matmul(qf[:, :, s0:s1], kf) * scale  # (B, nh, c, N)
-            att = torch.relu((scores - tf[:, :, s0:s1]) / temp)
             if topk is not None and topk < n:
+                scores = torch.matmul(qf[:, :, s0:s1], kf) * scale  # (B, nh, c, N)
+                att = torch.relu((scores - tf[:, :, s0:s1]) / temp)
                 kth = scores.topk(topk, dim=-1).values[..., -1:]
                 att = att * (scores >= kth)
+            else:
+                # relu((q.k * scale - t) / temp) in one fused matmul-add and an in-place relu:
+                # no score-sized temporaries (the chunk loop is bound by memory passes over them)
+                att = torch.baddbmm((-tf[:, :, s0:s1] / temp).flatten(0, 1), qf[:, :, s0:s1].flatten(0, 1),
+                                    kf.flatten(0, 1), alpha=scale / temp).relu_().unflatten(0, (b, nh))
             out[:, :, s0:s1] = torch.matmul(att, vf)
         return out.transpose(-1, -2)  # (B, nh, d, N)
 
