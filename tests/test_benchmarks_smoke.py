@@ -109,3 +109,20 @@ def test_compile_smoke():
     assert _pos(r["eager"]["seconds_per_frame"]) and _pos(r["compiled"]["seconds_per_frame"])
     assert _pos(r["compiled"]["first_frame_s"]) and _pos(r["speedup"])
     assert r["max_abs_diff"] < 1e-3
+
+
+def test_authors_style_smoke():
+    r = run_benchmark("authors_style")
+    assert _pos(r["authors_seconds_per_frame"]) and _pos(r["ours_seconds_per_frame"]) and _pos(r["speedup"])
+    assert r["authors_vae_encodes_per_frame"] == 2.0 and r["ours_vae_encodes_per_frame"] < 2.0
+    # the baseline computes the same function as ours when it takes the posterior mean
+    assert r["max_abs_diff_with_mean_latents"] < 1e-3
+
+
+def test_quality_smoke():
+    r = run_benchmark("quality")
+    assert [row["degradation"] for row in r["rows"]] == ["bicubic", "realistic"]
+    for row in r["rows"]:
+        for method in ("bicubic", "per_frame", "temporal"):
+            m = row[method]
+            assert math.isfinite(m["psnr_y"]) and 0 < m["ssim_y"] <= 1 and m["ewarp"] >= 0 and m["tof"] >= 0
