@@ -19,7 +19,7 @@ def export(checkpoint: str | Path, output: str | Path, dtype: str = "fp32", prom
     """Rebuild the training model from ``checkpoint`` (its base must still be reachable), merge
     both LoRA branches with PEFT and save the inference model atomically. ``tile``/``tile_overlap``
     (default: ``model.inference_tile``/``model.inference_tile_overlap`` of the run's config) are
-    recorded as the model's default inference tiling, ``color_fix`` (default:
+    recorded as the model's default inference tiling (``tile=0``: untiled), ``color_fix`` (default:
     ``model.inference_color_fix``) as its default colour fix."""
     state = load_checkpoint(checkpoint)
     if state.get("task_name") != "dloral":
@@ -45,7 +45,7 @@ def export(checkpoint: str | Path, output: str | Path, dtype: str = "fp32", prom
     meta = ModelMeta(dict(s.unet_config), dict(s.vae_config), net.cfr.config, scale=int(cfg.get("scale", 4)),
                      prompt=d.get("prompt", "") if prompt is None else prompt,
                      preset=cfg.get("arch"), provenance=provenance,
-                     tile=tile if tile is not None else (cfg.get("model") or {}).get("inference_tile"),
+                     tile=(tile if tile is not None else (cfg.get("model") or {}).get("inference_tile")) or None,
                      color_fix=color_fix if color_fix is not None else (cfg.get("model") or {}).get("inference_color_fix"),
                      tile_overlap=tile_overlap if tile_overlap is not None
                      else (cfg.get("model") or {}).get("inference_tile_overlap"))
