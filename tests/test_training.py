@@ -236,8 +236,8 @@ def test_schedule_boundaries_and_transitions():
 
     s = Schedule([10, 20], 4, {"l2": 1, "lpips": 2, "flow": 10, "csd": 1},
                  {"consistency": {"lpips": 0.02, "csd": 0, "flow": 2}})
-    cons = {"l2": 1, "lpips": 0.04, "flow": 20, "csd": 0}
-    det = {"l2": 1, "lpips": 2, "flow": 10, "csd": 1}
+    cons = {"l2": 1, "lpips": 0.04, "flow": 20, "temporal": 0, "csd": 0}
+    det = {"l2": 1, "lpips": 2, "flow": 10, "temporal": 0, "csd": 1}
     assert [s.stage(i) for i in (0, 9, 10, 19, 20, 100)] == ["consistency", "consistency", "detail", "detail",
                                                                "consistency", "consistency"]
     assert s.weights(0) == pytest.approx(cons) and s.weights(9) == pytest.approx(cons)
@@ -467,3 +467,38 @@ def test_learning_rate_warmup_and_cosine():
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
     with pytest.raises(ValueError, match="decay"):
         learning_rate({"lr": 1e-3, "decay": "step"}, 5, 10)
+
+
+def test_base_init_continues_an_earlier_base_run(pipeline):
+    from training.tasks import BaseTask
+
+    cfg, root, _ = pipeline
+    cfg = copy.deepcopy(cfg)
+    config_mod.set_dotted(cfg, "base.vae", None)
+    config_mod.set_dotted(cfg, "base.init", str(root / "base"))
+    task = BaseTask(cfg)
+    saved = load_checkpoint(root / "base")["task"]
+    for k, v in task.net.unet.state_dict().items():
+        assert torch.equal(v, saved["unet"][k]), k
+    for k, v in task.net.codec.vae.state_dict().items():
+        assert torch.equal(v, saved["vae"][k]), k
+    config_mod.set_dotted(cfg, "base.init", str(root / "vae"))
+    with pytest.raises(ValueError, match="not a 'base' training checkpoint"):
+        BaseTask(cfg)
+
+
+def test_temporal_loss_values_and_stage():
+    from training.losses import temporal_loss
+    from training.schedule import from_config
+
+    gt = torch.rand(2, 3, 3, 8, 8)
+    assert temporal_loss(gt, gt).item() == 0.0
+    assert temporal_loss(gt + 0.3, gt).item() == pytest.approx(0.0, abs=1e-6)  # a constant offset does not flicker
+    flicker = gt.clone()
+    flicker[:, 1] += 0.1                                                        # one frame brighter
+    assert temporal_loss(flicker, gt).item() == pytest.approx(0.1, rel=1e-4)   # |+0.1| and |-0.1| per pixel
+    cfg = config_mod.build_config("lite", None, None)
+    sched = from_config(cfg)
+    assert sched.stage_weights("consistency")["temporal"] == pytest.approx(0.2)
+    assert sched.stage_weights("detail")["temporal"] == 0.0
+    assert from_config(config_mod.build_config("tiny", None, None)).stage_weights("consistency")["temporal"] == 0.0

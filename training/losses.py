@@ -1,4 +1,4 @@
-"""Losses: L2, LPIPS (local weights only), differentiable flow consistency, CSD."""
+"""Losses: L2, LPIPS (local weights only), differentiable flow consistency, flow-free temporal consistency, CSD."""
 
 from __future__ import annotations
 
@@ -60,6 +60,14 @@ def flow_loss(flow_net: SPyNet, pred: torch.Tensor, target: torch.Tensor) -> tor
     with torch.no_grad():
         ref = flow_net(target[:, :-1].flatten(0, 1).float(), target[:, 1:].flatten(0, 1).float())
     return (flow_net(a, b) - ref).abs().mean()
+
+
+def temporal_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``|(y2_hat - y1_hat) - (y2 - y1)|_1`` over consecutive restored frames (B,T,3,H,W): a
+    flow-free consistency term (the restored video changes from frame to frame the way the ground
+    truth does). For CPU presets trained without a pretrained flow network, where ``flow_loss``
+    has nothing to measure with."""
+    return ((pred[:, 1:] - pred[:, :-1]) - (target[:, 1:] - target[:, :-1])).abs().mean()
 
 
 def csd_loss(teacher: nn.Module, alphas_cumprod: torch.Tensor, z: torch.Tensor, pos: torch.Tensor,

@@ -16,7 +16,7 @@ from vsdloral.utils.log import get_logger
 from . import lora
 from .bases import load_start
 from .checkpoint import load_checkpoint
-from .losses import build_lpips, csd_loss, flow_loss, l2, lpips_loss
+from .losses import build_lpips, csd_loss, flow_loss, l2, lpips_loss, temporal_loss
 from .nets import AutoencoderNet, DLoRALNet, LatentCodec, PriorNet, upscale
 from .schedule import from_config as schedule_from_config
 
@@ -144,9 +144,18 @@ class BaseTask(Task):
 
     def __init__(self, cfg: dict) -> None:
         super().__init__(cfg)
-        if not self.c.get("vae"):
-            raise ValueError("base needs --vae: a 'vae' run folder or checkpoint")
-        vae, self.vae_config = _load_vae(self.c["vae"])
+        init = None
+        if self.c.get("init"):  # continue an earlier base run (its UNet and VAE; new optimiser and schedule)
+            init = load_checkpoint(self.c["init"])
+            if init.get("task_name") != "base":
+                raise ValueError(f"base.init {self.c['init']} is not a 'base' training checkpoint")
+            self.vae_config = dict(init["task"]["vae_config"])
+            vae = AutoencoderKL.from_config(self.vae_config)
+            vae.load_state_dict(init["task"]["vae"], strict=True)
+        elif not self.c.get("vae"):
+            raise ValueError("base needs --vae: a 'vae' run folder or checkpoint (or base.init: a 'base' run to continue)")
+        else:
+            vae, self.vae_config = _load_vae(self.c["vae"])
         p = get_preset(cfg["arch"])
         self.unet_config = dict(arch(cfg)[0], in_channels=self.vae_config["latent_channels"],
                                 out_channels=self.vae_config["latent_channels"])
@@ -154,6 +163,8 @@ class BaseTask(Task):
         unet = UNet2DConditionModel.from_config(self.unet_config)
         nn.init.zeros_(unet.conv_out.weight)  # start as the identity: z_hat = z_lq
         nn.init.zeros_(unet.conv_out.bias)
+        if init is not None:
+            unet.load_state_dict(init["task"]["unet"], strict=True)
         prompt = torch.zeros(1, p.prompt_tokens, self.unet_config["cross_attention_dim"])
         codec = LatentCodec(vae, float(self.vae_config["scaling_factor"]), str(self.c.get("train_vae", "none")))
         self.net = PriorNet(unet, codec, prompt, self.scale)
@@ -270,6 +281,8 @@ class DLoRALTask(Task):
             terms["lpips"] = lpips_loss(self.lpips, y.flatten(0, 1), target.flatten(0, 1))
         if w["flow"] > 0 and y.shape[1] >= 2 and not self.flow_inert:
             terms["flow"] = flow_loss(self.flow_net, y, target)
+        if w["temporal"] > 0 and y.shape[1] >= 2:
+            terms["temporal"] = temporal_loss(y, target)
         if w["csd"] > 0 and self.start.teacher is not None:
             s = self.start
             terms["csd"] = csd_loss(s.teacher, s.alphas_cumprod, out["z_hat"], self.net.prompt_embeds,
