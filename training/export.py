@@ -42,6 +42,13 @@ def export(checkpoint: str | Path, output: str | Path, dtype: str = "fp32", prom
         "degradation": (cfg.get("degradation") or {}).get("kind"),
         "config_sha256": hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest(),
     }
+    if s.kind == "base" and d.get("base"):  # what the from-scratch base stage was (the VAE stage is in its config)
+        b = load_checkpoint(d["base"])
+        bc = b["config"]["base"]
+        provenance["base_stage"] = {"steps": int(b["step"]), "trained_on": b.get("trained_on", "unknown"),
+                                    **{k: bc.get(k) for k in ("vae", "init", "crop", "batch_size", "lr", "decay",
+                                                               "train_vae", "pixel", "latent")},
+                                    "seed": b["config"].get("seed")}
     meta = ModelMeta(dict(s.unet_config), dict(s.vae_config), net.cfr.config, scale=int(cfg.get("scale", 4)),
                      prompt=d.get("prompt", "") if prompt is None else prompt,
                      preset=cfg.get("arch"), provenance=provenance,

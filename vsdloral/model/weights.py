@@ -224,6 +224,8 @@ def read_metadata(path: str | os.PathLike) -> dict:
     for k, v in md.items():
         if k in ("tile", "tile_overlap"):
             out[k] = int(v) if v else None
+        elif k == "color_fix":
+            out[k] = v or None
         elif k.endswith("_config") or k == "provenance":
             out[k] = json.loads(v)
         else:
