@@ -505,3 +505,15 @@ def test_temporal_loss_values_and_stage():
     assert sched.stage_weights("consistency")["temporal"] == pytest.approx(0.2)
     assert sched.stage_weights("detail")["temporal"] == 0.0
     assert from_config(config_mod.build_config("tiny", None, None)).stage_weights("consistency")["temporal"] == 0.0
+
+
+def test_dloral_can_keep_spynet_frozen(pipeline):
+    from training.tasks import DLoRALTask
+
+    cfg = copy.deepcopy(pipeline[0])
+    config_mod.set_dotted(cfg, "dloral.train_spynet", False)
+    task = DLoRALTask(cfg)
+    task.set_stage("consistency")
+    learn = {n.split(".")[0] for n, p in task.net.named_parameters() if p.requires_grad}
+    assert learn == {"cfr", "unet"}
+    assert not any(p.requires_grad for p in task.net.spynet.parameters())

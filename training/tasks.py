@@ -225,7 +225,8 @@ class DLoRALTask(Task):
         factor = 2 ** (len(s.vae_config["block_out_channels"]) - 1)
         self.net = DLoRALNet(s.unet, codec, s.spynet, s.cfr, s.prompt_embeds, self.scale, factor)
         self.sets = {
-            "consistency": list(s.cfr.parameters()) + list(s.spynet.parameters())
+            "consistency": list(s.cfr.parameters())
+            + (list(s.spynet.parameters()) if self.c.get("train_spynet", True) else [])
             + lora.lora_parameters(s.unet, "consistency") + list(s.unet.conv_in.parameters()),
             "detail": lora.lora_parameters(s.unet, "quality") + list(s.unet.conv_in.parameters()),
         }
