@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .cfr import _real_pair
-from .common import emit, model_file, parser, setup_threads
+from .common import emit, model_file, parse_size, parser, setup_threads
 
 
 def _authors_cfr(cfr, cur: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     path = a.model or model_file("tiny" if a.smoke else a.preset)
     size = "96x64" if a.smoke else a.size
-    w, h = map(int, size.split("x"))
+    w, h = parse_size(size)
     n = 2 if a.smoke else a.frames
     r = vsdloral.load_model(path, device=a.device)
     lora_unet = copy.deepcopy(r.unet)

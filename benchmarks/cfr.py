@@ -15,7 +15,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .common import emit, model_file, parser, setup_threads
+from .common import emit, model_file, parse_size, parser, setup_threads
 
 MODES = (("dense", {}), ("window", {"window": 2}), ("window", {"window": 4}), ("window", {"window": 8}),
          ("topk", {"topk": 64}))
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = ["128x96"] if a.smoke else a.sizes.split(",")
     runs = []
     for size in sizes:
-        w, h = map(int, size.split("x"))
+        w, h = parse_size(size)
         cur, ref = _real_pair(w, h)
         pc, pr = r.prepare(cur), r.prepare(ref)
         with torch.inference_mode():

@@ -25,6 +25,12 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def parse_size(s: str) -> tuple[int, int]:
+    """``"1280x720"`` -> ``(1280, 720)``."""
+    w, h = s.lower().split("x")
+    return int(w), int(h)
+
+
 def setup_threads(threads: int | None) -> None:
     if threads:
         torch.set_num_threads(threads)

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from .common import emit, model_file, parser, setup_threads
+from .common import emit, model_file, parse_size, parser, setup_threads
 
 
 def _run(r, frames: list[torch.Tensor], tile: int | None) -> tuple[float, list[float], torch.Tensor]:
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     import vsdloral
 
     preset = "tiny" if a.smoke else a.preset
-    w, h = (int(v) for v in ("64x48" if a.smoke else a.size).lower().split("x"))
+    w, h = parse_size("64x48" if a.smoke else a.size)
     reps = 1 if a.smoke else a.reps
     g = torch.Generator().manual_seed(0)
     frames = [torch.rand(1, 3, h, w, generator=g) for _ in range(reps + 2)]

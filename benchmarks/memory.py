@@ -12,6 +12,7 @@ reports ``torch.cuda.max_memory_allocated``.
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import sys
@@ -19,7 +20,7 @@ import time
 
 import torch
 
-from .common import emit, model_file, parser, run_isolated, setup_threads
+from .common import emit, model_file, parse_size, parser, run_isolated, setup_threads
 
 
 def _rss_mb() -> float:
@@ -34,7 +35,7 @@ def measure_one(preset: str, size: str, tile: int, device: str | None, dtype: st
     """Run in the child: one reference + one current frame, one restore; ``tile=0``: untiled."""
     import vsdloral
 
-    w, h = (int(v) for v in size.lower().split("x"))
+    w, h = parse_size(size)
     r = vsdloral.load_model(model_file(preset), device=device, dtype=dtype)
     loaded = _rss_mb()
     g = torch.Generator().manual_seed(0)
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="1920x1080")
     p.add_argument("--tiles", default="512", help="comma list of tile sizes in output pixels; 0 = untiled")
     p.add_argument("--dtype", default=None)
-    p.add_argument("--single", nargs=3, metavar=("PRESET", "SIZE", "TILE"), help=argparse_hidden())
+    p.add_argument("--single", nargs=3, metavar=("PRESET", "SIZE", "TILE"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     setup_threads(a.threads)
     if a.single:
@@ -98,12 +99,6 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(res)
     emit({"runs": runs}, a.json, table)
     return 0 if all("error" not in r for r in runs) else 1
-
-
-def argparse_hidden():
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":

@@ -10,22 +10,18 @@ large fp32 matmul measured in the same run.
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
 
 import torch
 
-from .common import emit, matmul_peak_flops, model_file, parser, run_isolated, setup_threads
+from .common import emit, matmul_peak_flops, model_file, parse_size, parser, run_isolated, setup_threads
 
 STAGES = ("vae_encode", "flow", "cfr", "unet", "vae_decode", "color_fix")
 FLOP_MODULES = {"Encoder": "vae_encode", "SPyNet": "flow", "CrossFrameRetrieval": "cfr",
                 "UNet2DConditionModel": "unet", "Decoder": "vae_decode"}
-
-
-def _parse_size(s: str) -> tuple[int, int]:
-    w, h = s.lower().split("x")
-    return int(w), int(h)
 
 
 def measure_one(preset: str, size: str, device: str | None, dtype: str | None, reps: int, cfr: str | None,
@@ -34,7 +30,7 @@ def measure_one(preset: str, size: str, device: str | None, dtype: str | None, r
     import vsdloral
     from torch.utils.flop_counter import FlopCounterMode
 
-    w, h = _parse_size(size)
+    w, h = parse_size(size)
     r = vsdloral.load_model(model_file(preset), device=device, dtype=dtype)
     g = torch.Generator().manual_seed(0)
     frames = [torch.rand(1, 3, h, w, generator=g) for _ in range(reps + 2)]
@@ -96,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--cfr", default=None, help="dense, topk or window (default: each model's trained mode)")
     p.add_argument("--tile", type=int, default=None)
-    p.add_argument("--single", nargs=2, metavar=("PRESET", "SIZE"), help=argparse_hidden())
+    p.add_argument("--single", nargs=2, metavar=("PRESET", "SIZE"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     setup_threads(a.threads)
     if a.single:
@@ -130,12 +126,6 @@ def main(argv: list[str] | None = None) -> int:
     result = {"device": str(device), "matmul_peak_gflops": matmul_peak_flops(device) / 1e9, "runs": runs}
     emit(result, a.json, table)
     return 0 if all("error" not in r for r in runs) else 1
-
-
-def argparse_hidden():
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":

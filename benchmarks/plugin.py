@@ -29,7 +29,7 @@ import threading
 import time
 from pathlib import Path
 
-from .common import emit, model_file, parser, setup_threads
+from .common import emit, model_file, parse_size, parser, setup_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 VPY = """\
@@ -38,11 +38,6 @@ from benchmarks.plugin import vpy_main
 
 vpy_main(globals())
 """
-
-
-def parse_size(s: str) -> tuple[int, int]:
-    w, h = s.lower().split("x")
-    return int(w), int(h)
 
 
 def lq_clip(frames: int, lq: tuple[int, int], loop_to: int | None = None):

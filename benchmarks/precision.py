@@ -15,7 +15,7 @@ import time
 import torch
 
 from .cfr import _real_pair
-from .common import emit, model_file, parser, setup_threads
+from .common import emit, model_file, parse_size, parser, setup_threads
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     dtypes = (a.dtypes or ("bf16" if device.type == "cpu" else "fp16,bf16")).split(",")
     path = a.model or model_file("tiny" if a.smoke else a.preset)
     size = "96x64" if a.smoke else a.size
-    w, h = map(int, size.split("x"))
+    w, h = parse_size(size)
     cur, ref = _real_pair(w, h)
     runs, outs = [], {}
     for dt in ["fp32", *dtypes]:
