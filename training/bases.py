@@ -75,6 +75,14 @@ def _spynet(weights: str | None) -> SPyNet:
     return net
 
 
+def vae_from_task_state(task_state: dict) -> tuple[AutoencoderKL, dict]:
+    """The VAE a 'vae' or 'base' checkpoint holds (``state["task"]``) and its config."""
+    config = dict(task_state["vae_config"])
+    vae = AutoencoderKL.from_config(config)
+    vae.load_state_dict(task_state["vae"], strict=True)
+    return vae, config
+
+
 def load_start(cfg: dict) -> Start:
     """Build the start modules from ``cfg['dloral']`` (``base``, ``init``, ``spynet_weights``)."""
     d = cfg["dloral"]
@@ -105,11 +113,10 @@ def load_start(cfg: dict) -> Start:
             if state.get("task_name") != "base":
                 raise ValueError(f"dloral --base {bpath}: not a Stable Diffusion folder nor a 'base' checkpoint")
             t = state["task"]
-            cfg4, vae_config = dict(t["unet_config"]), dict(t["vae_config"])
+            cfg4 = dict(t["unet_config"])
             unet4 = UNet2DConditionModel.from_config(cfg4)
             unet4.load_state_dict(t["unet"], strict=True)
-            vae = AutoencoderKL.from_config(vae_config)
-            vae.load_state_dict(t["vae"], strict=True)
+            vae, vae_config = vae_from_task_state(t)
             prompt = t["prompt_embeds"].float()
         unet = widen_conv_in(unet4, cfg4)
         unet_config = dict(cfg4, in_channels=2 * cfg4["in_channels"])

@@ -14,7 +14,7 @@ from vsdloral.model.presets import get_preset
 from vsdloral.utils.log import get_logger
 
 from . import lora
-from .bases import load_start
+from .bases import load_start, vae_from_task_state
 from .checkpoint import load_checkpoint
 from .losses import build_lpips, csd_loss, flow_loss, l2, lpips_loss, temporal_loss
 from .nets import AutoencoderNet, DLoRALNet, LatentCodec, PriorNet, upscale
@@ -129,9 +129,7 @@ def _load_vae(path: str) -> tuple[AutoencoderKL, dict]:
     state = load_checkpoint(path)
     if state.get("task_name") != "vae":
         raise ValueError(f"base.vae {path} is not a 'vae' training checkpoint")
-    vae = AutoencoderKL.from_config(state["task"]["vae_config"])
-    vae.load_state_dict(state["task"]["vae"], strict=True)
-    return vae, dict(state["task"]["vae_config"])
+    return vae_from_task_state(state["task"])
 
 
 class BaseTask(Task):
@@ -149,9 +147,7 @@ class BaseTask(Task):
             init = load_checkpoint(self.c["init"])
             if init.get("task_name") != "base":
                 raise ValueError(f"base.init {self.c['init']} is not a 'base' training checkpoint")
-            self.vae_config = dict(init["task"]["vae_config"])
-            vae = AutoencoderKL.from_config(self.vae_config)
-            vae.load_state_dict(init["task"]["vae"], strict=True)
+            vae, self.vae_config = vae_from_task_state(init["task"])
         elif not self.c.get("vae"):
             raise ValueError("base needs --vae: a 'vae' run folder or checkpoint (or base.init: a 'base' run to continue)")
         else:

@@ -70,7 +70,7 @@ class Restorer:
         self._timestep = torch.tensor([1], device=self.device)
         #: set to a dict to accumulate seconds per stage (benchmarks); None disables timing
         self.timings: dict[str, float] | None = None
-        self.compiled = bool(compile)
+        self._unet_fn = self.unet  # the UNet as called: torch.compile'd when compile=True
         if compile:
             self._compile()
 
@@ -232,8 +232,7 @@ class Restorer:
     def _unet(self, x: torch.Tensor) -> torch.Tensor:
         prompt = self.prompt_embeds.expand(x.shape[0], -1, -1)
         x = x.contiguous(memory_format=torch.channels_last)
-        unet = self._unet_fn if self.compiled else self.unet
-        return unet(x, self._timestep, encoder_hidden_states=prompt).sample.contiguous()
+        return self._unet_fn(x, self._timestep, encoder_hidden_states=prompt).sample.contiguous()
 
     def restore(
         self, cur: torch.Tensor, ref: torch.Tensor | None = None, *, color_fix: str | None = None, cfr: str | None = None,
