@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     setup_threads(a.threads)
     import vsdloral
-    from vsdloral.loading import resolve_device
+    from vsdloral.loading import cpu_has_native_bf16, default_dtype, resolve_device
 
     device = resolve_device(a.device)
     dtypes = (a.dtypes or ("bf16" if device.type == "cpu" else "fp16,bf16")).split(",")
@@ -59,10 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     for row in runs:
         row["speedup_vs_fp32"] = base / row["seconds"]
         row["psnr_vs_fp32_db"] = _psnr(outs[row["dtype"]], outs["fp32"])
-    result = {"model": str(path), "device": str(device), "size": size, "runs": runs}
+    default = str(default_dtype(device)).replace("torch.", "")
+    result = {"model": str(path), "device": str(device), "size": size, "runs": runs,
+              "cpu_native_bf16": cpu_has_native_bf16(), "default_dtype": default}
 
     def table(res):
-        lines = [f"{res['model']} at {res['size']} on {res['device']}",
+        lines = [f"{res['model']} at {res['size']} on {res['device']} (native bf16 on this CPU: "
+                 f"{res['cpu_native_bf16']}; default dtype here: {res['default_dtype']})",
                  f"{'dtype':>6} {'s/frame':>9} {'speed-up':>9} {'PSNR vs fp32 (dB)':>18}"]
         for x in res["runs"]:
             lines.append(f"{x['dtype']:>6} {x['seconds']:9.3f} {x['speedup_vs_fp32']:9.2f} {x['psnr_vs_fp32_db']:18.2f}")

@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--degradations", default="bicubic,realistic")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--color-fix", default=None, help="adain, wavelet or none (default: the model's own, as the filter does)")
+    p.add_argument("--dtype", default=None, help="fp32, bf16, fp16 (default: the device's default, as the filter)")
     a = p.parse_args(argv)
     setup_threads(a.threads)
     import vsdloral
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     gt = Path(a.clip) if Path(a.clip).is_file() else sample_video(a.clip)
     model_path = model_file("tiny") if a.smoke else (a.model or None)
-    restorer = vsdloral.load_model(model_path, device=a.device)
+    restorer = vsdloral.load_model(model_path, device=a.device, dtype=a.dtype)
     scale = restorer.scale
     frames = 6 if a.smoke else a.frames
     rows = []
@@ -76,10 +77,11 @@ def main(argv: list[str] | None = None) -> int:
                          "seconds_per_frame": {"temporal": spf_t, "per_frame": spf_p},
                          "size": f"{res_t['width']}x{res_t['height']}", "frames": res_t["frames"]})
     result = {"model": str(model_path or "bundled default"), "clip": gt.name, "scale": scale, "color_fix": a.color_fix or restorer.default_color_fix,
+              "dtype": str(restorer.dtype).replace("torch.", ""),
               "flow_method": "OpenCV DIS", "rows": rows}
 
     def table(res):
-        lines = [f"{res['model']} on {res['clip']} (x{res['scale']}, not used in training, color_fix={res['color_fix']}); flow for E*warp/tOF: {res['flow_method']}"]
+        lines = [f"{res['model']} on {res['clip']} (x{res['scale']}, not used in training, {res['dtype']}, color_fix={res['color_fix']}); flow for E*warp/tOF: {res['flow_method']}"]
         for r in res["rows"]:
             lines += ["", f"degradation: {r['degradation']}  ({r['frames']} frames, {r['size']}; "
                       f"reference E*warp floor {r['ewarp_reference']:.3f})",

@@ -61,6 +61,8 @@ def test_precision_smoke():
     rows = {x["dtype"]: x for x in r["runs"]}
     assert "fp32" in rows and len(rows) >= 2
     assert rows["fp32"]["speedup_vs_fp32"] == 1.0
+    assert isinstance(r["cpu_native_bf16"], bool)
+    assert r["default_dtype"] == ("bfloat16" if r["cpu_native_bf16"] else "float32")
     for dt, x in rows.items():
         assert _pos(x["seconds"]) and _pos(x["speedup_vs_fp32"])
         if dt != "fp32":
@@ -104,8 +106,8 @@ def test_memory_smoke():
 
 
 def test_compile_smoke():
-    """The torch.compile path runs and matches eager (this also compiles, so it is the slow one)."""
-    r = run_benchmark("compile")
+    """The torch.compile path runs and matches eager in fp32 (this also compiles, so it is the slow one)."""
+    r = run_benchmark("compile", "--dtype", "fp32")
     assert _pos(r["eager"]["seconds_per_frame"]) and _pos(r["compiled"]["seconds_per_frame"])
     assert _pos(r["compiled"]["first_frame_s"]) and _pos(r["speedup"])
     assert r["max_abs_diff"] < 1e-3
@@ -114,9 +116,14 @@ def test_compile_smoke():
 def test_authors_style_smoke():
     r = run_benchmark("authors_style")
     assert _pos(r["authors_seconds_per_frame"]) and _pos(r["ours_seconds_per_frame"]) and _pos(r["speedup"])
+    assert r["authors_dtype"] == "float32" and r["baselines"][0]["dtype"] == "float32"
+    assert [b["dtype"] for b in r["baselines"]][-1] == r["dtype"]  # the same-precision row
+    assert _pos(r["speedup_same_dtype"])
     assert r["authors_vae_encodes_per_frame"] == 2.0 and r["ours_vae_encodes_per_frame"] < 2.0
-    # the baseline computes the same function as ours when it takes the posterior mean
-    assert r["max_abs_diff_with_mean_latents"] < 1e-3
+    # in fp32 the baseline computes the same function as ours when it takes the posterior mean
+    r32 = run_benchmark("authors_style", "--dtype", "fp32")
+    assert len(r32["baselines"]) == 1 and r32["speedup"] == r32["speedup_same_dtype"]
+    assert r32["max_abs_diff_with_mean_latents"] < 1e-3
 
 
 def test_quality_smoke():

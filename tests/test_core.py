@@ -180,8 +180,22 @@ def test_bad_device_and_dtype_are_clear():
             resolve_device("cuda")
     with pytest.raises(ValueError, match="dtype"):
         resolve_dtype("int8", torch.device("cpu"))
-    assert resolve_dtype(None, torch.device("cpu")) == torch.float32
     assert resolve_dtype(None, torch.device("cuda")) == torch.float16
+    assert resolve_dtype("fp32", torch.device("cpu")) == torch.float32
+
+
+def test_default_cpu_dtype_follows_native_bf16(monkeypatch):
+    from vsdloral import loading
+
+    assert loading.bf16_flags_in_cpuinfo("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 amx_tile\n")
+    assert loading.bf16_flags_in_cpuinfo("flags\t\t: fpu amx_bf16 amx_tile\n")
+    assert not loading.bf16_flags_in_cpuinfo("flags\t\t: fpu sse avx2 avx512f avx512bw\n")
+    assert not loading.bf16_flags_in_cpuinfo("Features\t: fp asimd bf16\n")  # aarch64: not measured, stays fp32
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: True)
+    assert loading.resolve_dtype(None, cpu) == torch.bfloat16
+    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: False)
+    assert loading.resolve_dtype(None, cpu) == torch.float32
 
 
 def _cli(*args):

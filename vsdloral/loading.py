@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import platform
 from pathlib import Path
 
 import torch
@@ -33,10 +35,42 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def bf16_flags_in_cpuinfo(cpuinfo: str) -> bool:
+    """True when a Linux ``/proc/cpuinfo`` text lists AVX-512 BF16 or AMX-BF16 among its flags."""
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return bool(set(line.split(":", 1)[-1].split()) & {"avx512_bf16", "amx_bf16"})
+    return False
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """True when this x86 CPU computes bf16 in hardware (AVX-512 BF16 or AMX-BF16). There,
+    bf16 matmuls and convs run at about twice the fp32 rate (``benchmarks.precision``); elsewhere
+    bf16 is emulated and slower than fp32, so it is never chosen by default."""
+    if platform.system() != "Linux" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return bf16_flags_in_cpuinfo(f.read())
+    except OSError:
+        return False
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """The dtype used when none is given: fp16 on CUDA; bf16 on a CPU with native bf16
+    (:func:`cpu_has_native_bf16`); fp32 elsewhere."""
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``None`` -> fp16 on CUDA, fp32 elsewhere. Accepts torch dtypes or fp32/fp16/bf16."""
+    """``None`` -> :func:`default_dtype` for the device. Accepts torch dtypes or fp32/fp16/bf16."""
     if dtype is None:
-        return torch.float16 if device.type == "cuda" else torch.float32
+        return default_dtype(device)
     if isinstance(dtype, torch.dtype):
         if dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ValueError(f"unsupported dtype {dtype}; use fp32, fp16 or bf16")
