@@ -273,3 +273,12 @@ def test_model_default_color_fix_is_used_unless_overridden(tmp_path):
     m.save(bad)
     with pytest.raises(WeightsError, match="unknown color_fix 'sepia'"):
         vsdloral.load_model(bad, device="cpu")
+
+
+def test_compile_without_a_cpp_compiler_fails_at_load_with_a_clear_error(tiny_model_path, monkeypatch):
+    """Inductor cannot build CPU kernels without a C++ compiler: say so at load, not at frame 1."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "no-such-c++-compiler-xyz"))
+    with pytest.raises(ValueError, match="compile=True on cpu needs a C\\+\\+ compiler"):
+        vsdloral.load_model(tiny_model_path, device="cpu", compile=True)

@@ -44,6 +44,25 @@ class PreparedFrame:
     size: tuple[int, int]
 
 
+def check_compile_backend(device: torch.device) -> None:
+    """Raise ``ValueError`` when ``torch.compile``'s default backend cannot build kernels for
+    ``device``: inductor needs a C++ compiler for CPU code and Triton for CUDA. Without this the
+    failure would surface at the first frame, from deep inside torch."""
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            raise ValueError("compile=True on CUDA needs Triton (pip install triton); or leave compile off")
+        return
+    from torch._inductor import cpp_builder
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except Exception as exc:  # inductor raises InvalidCxxCompiler or a RuntimeError, by platform
+        raise ValueError(f"compile=True on {device.type} needs a C++ compiler for torch.compile "
+                         f"(install g++, or point CXX at one); or leave compile off ({type(exc).__name__})") from None
+
+
 class Restorer:
     """A loaded DLoRAL model on one device. Thread-safe: model calls are serialised by a lock.
 
@@ -80,6 +99,7 @@ class Restorer:
         each compiles once."""
         import torch._dynamo
 
+        check_compile_backend(self.device)
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
         self._unet_fn = torch.compile(self.unet)
         self.vae.encoder = torch.compile(self.vae.encoder)
