@@ -64,9 +64,9 @@ class AuthorsModules:
 
         lora_unet = copy.deepcopy(r.unet)
         inject(lora_unet)  # six adapters, B = 0: same function, unmerged compute
-        lora_unet.to(r.device, dtype, memory_format=torch.contiguous_format).eval().requires_grad_(False)
         # the authors' modules: default NCHW
         with _quiet_diffusers():  # its dtype-cast advice is for training
+            lora_unet.to(r.device, dtype, memory_format=torch.contiguous_format).eval().requires_grad_(False)
             vae = copy.deepcopy(r.vae).to(r.device, dtype, memory_format=torch.contiguous_format)
         cfr = copy.deepcopy(r.cfr).to(r.device, dtype)
         return cls(dtype, vae, lora_unet, cfr, r.prompt_embeds.to(dtype))

@@ -5,7 +5,7 @@
 Each (preset, size) runs in its own process so its peak RSS is its own. Times are the median of
 ``--reps`` sequential frames after one warm-up frame (each frame: one VAE encode of the new frame,
 reference reused, as in a sequential render). FLOPs come from torch's FlopCounterMode; the peak is a
-large fp32 matmul measured in the same run.
+large matmul in the runs' dtype, measured in the same run.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def measure_one(preset: str, size: str, device: str | None, dtype: str | None, r
 
 
 def table(res: dict) -> str:
-    lines = [f"matmul peak: {res['matmul_peak_gflops']:.1f} GFLOP/s ({res['device']}, fp32)", ""]
+    lines = [f"matmul peak: {res['matmul_peak_gflops']:.1f} GFLOP/s ({res['device']}, {res['matmul_peak_dtype']})", ""]
     head = f"{'preset':8} {'size':>10} {'s/frame':>8} {'fps':>6} {'RSS MB':>8}  " + "  ".join(f"{s:>10}" for s in STAGES)
     lines += [head, "-" * len(head)]
     for r in res["runs"]:
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.single:
         print(json.dumps(measure_one(a.single[0], a.single[1], a.device, a.dtype, a.reps, a.cfr, a.tile)))
         return 0
-    from vsdloral.loading import resolve_device
+    from vsdloral.loading import resolve_device, resolve_dtype
 
     device = resolve_device(a.device)
     presets = ["tiny"] if a.smoke else a.presets.split(",")
@@ -123,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
             res.setdefault("preset", preset)
             res.setdefault("size", size)
             runs.append(res)
-    result = {"device": str(device), "matmul_peak_gflops": matmul_peak_flops(device) / 1e9, "runs": runs}
+    dtype = resolve_dtype(a.dtype, device)  # the runs' dtype: the peak is measured in the same one
+    result = {"device": str(device), "matmul_peak_gflops": matmul_peak_flops(device, dtype) / 1e9,
+              "matmul_peak_dtype": str(dtype).replace("torch.", ""), "runs": runs}
     emit(result, a.json, table)
     return 0 if all("error" not in r for r in runs) else 1
 
