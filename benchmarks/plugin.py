@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_threads(a.threads)
     if a.frames < 2:
         p.error("--frames must be >= 2")
-    model = a.model or str(model_file(a.preset))
+    model = str(Path(a.model).resolve()) if a.model else str(model_file(a.preset))  # vspipe runs elsewhere
     res = measure(model, a.frames, parse_size(a.lq), a.scale, a.reps, a.threads, a.device)
     emit(res, a.json, table)
     return 0
