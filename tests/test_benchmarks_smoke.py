@@ -133,3 +133,19 @@ def test_quality_smoke():
         for method in ("bicubic", "per_frame", "temporal"):
             m = row[method]
             assert math.isfinite(m["psnr_y"]) and 0 < m["ssim_y"] <= 1 and m["ewarp"] >= 0 and m["tof"] >= 0
+
+
+def test_pipeline_counts_cpu_flash_attention_flops():
+    """torch's FLOP counter skips the CPU flash-attention kernel; the pipeline benchmark adds it."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmarks.pipeline import _cpu_sdpa_flop
+
+    b, h, lq, lk, d = 1, 2, 64, 48, 16
+    q, k, v = torch.randn(b, h, lq, d), torch.randn(b, h, lk, d), torch.randn(b, h, lk, d)
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flop}
+    with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=mapping) as fc:
+        F.scaled_dot_product_attention(q, k, v)
+    assert fc.get_total_flops() == 4 * b * h * lq * lk * d  # QK^T and AV, 2 FLOPs per multiply-add
