@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .cfr import _real_pair
-from .common import emit, model_file, parse_size, parser, setup_threads
+from .common import dtype_name, emit, model_file, parse_size, parser, setup_threads
 
 
 def _authors_cfr(cfr, cur: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -133,9 +133,6 @@ def main(argv: list[str] | None = None) -> int:
     clip = [ref, cur] + [torch.roll(cur, shifts=(k, k), dims=(2, 3)) for k in range(1, n)]
     gen = torch.Generator(device=r.device).manual_seed(0)
 
-    def name(dt: torch.dtype) -> str:
-        return str(dt).replace("torch.", "")
-
     with torch.inference_mode():
         r.restore(clip[1], clip[0])  # warm-up
         enc0 = r.stats["vae_encodes"]
@@ -153,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         for dt in dict.fromkeys([authors_dtype, r.dtype]):  # the authors' dtype, then ours if it differs
             m = AuthorsModules.build(r, dt)
             t_authors, theirs = _time_authors(r, m, clip, gen)
-            row = {"dtype": name(dt), "seconds_per_frame": t_authors, "speedup": t_authors / t_ours,
+            row = {"dtype": dtype_name(dt), "seconds_per_frame": t_authors, "speedup": t_authors / t_ours,
                    "psnr_vs_ours_db": _psnr(theirs, ours)}
             if dt == r.dtype:  # same function check: mean latents, same precision as ours
                 same_fn = _authors_frame(r, m, clip[-1], clip[-2], None)
@@ -162,9 +159,9 @@ def main(argv: list[str] | None = None) -> int:
             del m
             print(f"authors_style: baseline {row['dtype']} {t_authors:.3f} s/frame", file=sys.stderr)
     head = baselines[0]
-    same = next(b for b in baselines if b["dtype"] == name(r.dtype))
+    same = next(b for b in baselines if b["dtype"] == dtype_name(r.dtype))
     result = {
-        "model": str(path), "device": str(r.device), "dtype": name(r.dtype), "size": size,
+        "model": str(path), "device": str(r.device), "dtype": dtype_name(r.dtype), "size": size,
         "frames": len(clip) - 1, "authors_dtype": head["dtype"],
         "authors_seconds_per_frame": head["seconds_per_frame"], "ours_seconds_per_frame": t_ours,
         "speedup": head["speedup"], "speedup_same_dtype": same["speedup"],

@@ -31,6 +31,11 @@ def parse_size(s: str) -> tuple[int, int]:
     return int(w), int(h)
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``, as the benchmarks' JSON reports it."""
+    return str(dtype).replace("torch.", "")
+
+
 def setup_threads(threads: int | None) -> None:
     if threads:
         torch.set_num_threads(threads)

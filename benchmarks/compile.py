@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from .common import emit, model_file, parse_size, parser, setup_threads
+from .common import dtype_name, emit, model_file, parse_size, parser, setup_threads
 
 
 def _run(r, frames: list[torch.Tensor], tile: int | None) -> tuple[float, list[float], torch.Tensor]:
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         first, times, outs[name] = _run(r, frames, a.tile)
         results[name] = {"first_frame_s": first, "seconds_per_frame": statistics.median(times)}
     res = {"preset": preset, "size": f"{w}x{h}", "tile": a.tile, "device": str(r.device),
-           "dtype": str(r.dtype).replace("torch.", ""), **results,
+           "dtype": dtype_name(r.dtype), **results,
            "speedup": results["eager"]["seconds_per_frame"] / results["compiled"]["seconds_per_frame"],
            "compile_overhead_s": results["compiled"]["first_frame_s"] - results["eager"]["first_frame_s"],
            "max_abs_diff": (outs["eager"] - outs["compiled"]).abs().max().item()}

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from .common import emit, model_file, parse_size, parser, run_isolated, setup_threads
+from .common import dtype_name, emit, model_file, parse_size, parser, run_isolated, setup_threads
 
 
 def _rss_mb() -> float:
@@ -51,7 +51,7 @@ def measure_one(preset: str, size: str, tile: int, device: str | None, dtype: st
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     res = {"preset": preset, "size": size, "tile": tile, "device": str(r.device),
-           "dtype": str(r.dtype).replace("torch.", ""), "seconds": seconds, "loaded_rss_mb": round(loaded, 1),
+           "dtype": dtype_name(r.dtype), "seconds": seconds, "loaded_rss_mb": round(loaded, 1),
            "output_shape": list(out.shape)}
     if r.device.type == "cuda":
         res["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20

@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from .common import emit, matmul_peak_flops, model_file, parse_size, parser, run_isolated, setup_threads
+from .common import dtype_name, emit, matmul_peak_flops, model_file, parse_size, parser, run_isolated, setup_threads
 
 STAGES = ("vae_encode", "flow", "cfr", "unet", "vae_decode", "color_fix")
 FLOP_MODULES = {"Encoder": "vae_encode", "SPyNet": "flow", "CrossFrameRetrieval": "cfr",
@@ -63,7 +63,7 @@ def measure_one(preset: str, size: str, device: str | None, dtype: str | None, r
     flops = {stage: sum(counts.get(mod, {}).values()) for mod, stage in FLOP_MODULES.items()}
     total_s = sum(stage_s.values())
     return {
-        "preset": preset, "size": size, "device": str(r.device), "dtype": str(r.dtype).replace("torch.", ""),
+        "preset": preset, "size": size, "device": str(r.device), "dtype": dtype_name(r.dtype),
         "cfr": cfr or r.meta.cfr.mode, "tile": tile, "seconds_per_frame": total_s, "fps": 1.0 / total_s if total_s else None,
         "stage_seconds": stage_s, "stage_gflops": {k: v / 1e9 for k, v in flops.items()},
         "stage_gflops_per_s": {k: (flops[k] / stage_s[k] / 1e9 if stage_s.get(k) else None) for k in flops},
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(res)
     dtype = resolve_dtype(a.dtype, device)  # the runs' dtype: the peak is measured in the same one
     result = {"device": str(device), "matmul_peak_gflops": matmul_peak_flops(device, dtype) / 1e9,
-              "matmul_peak_dtype": str(dtype).replace("torch.", ""), "runs": runs}
+              "matmul_peak_dtype": dtype_name(dtype), "runs": runs}
     emit(result, a.json, table)
     return 0 if all("error" not in r for r in runs) else 1
 

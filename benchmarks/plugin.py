@@ -29,7 +29,7 @@ import threading
 import time
 from pathlib import Path
 
-from .common import emit, model_file, parse_size, parser, setup_threads
+from .common import dtype_name, emit, model_file, parse_size, parser, setup_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 VPY = """\
@@ -221,7 +221,7 @@ def measure(model: str, frames: int, lq: tuple[int, int], scale: float, reps: in
     diff = max(abs(a - b) for fa, fb in zip(bare["fingerprints"], plug["fingerprints"]) for a, b in zip(fa, fb))
     return {
         "model": str(model), "frames": frames, "lq": f"{lq[0]}x{lq[1]}", "out": f"{w}x{h}", "scale": scale,
-        "device": str(restorer.device), "dtype": str(restorer.dtype).replace("torch.", ""),
+        "device": str(restorer.device), "dtype": dtype_name(restorer.dtype),
         "torch_threads": torch.get_num_threads(), "vspipe_torch_threads": plug["torch_threads"], "reps": reps,
         "load_average": list(os.getloadavg()), "cpu_count": os.cpu_count(),
         "plugin": {"fps_whole": plug["fps_whole"], "fps_steady": plug["fps_steady"], "wall_s": plug["wall_s"],

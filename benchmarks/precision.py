@@ -15,7 +15,7 @@ import time
 import torch
 
 from .cfr import _real_pair
-from .common import emit, model_file, parse_size, parser, setup_threads
+from .common import dtype_name, emit, model_file, parse_size, parser, setup_threads
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in runs:
         row["speedup_vs_fp32"] = base / row["seconds"]
         row["psnr_vs_fp32_db"] = _psnr(outs[row["dtype"]], outs["fp32"])
-    default = str(default_dtype(device)).replace("torch.", "")
+    default = dtype_name(default_dtype(device))
     result = {"model": str(path), "device": str(device), "size": size, "runs": runs,
               "cpu_native_bf16": cpu_has_native_bf16(), "default_dtype": default}
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import emit, model_file, parser, setup_threads
+from .common import dtype_name, emit, model_file, parser, setup_threads
 
 METRICS = ("psnr_y", "ssim_y", "psnr_rgb", "ewarp", "tof")
 
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                          "seconds_per_frame": {"temporal": spf_t, "per_frame": spf_p},
                          "size": f"{res_t['width']}x{res_t['height']}", "frames": res_t["frames"]})
     result = {"model": str(model_path or "bundled default"), "clip": gt.name, "scale": scale, "color_fix": a.color_fix or restorer.default_color_fix,
-              "dtype": str(restorer.dtype).replace("torch.", ""),
+              "dtype": dtype_name(restorer.dtype),
               "flow_method": "OpenCV DIS", "rows": rows}
 
     def table(res):
