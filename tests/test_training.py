@@ -517,3 +517,33 @@ def test_dloral_can_keep_spynet_frozen(pipeline):
     learn = {n.split(".")[0] for n, p in task.net.named_parameters() if p.requires_grad}
     assert learn == {"cfr", "unet"}
     assert not any(p.requires_grad for p in task.net.spynet.parameters())
+
+
+def test_dloral_init_continues_a_weights_file_and_keeps_its_lineage(pipeline, tmp_path):
+    """``dloral.init``: training continues from an exported model (its weights are the start)
+    and the new file records the old file's provenance and this stage's overrides."""
+    import vsdloral
+    from training.bases import load_start
+    from training.export import export
+    from vsdloral.model.weights import read_metadata
+
+    cfg, root, _ = pipeline
+    first = tmp_path / "first.safetensors"
+    export(root / "dloral", first)
+    cfg = copy.deepcopy(cfg)
+    config_mod.set_dotted(cfg, "dloral.base", None)
+    config_mod.set_dotted(cfg, "dloral.init", str(first))
+    config_mod.set_dotted(cfg, "degradation.jpeg_range", [31, 94])
+    start = load_start(cfg)
+    loaded = vsdloral.load_model(first, device="cpu", dtype="fp32")
+    for k, v in start.unet.state_dict().items():
+        assert torch.equal(v, loaded.unet.state_dict()[k]), k
+    assert start.kind == "weights"
+    train("dloral", cfg, tmp_path / "continued")
+    second = tmp_path / "second.safetensors"
+    export(tmp_path / "continued", second)
+    prov = read_metadata(second)["provenance"]
+    assert prov["init"] == str(first) and prov["base_kind"] == "weights"
+    assert prov["init_provenance"] == read_metadata(first)["provenance"]
+    assert prov["settings"]["degradation"]["jpeg_range"] == [31, 94]
+    assert prov["settings"]["dloral"]["steps"] == 4 and "init" not in prov["settings"]["dloral"]

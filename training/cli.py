@@ -1,6 +1,6 @@
 """``vsdloral-train`` (also ``python -m training``): vae | base | dloral | export | degrade.
 
-Each training subcommand takes ``--preset`` (tiny, sd21), ``--config FILE.yaml`` and
+Each training subcommand takes ``--preset`` (tiny, lite, sd21), ``--config FILE.yaml`` and
 ``--set key=value`` overrides (plus the explicit flags below, which win) and prints the
 effective config to stderr before it starts.
 """
@@ -19,7 +19,7 @@ log = get_logger("vsdloral.train")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default=None, help="training preset: tiny (CPU) or sd21 (paper, GPU); default tiny")
+    p.add_argument("--preset", default=None, help="training preset: tiny (tests, quick CPU runs), lite (the bundled model) or sd21 (paper, GPU); default tiny")
     p.add_argument("--config", default=None, help="YAML config merged over the preset")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config entry (dotted key, YAML value); repeatable")

@@ -15,7 +15,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 def preset_path(name: str) -> Path:
-    """Path of a bundled preset config (``tiny``, ``sd21``)."""
+    """Path of a bundled preset config (``tiny``, ``lite``, ``sd21``)."""
     path = CONFIG_DIR / f"{name}.yaml"
     if not path.is_file():
         choices = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))

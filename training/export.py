@@ -7,11 +7,22 @@ import json
 from pathlib import Path
 
 from vsdloral.model.presets import PRESETS, get_preset
-from vsdloral.model.weights import DLoRALModel, ModelMeta
+from vsdloral.model.weights import DLoRALModel, ModelMeta, read_metadata
 
 from . import lora
 from .checkpoint import load_checkpoint
 from .tasks import DLoRALTask
+
+
+_PATH_KEYS = ("base", "init", "spynet_weights", "lpips_weights")
+
+
+def _stage_settings(cfg: dict) -> dict:
+    """The dloral stage's resolved settings (degradation, losses, optimiser, LoRA), paths left out."""
+    out = {"scale": cfg.get("scale"), "degradation": dict(cfg.get("degradation") or {})}
+    for section in ("dloral", "loss"):
+        out[section] = {k: v for k, v in (cfg.get(section) or {}).items() if k not in _PATH_KEYS}
+    return out
 
 
 def export(checkpoint: str | Path, output: str | Path, dtype: str = "fp32", prompt: str | None = None, *,
@@ -41,7 +52,12 @@ def export(checkpoint: str | Path, output: str | Path, dtype: str = "fp32", prom
         "steps": int(state["step"]), "seed": cfg.get("seed"),
         "degradation": (cfg.get("degradation") or {}).get("kind"),
         "config_sha256": hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest(),
+        # the settings that shaped this stage (preset values and --set overrides alike), so the
+        # file says how it was trained without its run folder
+        "settings": _stage_settings(cfg),
     }
+    if d.get("init"):  # a continued model: keep the lineage of the file it started from
+        provenance["init_provenance"] = read_metadata(d["init"]).get("provenance", {})
     if s.kind == "base" and d.get("base"):  # what the from-scratch base stage was (the VAE stage is in its config)
         b = load_checkpoint(d["base"])
         bc = b["config"]["base"]
