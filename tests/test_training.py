@@ -547,3 +547,29 @@ def test_dloral_init_continues_a_weights_file_and_keeps_its_lineage(pipeline, tm
     assert prov["init_provenance"] == read_metadata(first)["provenance"]
     assert prov["settings"]["degradation"]["jpeg_range"] == [31, 94]
     assert prov["settings"]["dloral"]["steps"] == 4 and "init" not in prov["settings"]["dloral"]
+
+
+def test_base_init_from_a_weights_file_takes_its_single_frame_path(pipeline, tmp_path):
+    """``base.init`` may be an exported model: its VAE, and its UNet with ``conv_in``'s
+    reference channels dropped; a UNet of another arch is a clear error."""
+    from training.export import export
+    from training.tasks import BaseTask
+    from vsdloral.model.weights import DLoRALModel
+
+    cfg, root, _ = pipeline
+    model_file = tmp_path / "model.safetensors"
+    export(_perturbed_checkpoint(root, tmp_path), model_file)
+    cfg = copy.deepcopy(cfg)
+    config_mod.set_dotted(cfg, "base.vae", None)
+    config_mod.set_dotted(cfg, "base.init", str(model_file))
+    task = BaseTask(cfg)
+    saved = DLoRALModel.load(model_file)
+    c = saved.meta.unet_config["in_channels"] // 2
+    for k, v in task.net.unet.state_dict().items():
+        want = saved.unet.state_dict()[k]
+        assert torch.equal(v, want[:, c:] if k == "conv_in.weight" else want), k
+    for k, v in task.net.codec.vae.state_dict().items():
+        assert torch.equal(v, saved.vae.state_dict()[k]), k
+    config_mod.set_dotted(cfg, "model.unet", {"block_out_channels": [16, 64]})
+    with pytest.raises(ValueError, match="another shape than arch"):
+        BaseTask(cfg)

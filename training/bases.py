@@ -83,6 +83,25 @@ def vae_from_task_state(task_state: dict) -> tuple[AutoencoderKL, dict]:
     return vae, config
 
 
+def is_weights_file(path: str | Path) -> bool:
+    """A vsdloral weights file (``.safetensors``) rather than a training run or checkpoint."""
+    return Path(path).suffix == ".safetensors"
+
+
+def base_state_from_weights(path: str | Path) -> dict:
+    """A vsdloral weights file as a ``base`` task state, to continue the base stage from an
+    exported model: its VAE and the single-frame path of its UNet (``conv_in`` without the
+    reference channels, the first half as :func:`widen_conv_in` puts them). The dloral stage that
+    follows widens ``conv_in`` again and learns CFR afresh."""
+    m = DLoRALModel.load(path)
+    unet = {k: v.float() for k, v in m.unet.state_dict().items()}
+    c = m.meta.unet_config["in_channels"] // 2
+    unet["conv_in.weight"] = unet["conv_in.weight"][:, c:].clone()
+    return {"unet": unet, "unet_config": dict(m.meta.unet_config, in_channels=c),
+            "vae": {k: v.float() for k, v in m.vae.state_dict().items()}, "vae_config": dict(m.meta.vae_config),
+            "prompt_embeds": m.prompt_embeds.float()}
+
+
 def load_start(cfg: dict) -> Start:
     """Build the start modules from ``cfg['dloral']`` (``base``, ``init``, ``spynet_weights``)."""
     d = cfg["dloral"]

@@ -10,6 +10,7 @@ from vsdloral.model.presets import PRESETS, get_preset
 from vsdloral.model.weights import DLoRALModel, ModelMeta, read_metadata
 
 from . import lora
+from .bases import is_weights_file
 from .checkpoint import load_checkpoint
 from .tasks import DLoRALTask
 
@@ -65,6 +66,8 @@ def export(checkpoint: str | Path, output: str | Path, dtype: str = "fp32", prom
                                     **{k: bc.get(k) for k in ("vae", "init", "crop", "batch_size", "lr", "decay",
                                                                "train_vae", "pixel", "latent")},
                                     "seed": b["config"].get("seed")}
+        if bc.get("init") and is_weights_file(bc["init"]) and Path(bc["init"]).is_file():
+            provenance["base_stage"]["init_provenance"] = read_metadata(bc["init"]).get("provenance", {})
     meta = ModelMeta(dict(s.unet_config), dict(s.vae_config), net.cfr.config, scale=int(cfg.get("scale", 4)),
                      prompt=d.get("prompt", "") if prompt is None else prompt,
                      preset=cfg.get("arch"), provenance=provenance,

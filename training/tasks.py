@@ -14,7 +14,7 @@ from vsdloral.model.presets import get_preset
 from vsdloral.utils.log import get_logger
 
 from . import lora
-from .bases import load_start, vae_from_task_state
+from .bases import base_state_from_weights, is_weights_file, load_start, vae_from_task_state
 from .checkpoint import load_checkpoint
 from .losses import build_lpips, csd_loss, flow_loss, l2, lpips_loss, temporal_loss
 from .nets import AutoencoderNet, DLoRALNet, LatentCodec, PriorNet, upscale
@@ -143,10 +143,13 @@ class BaseTask(Task):
     def __init__(self, cfg: dict) -> None:
         super().__init__(cfg)
         init = None
-        if self.c.get("init"):  # continue an earlier base run (its UNet and VAE; new optimiser and schedule)
-            init = load_checkpoint(self.c["init"])
+        if self.c.get("init"):  # continue an earlier base run or exported model (new optimiser and schedule)
+            if is_weights_file(self.c["init"]):
+                init = {"task_name": "base", "task": base_state_from_weights(self.c["init"])}
+            else:
+                init = load_checkpoint(self.c["init"])
             if init.get("task_name") != "base":
-                raise ValueError(f"base.init {self.c['init']} is not a 'base' training checkpoint")
+                raise ValueError(f"base.init {self.c['init']} is not a 'base' training checkpoint nor a weights file")
             vae, self.vae_config = vae_from_task_state(init["task"])
         elif not self.c.get("vae"):
             raise ValueError("base needs --vae: a 'vae' run folder or checkpoint (or base.init: a 'base' run to continue)")
@@ -160,7 +163,11 @@ class BaseTask(Task):
         nn.init.zeros_(unet.conv_out.weight)  # start as the identity: z_hat = z_lq
         nn.init.zeros_(unet.conv_out.bias)
         if init is not None:
-            unet.load_state_dict(init["task"]["unet"], strict=True)
+            try:
+                unet.load_state_dict(init["task"]["unet"], strict=True)
+            except RuntimeError:
+                raise ValueError(f"base.init {self.c['init']} holds a UNet of another shape than arch "
+                                 f"{cfg['arch']!r} (with its model.unet overrides); use the arch it was trained with") from None
         prompt = torch.zeros(1, p.prompt_tokens, self.unet_config["cross_attention_dim"])
         codec = LatentCodec(vae, float(self.vae_config["scaling_factor"]), str(self.c.get("train_vae", "none")))
         self.net = PriorNet(unet, codec, prompt, self.scale)
