@@ -573,3 +573,15 @@ def test_base_init_from_a_weights_file_takes_its_single_frame_path(pipeline, tmp
     config_mod.set_dotted(cfg, "model.unet", {"block_out_channels": [16, 64]})
     with pytest.raises(ValueError, match="another shape than arch"):
         BaseTask(cfg)
+
+
+def test_full_degradation_overlay_matches_the_degrade_defaults():
+    """The overlay restores exactly the ranges ``degrade --preset realistic`` samples from."""
+    from training.degrade import DEFAULTS
+
+    overlay = config_mod.load_yaml(config_mod.CONFIG_DIR / "overlays" / "full-degradation.yaml")["degradation"]
+    assert overlay == {k: DEFAULTS[k] for k in overlay}
+    cfg = config_mod.build_config("lite", str(config_mod.CONFIG_DIR / "overlays" / "full-degradation.yaml"), None)
+    assert all(cfg["degradation"][k] == DEFAULTS[k] for k in overlay)
+    lite = config_mod.build_config("lite", None, None)["degradation"]
+    assert any(lite[k] != DEFAULTS[k] for k in overlay)  # lite itself narrows them
