@@ -585,3 +585,24 @@ def test_full_degradation_overlay_matches_the_degrade_defaults():
     assert all(cfg["degradation"][k] == DEFAULTS[k] for k in overlay)
     lite = config_mod.build_config("lite", None, None)["degradation"]
     assert any(lite[k] != DEFAULTS[k] for k in overlay)  # lite itself narrows them
+
+
+def test_base_vae_from_a_weights_file_under_a_new_unet(pipeline, tmp_path):
+    """``base.vae`` may be an exported model: its trained VAE starts a base run whose UNet is new
+    (here wider than the preset's)."""
+    from training.export import export
+    from training.tasks import BaseTask
+    from vsdloral.model.weights import DLoRALModel
+
+    cfg, root, _ = pipeline
+    model_file = tmp_path / "model.safetensors"
+    export(_perturbed_checkpoint(root, tmp_path), model_file)
+    cfg = copy.deepcopy(cfg)
+    config_mod.set_dotted(cfg, "base.vae", str(model_file))
+    config_mod.set_dotted(cfg, "model.unet", {"block_out_channels": [16, 64]})
+    task = BaseTask(cfg)
+    saved = DLoRALModel.load(model_file)
+    for k, v in task.net.codec.vae.state_dict().items():
+        assert torch.equal(v, saved.vae.state_dict()[k]), k
+    assert task.unet_config["block_out_channels"] == [16, 64]
+    assert task.net.unet.conv_out.weight.abs().sum() == 0  # a fresh UNet: starts as the identity

@@ -126,6 +126,10 @@ class VAETask(Task):
 
 
 def _load_vae(path: str) -> tuple[AutoencoderKL, dict]:
+    """The VAE of a 'vae' run/checkpoint, or of a vsdloral weights file (e.g. a trained model's
+    VAE under a new UNet)."""
+    if is_weights_file(path):
+        return vae_from_task_state(base_state_from_weights(path))
     state = load_checkpoint(path)
     if state.get("task_name") != "vae":
         raise ValueError(f"base.vae {path} is not a 'vae' training checkpoint")
