@@ -592,7 +592,7 @@ def test_base_vae_from_a_weights_file_under_a_new_unet(pipeline, tmp_path):
     (here wider than the preset's)."""
     from training.export import export
     from training.tasks import BaseTask
-    from vsdloral.model.weights import DLoRALModel
+    from vsdloral.model.weights import DLoRALModel, read_metadata
 
     cfg, root, _ = pipeline
     model_file = tmp_path / "model.safetensors"
@@ -606,3 +606,14 @@ def test_base_vae_from_a_weights_file_under_a_new_unet(pipeline, tmp_path):
         assert torch.equal(v, saved.vae.state_dict()[k]), k
     assert task.unet_config["block_out_channels"] == [16, 64]
     assert task.net.unet.conv_out.weight.abs().sum() == 0  # a fresh UNet: starts as the identity
+
+    # the whole chain on it: base -> dloral -> export, which keeps the new UNet and records the VAE's origin
+    train("base", cfg, tmp_path / "base")
+    config_mod.set_dotted(cfg, "dloral.base", str(tmp_path / "base"))
+    train("dloral", cfg, tmp_path / "dloral")
+    export(tmp_path / "dloral", tmp_path / "wide.safetensors")
+    md = read_metadata(tmp_path / "wide.safetensors")
+    assert md["unet_config"]["block_out_channels"] == [16, 64]
+    base_stage = md["provenance"]["base_stage"]
+    assert base_stage["vae"] == str(model_file)
+    assert base_stage["vae_provenance"] == read_metadata(model_file)["provenance"]

@@ -66,8 +66,9 @@ def export(checkpoint: str | Path, output: str | Path, dtype: str = "fp32", prom
                                     **{k: bc.get(k) for k in ("vae", "init", "crop", "batch_size", "lr", "decay",
                                                                "train_vae", "pixel", "latent")},
                                     "seed": b["config"].get("seed")}
-        if bc.get("init") and is_weights_file(bc["init"]) and Path(bc["init"]).is_file():
-            provenance["base_stage"]["init_provenance"] = read_metadata(bc["init"]).get("provenance", {})
+        for key in ("init", "vae"):  # a base stage started from an exported model: keep its lineage
+            if bc.get(key) and is_weights_file(bc[key]) and Path(bc[key]).is_file():
+                provenance["base_stage"][f"{key}_provenance"] = read_metadata(bc[key]).get("provenance", {})
     meta = ModelMeta(dict(s.unet_config), dict(s.vae_config), net.cfr.config, scale=int(cfg.get("scale", 4)),
                      prompt=d.get("prompt", "") if prompt is None else prompt,
                      preset=cfg.get("arch"), provenance=provenance,
