@@ -11,6 +11,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
 
 from vsdloral.model.presets import get_preset
+from vsdloral.model.weights import DLoRALModel
 from vsdloral.utils.log import get_logger
 
 from . import lora
@@ -128,8 +129,9 @@ class VAETask(Task):
 def _load_vae(path: str) -> tuple[AutoencoderKL, dict]:
     """The VAE of a 'vae' run/checkpoint, or of a vsdloral weights file (e.g. a trained model's
     VAE under a new UNet)."""
-    if is_weights_file(path):
-        return vae_from_task_state(base_state_from_weights(path))
+    if is_weights_file(path):  # only its VAE is needed: no UNet state to slice
+        m = DLoRALModel.load(path)
+        return m.vae.float(), dict(m.meta.vae_config)
     state = load_checkpoint(path)
     if state.get("task_name") != "vae":
         raise ValueError(f"base.vae {path} is not a 'vae' training checkpoint")
@@ -156,7 +158,8 @@ class BaseTask(Task):
                 raise ValueError(f"base.init {self.c['init']} is not a 'base' training checkpoint nor a weights file")
             vae, self.vae_config = vae_from_task_state(init["task"])
         elif not self.c.get("vae"):
-            raise ValueError("base needs --vae: a 'vae' run folder or checkpoint (or base.init: a 'base' run to continue)")
+            raise ValueError("base needs --vae: a 'vae' run folder or checkpoint or a weights file "
+                             "(or base.init: a 'base' run or weights file to continue)")
         else:
             vae, self.vae_config = _load_vae(self.c["vae"])
         p = get_preset(cfg["arch"])
