@@ -149,3 +149,36 @@ def test_pipeline_counts_cpu_flash_attention_flops():
     with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=mapping) as fc:
         F.scaled_dot_product_attention(q, k, v)
     assert fc.get_total_flops() == 4 * b * h * lq * lk * d  # QK^T and AV, 2 FLOPs per multiply-add
+
+
+def test_unet_share_smoke():
+    r = run_benchmark("unet_share")
+    (run,) = r["runs"]
+    for deg in ("bicubic", "realistic"):
+        x = run[deg]
+        assert math.isfinite(x["unet"]) and math.isfinite(x["unet_zeroed"]) and math.isfinite(x["bicubic"])
+        assert x["unet_gain_db"] == x["unet"] - x["unet_zeroed"]
+
+
+def test_unet_share_measures_the_unet(tmp_path):
+    """A UNet whose output conv is zero gains exactly nothing; a random one does, and measuring it
+    leaves the model's weights as they were (the zeroing is undone between degradations)."""
+    import numpy as np
+    import torch
+
+    from benchmarks.unet_share import measure
+    from vsdloral.model.init import init_model
+
+    rng = np.random.default_rng(0)
+    hq = rng.random((1, 32, 32, 3), dtype=np.float32)
+    lq = {"a": hq[:, ::4, ::4].copy(), "b": hq[:, 1::4, 1::4].copy()}
+    model = init_model("tiny", seed=0)
+    model.save(tmp_path / "random.safetensors")
+    first = measure(str(tmp_path / "random.safetensors"), hq, lq)
+    assert all(abs(first[k]["unet_gain_db"]) > 1e-4 for k in lq)
+    torch.nn.init.zeros_(model.unet.conv_out.weight)
+    torch.nn.init.zeros_(model.unet.conv_out.bias)
+    model.save(tmp_path / "idle.safetensors")
+    idle = measure(str(tmp_path / "idle.safetensors"), hq, lq)
+    assert all(idle[k]["unet_gain_db"] == 0.0 for k in lq)
+    assert all(idle[k]["unet_zeroed"] == first[k]["unet_zeroed"] for k in lq)
