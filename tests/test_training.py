@@ -617,3 +617,26 @@ def test_base_vae_from_a_weights_file_under_a_new_unet(pipeline, tmp_path):
     base_stage = md["provenance"]["base_stage"]
     assert base_stage["vae"] == str(model_file)
     assert base_stage["vae_provenance"] == read_metadata(model_file)["provenance"]
+
+
+def test_load_checkpoint_refuses_unsafe_and_junk_files_in_one_line(tmp_path):
+    """Junk and pickles of arbitrary objects give a one-line ValueError, never torch's advice to
+    retry with weights_only=False (which would run the file's code)."""
+    import argparse
+
+    import torch
+
+    from training.checkpoint import load_checkpoint
+
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a checkpoint")
+    unsafe = tmp_path / "unsafe.pt"
+    torch.save({"x": argparse.Namespace(a=1)}, unsafe)  # a class weights_only loading refuses
+    truncated = tmp_path / "truncated.pt"
+    torch.save({"w": torch.zeros(1000)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    for path in (junk, unsafe, truncated):
+        with pytest.raises(ValueError) as err:
+            load_checkpoint(path)
+        msg = str(err.value)
+        assert str(path) in msg and "\n" not in msg and "weights_only" not in msg, msg

@@ -3,6 +3,7 @@ loaded with ``weights_only=True``. RNG states are stored as tensors and lists fo
 
 from __future__ import annotations
 
+import pickle
 import random
 import re
 from pathlib import Path
@@ -82,5 +83,10 @@ def load_checkpoint(path: str | Path) -> dict:
         raise ValueError(f"no checkpoint at {p}")
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False, which would run arbitrary code: never
+        raise ValueError(f"{p} is not a vsdloral training checkpoint (not a torch file, or one holding "
+                         "objects other than tensors and plain data)") from None
     except Exception as exc:
-        raise ValueError(f"{p} is not a readable training checkpoint ({type(exc).__name__}: {exc})") from None
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ValueError(f"{p} is not a readable training checkpoint ({type(exc).__name__}: {first})") from None
