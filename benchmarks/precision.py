@@ -8,19 +8,19 @@ upscaled bicubically to the size are restored as a sequential pair (reference = 
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 
 import torch
+
+from vsdloral.evaluation.metrics import psnr_from_mse
 
 from .cfr import _real_pair
 from .common import dtype_name, emit, model_file, parse_size, parser, setup_threads
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float(((a - b) ** 2).mean())
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+    return psnr_from_mse(float(((a - b) ** 2).mean()))
 
 
 def main(argv: list[str] | None = None) -> int:

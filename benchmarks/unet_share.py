@@ -19,29 +19,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vsdloral.evaluation.metrics import psnr_from_mse
+
 from .common import emit, model_file, parser, setup_threads
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float(((a - b) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * float(np.log10(1.0 / mse))
+    return psnr_from_mse(float(((a - b) ** 2).mean()))
 
 
 def _prior(model: str):
     """The single-frame one-step path (:class:`training.nets.PriorNet`) of a weights file or base run."""
     from diffusers import UNet2DConditionModel
 
-    from training.bases import base_state_from_weights, is_weights_file, vae_from_task_state
-    from training.checkpoint import load_checkpoint
+    from training.bases import load_base_state, vae_from_task_state
     from training.nets import LatentCodec, PriorNet
 
-    if is_weights_file(model):
-        state = base_state_from_weights(model)
-    else:
-        ckpt = load_checkpoint(model)
-        if ckpt.get("task_name") != "base":
-            raise ValueError(f"{model}: not a weights file nor a 'base' run/checkpoint")
-        state = ckpt["task"]
+    state = load_base_state(model, "model")
     unet = UNet2DConditionModel.from_config(state["unet_config"])
     unet.load_state_dict(state["unet"], strict=True)
     vae, vae_config = vae_from_task_state(state)

@@ -102,6 +102,17 @@ def base_state_from_weights(path: str | Path) -> dict:
             "prompt_embeds": m.prompt_embeds.float()}
 
 
+def load_base_state(path: str | Path, what: str) -> dict:
+    """The ``base`` task state of a base run/checkpoint or of a weights file (its single-frame
+    path, :func:`base_state_from_weights`); ``what`` names the setting in the error."""
+    if is_weights_file(path):
+        return base_state_from_weights(path)
+    state = load_checkpoint(path)
+    if state.get("task_name") != "base":
+        raise ValueError(f"{what} {path} is not a 'base' training checkpoint nor a weights file")
+    return state["task"]
+
+
 def load_start(cfg: dict) -> Start:
     """Build the start modules from ``cfg['dloral']`` (``base``, ``init``, ``spynet_weights``)."""
     d = cfg["dloral"]

@@ -15,7 +15,7 @@ from vsdloral.model.weights import DLoRALModel
 from vsdloral.utils.log import get_logger
 
 from . import lora
-from .bases import base_state_from_weights, is_weights_file, load_start, vae_from_task_state
+from .bases import is_weights_file, load_base_state, load_start, vae_from_task_state
 from .checkpoint import load_checkpoint
 from .losses import build_lpips, csd_loss, flow_loss, l2, lpips_loss, temporal_loss
 from .nets import AutoencoderNet, DLoRALNet, LatentCodec, PriorNet, upscale
@@ -150,13 +150,8 @@ class BaseTask(Task):
         super().__init__(cfg)
         init = None
         if self.c.get("init"):  # continue an earlier base run or exported model (new optimiser and schedule)
-            if is_weights_file(self.c["init"]):
-                init = {"task_name": "base", "task": base_state_from_weights(self.c["init"])}
-            else:
-                init = load_checkpoint(self.c["init"])
-            if init.get("task_name") != "base":
-                raise ValueError(f"base.init {self.c['init']} is not a 'base' training checkpoint nor a weights file")
-            vae, self.vae_config = vae_from_task_state(init["task"])
+            init = load_base_state(self.c["init"], "base.init")
+            vae, self.vae_config = vae_from_task_state(init)
         elif not self.c.get("vae"):
             raise ValueError("base needs --vae: a 'vae' run folder or checkpoint or a weights file "
                              "(or base.init: a 'base' run or weights file to continue)")
@@ -171,7 +166,7 @@ class BaseTask(Task):
         nn.init.zeros_(unet.conv_out.bias)
         if init is not None:
             try:
-                unet.load_state_dict(init["task"]["unet"], strict=True)
+                unet.load_state_dict(init["unet"], strict=True)
             except RuntimeError:
                 raise ValueError(f"base.init {self.c['init']} holds a UNet of another shape than arch "
                                  f"{cfg['arch']!r} (with its model.unet overrides); use the arch it was trained with") from None
