@@ -282,3 +282,26 @@ def test_compile_without_a_cpp_compiler_fails_at_load_with_a_clear_error(tiny_mo
     monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "no-such-c++-compiler-xyz"))
     with pytest.raises(ValueError, match="compile=True on cpu needs a C\\+\\+ compiler"):
         vsdloral.load_model(tiny_model_path, device="cpu", compile=True)
+
+
+def test_bundled_model_has_the_lite_preset_architecture():
+    """`--preset lite` must build what is shipped, so docs/default-model.md's recipe reproduces
+    the bundled file (the VAE's scaling factor is measured by the vae stage, not preset)."""
+    import json
+
+    from safetensors import safe_open
+
+    from vsdloral.loading import DEFAULT_MODEL_PATH
+    from vsdloral.model.presets import get_preset
+
+    if not DEFAULT_MODEL_PATH.is_file():
+        pytest.skip("no bundled default model in this checkout")
+    with safe_open(str(DEFAULT_MODEL_PATH), framework="pt") as f:
+        md = f.metadata()
+    lite = get_preset("lite")
+    assert md["preset"] == "lite"
+    assert json.loads(md["unet_config"]) == lite.unet
+    vae = json.loads(md["vae_config"])
+    assert {k: v for k, v in vae.items() if k != "scaling_factor"} == {
+        k: v for k, v in lite.vae.items() if k != "scaling_factor"}
+    assert json.loads(md["cfr_config"]) == lite.cfr.to_dict()

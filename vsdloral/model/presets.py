@@ -72,13 +72,14 @@ TINY_VAE = {
     "scaling_factor": 0.18215,
 }
 
-# The bundled CPU model: a x4 VAE (3 levels, 4 latent channels: enough for a bicubically upscaled
-# x4 input), a convolutional UNet without self-attention, flow 4x coarser than the latent grid and
-# windowed CFR, all chosen from FLOP counts at 1280x720 (see docs/default-model.md).
+# The bundled CPU model: a x4 VAE (3 levels, 8/16/64 channels, 8 latent channels), a convolutional
+# UNet without self-attention, flow 4x coarser than the latent grid and windowed CFR, chosen from
+# FLOP counts at 1280x720 and, for the VAE, from training runs (the VAE does most of the restoring;
+# see docs/default-model.md, "Changing the preset").
 LITE_UNET = {
     "sample_size": 32,
-    "in_channels": 8,
-    "out_channels": 4,
+    "in_channels": 16,
+    "out_channels": 8,
     "down_block_types": ["DownBlock2D", "DownBlock2D", "DownBlock2D"],
     "up_block_types": ["UpBlock2D", "UpBlock2D", "UpBlock2D"],
     "mid_block_type": "UNetMidBlock2D",
@@ -93,9 +94,9 @@ LITE_VAE = {
     "out_channels": 3,
     "down_block_types": ["DownEncoderBlock2D"] * 3,
     "up_block_types": ["UpDecoderBlock2D"] * 3,
-    "block_out_channels": [8, 16, 32],
+    "block_out_channels": [8, 16, 64],
     "layers_per_block": 1,
-    "latent_channels": 4,
+    "latent_channels": 8,
     "norm_num_groups": 4,
     "sample_size": 256,
     "mid_block_add_attention": False,
@@ -122,7 +123,7 @@ PRESETS: dict[str, Preset] = {
     "tiny": Preset("tiny", TINY_UNET, TINY_VAE, CFRConfig(4, 2, 16, 3000.0),
                    description="a few-million-parameter model for tests and CPU training"),
     "lite": Preset("lite", LITE_UNET, LITE_VAE,
-                   CFRConfig(4, 2, 16, 3000.0, flow_downscale=4, mode="window", window=4),
+                   CFRConfig(8, 2, 16, 3000.0, flow_downscale=4, mode="window", window=4),
                    description="the bundled CPU model's architecture (x4 VAE, no self-attention)"),
 }
 
