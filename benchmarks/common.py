@@ -16,6 +16,13 @@ import torch
 CACHE = Path(os.environ.get("VSDLORAL_BENCH_CACHE", Path(tempfile.gettempdir()) / "vsdloral-bench"))
 
 
+def tensor_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR (dB, data range 1) between two tensors of the same shape."""
+    from vsdloral.evaluation.metrics import psnr_from_mse
+
+    return psnr_from_mse(float(((a - b) ** 2).mean()))
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")

@@ -13,14 +13,8 @@ import time
 
 import torch
 
-from vsdloral.evaluation.metrics import psnr_from_mse
-
 from .cfr import _real_pair
-from .common import dtype_name, emit, model_file, parse_size, parser, setup_threads
-
-
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return psnr_from_mse(float(((a - b) ** 2).mean()))
+from .common import dtype_name, emit, model_file, parse_size, parser, setup_threads, tensor_psnr
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     base = runs[0]["seconds"]
     for row in runs:
         row["speedup_vs_fp32"] = base / row["seconds"]
-        row["psnr_vs_fp32_db"] = _psnr(outs[row["dtype"]], outs["fp32"])
+        row["psnr_vs_fp32_db"] = tensor_psnr(outs[row["dtype"]], outs["fp32"])
     default = dtype_name(default_dtype(device))
     result = {"model": str(path), "device": str(device), "size": size, "runs": runs,
               "cpu_native_bf16": cpu_has_native_bf16(), "default_dtype": default}

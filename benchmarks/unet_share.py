@@ -19,13 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vsdloral.evaluation.metrics import psnr_from_mse
-
-from .common import emit, model_file, parser, setup_threads
-
-
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return psnr_from_mse(float(((a - b) ** 2).mean()))
+from .common import emit, model_file, parser, setup_threads, tensor_psnr
 
 
 def _prior(model: str):
@@ -55,12 +49,12 @@ def measure(model: str, hq: np.ndarray, lqs: dict[str, np.ndarray]) -> dict:
     rows = {}
     for name, lq_np in lqs.items():
         lq = torch.from_numpy(lq_np).permute(0, 3, 1, 2).contiguous()
-        full = _psnr(((net(lq)["y"] + 1) / 2).clamp(0, 1), gt)
+        full = tensor_psnr(((net(lq)["y"] + 1) / 2).clamp(0, 1), gt)
         torch.nn.init.zeros_(conv.weight)
         torch.nn.init.zeros_(conv.bias)
-        zeroed = _psnr(((net(lq)["y"] + 1) / 2).clamp(0, 1), gt)
+        zeroed = tensor_psnr(((net(lq)["y"] + 1) / 2).clamp(0, 1), gt)
         conv.load_state_dict(saved)
-        rows[name] = {"bicubic": _psnr(upscale(lq, 4).clamp(0, 1), gt), "unet": full, "unet_zeroed": zeroed,
+        rows[name] = {"bicubic": tensor_psnr(upscale(lq, 4).clamp(0, 1), gt), "unet": full, "unet_zeroed": zeroed,
                       "unet_gain_db": full - zeroed}
     return rows
 

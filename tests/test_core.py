@@ -287,21 +287,16 @@ def test_compile_without_a_cpp_compiler_fails_at_load_with_a_clear_error(tiny_mo
 def test_bundled_model_has_the_lite_preset_architecture():
     """`--preset lite` must build what is shipped, so docs/default-model.md's recipe reproduces
     the bundled file (the VAE's scaling factor is measured by the vae stage, not preset)."""
-    import json
-
-    from safetensors import safe_open
-
     from vsdloral.loading import DEFAULT_MODEL_PATH
     from vsdloral.model.presets import get_preset
+    from vsdloral.model.weights import read_metadata
 
     if not DEFAULT_MODEL_PATH.is_file():
         pytest.skip("no bundled default model in this checkout")
-    with safe_open(str(DEFAULT_MODEL_PATH), framework="pt") as f:
-        md = f.metadata()
+    md = read_metadata(DEFAULT_MODEL_PATH)
     lite = get_preset("lite")
     assert md["preset"] == "lite"
-    assert json.loads(md["unet_config"]) == lite.unet
-    vae = json.loads(md["vae_config"])
-    assert {k: v for k, v in vae.items() if k != "scaling_factor"} == {
+    assert md["unet_config"] == lite.unet
+    assert {k: v for k, v in md["vae_config"].items() if k != "scaling_factor"} == {
         k: v for k, v in lite.vae.items() if k != "scaling_factor"}
-    assert json.loads(md["cfr_config"]) == lite.cfr.to_dict()
+    assert md["cfr_config"] == lite.cfr.to_dict()

@@ -76,10 +76,12 @@ TINY_VAE = {
 # UNet without self-attention, flow 4x coarser than the latent grid and windowed CFR, chosen from
 # FLOP counts at 1280x720 and, for the VAE, from training runs (the VAE does most of the restoring;
 # see docs/default-model.md, "Changing the preset").
+LITE_LATENT_CHANNELS = 8  # the VAE's latent width; the UNet (current + reference latents) and CFR follow it
+
 LITE_UNET = {
     "sample_size": 32,
-    "in_channels": 16,
-    "out_channels": 8,
+    "in_channels": 2 * LITE_LATENT_CHANNELS,
+    "out_channels": LITE_LATENT_CHANNELS,
     "down_block_types": ["DownBlock2D", "DownBlock2D", "DownBlock2D"],
     "up_block_types": ["UpBlock2D", "UpBlock2D", "UpBlock2D"],
     "mid_block_type": "UNetMidBlock2D",
@@ -96,7 +98,7 @@ LITE_VAE = {
     "up_block_types": ["UpDecoderBlock2D"] * 3,
     "block_out_channels": [8, 16, 64],
     "layers_per_block": 1,
-    "latent_channels": 8,
+    "latent_channels": LITE_LATENT_CHANNELS,
     "norm_num_groups": 4,
     "sample_size": 256,
     "mid_block_add_attention": False,
@@ -123,7 +125,7 @@ PRESETS: dict[str, Preset] = {
     "tiny": Preset("tiny", TINY_UNET, TINY_VAE, CFRConfig(4, 2, 16, 3000.0),
                    description="a few-million-parameter model for tests and CPU training"),
     "lite": Preset("lite", LITE_UNET, LITE_VAE,
-                   CFRConfig(8, 2, 16, 3000.0, flow_downscale=4, mode="window", window=4),
+                   CFRConfig(LITE_LATENT_CHANNELS, 2, 16, 3000.0, flow_downscale=4, mode="window", window=4),
                    description="the bundled CPU model's architecture (x4 VAE, no self-attention)"),
 }
 
