@@ -23,6 +23,35 @@ def naive_cfr(m: CrossFrameRetrieval, c: torch.Tensor, r: torch.Tensor) -> torch
     return m.proj_out(out)
 
 
+def _scores_and_thresholds(m: CrossFrameRetrieval, c: torch.Tensor, r: torch.Tensor):
+    """Per head: scores q_i.k_j / sqrt(d) (b, heads, N, N), thresholds t_i (b, heads, N, 1) and v."""
+    cfg = m.config
+    b, _, h, w = c.shape
+    q = m.query_conv(c).view(b, cfg.heads, cfg.head_dim, h * w).transpose(-1, -2)
+    k = m.key_conv(r).view(b, cfg.heads, cfg.head_dim, h * w).transpose(-1, -2)
+    v = m.value_conv(r).view(b, cfg.heads, cfg.head_dim, h * w).transpose(-1, -2)
+    return q @ k.transpose(-1, -2) / math.sqrt(cfg.head_dim), m.threshold_fc(q), v
+
+
+def naive_topk_cfr(m: CrossFrameRetrieval, c: torch.Tensor, r: torch.Tensor, k: int) -> torch.Tensor:
+    """SPEC section 2's top-k form, one query at a time: query i keeps its k most similar keys
+    (largest q_i.k_j / sqrt(d), found by a full sort), a_ij = relu((q_i.k_j / sqrt(d) - t_i) / T) on
+    those and 0 elsewhere. (t_i is one number per query and relu is monotonic, so ranking by the
+    score or by the thresholded weight selects the same contributing keys.)"""
+    cfg = m.config
+    b, _, h, w = c.shape
+    scores, t, v = _scores_and_thresholds(m, c, r)
+    out = torch.zeros_like(v)  # (b, heads, N, d)
+    for bi in range(b):
+        for hi in range(cfg.heads):
+            for i in range(h * w):
+                s = scores[bi, hi, i]
+                keep = torch.argsort(s, descending=True)[:k]
+                a = torch.relu((s[keep] - t[bi, hi, i]) / cfg.temperature)
+                out[bi, hi, i] = a @ v[bi, hi, keep]
+    return m.proj_out(out.transpose(-1, -2).reshape(b, -1, h, w))
+
+
 @pytest.fixture()
 def cfr_and_inputs():
     torch.manual_seed(0)
@@ -43,13 +72,22 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @torch.no_grad()
 def test_dense_matches_naive_and_chunking_is_exact(cfr_and_inputs):
     m, c, r = cfr_and_inputs
+    n = 12 * 14
+    # the sparsity threshold is active: some but not all pairs contribute (measured: 0.52 of all
+    # pairs, 0.29 / 0.68 / 0.60 per head of the first sample), so relu's cut is exercised
+    scores, t, _ = _scores_and_thresholds(m, c, r)
+    active = (scores - t > 0).float()
+    assert 0.2 < float(active.mean()) < 0.8
+    per_head = active.mean((-1, -2))
+    assert (per_head > 0.1).all() and (per_head < 0.9).all()
     ref = naive_cfr(m, c, r)
     full = m(c, r, "dense")
-    chunked = m(c, r, "dense", max_chunk_elems=2 * 3 * 168 * 5)  # 5 queries per chunk
     assert _rel(full, ref) < 1e-5
-    assert _rel(chunked, ref) < 1e-5
-    # the sparsity threshold is active: some but not all pairs contribute
-    q = m.query_conv(c)
+    # the dense default is one chunk here; force several, including a short last one
+    for per_chunk in (5, 50, n - 1):  # 34, 4 and 2 chunks of queries
+        chunked = m(c, r, "dense", max_chunk_elems=2 * 3 * n * per_chunk)
+        assert -(-n // per_chunk) > 1
+        assert _rel(chunked, ref) < 1e-5 and _rel(chunked, full) < 1e-5
     assert torch.isfinite(full).all() and full.abs().max() > 0
 
 
@@ -59,6 +97,20 @@ def test_topk_and_window_are_exact_at_their_limits(cfr_and_inputs):
     dense = m(c, r, "dense")
     assert _rel(m(c, r, "topk", topk=12 * 14), dense) < 1e-5
     assert _rel(m(c, r, "window", window=14), dense) < 1e-5
+
+
+@torch.no_grad()
+def test_topk_below_n_matches_naive_per_query_topk(cfr_and_inputs):
+    """k < N runs the top-k branch: it equals SPEC's per-query top-k, also over several chunks."""
+    m, c, r = cfr_and_inputs
+    n = 12 * 14
+    dense = m(c, r, "dense")
+    for k in (1, 16, 100):
+        ref = naive_topk_cfr(m, c, r, k)
+        assert _rel(ref, dense) > 1e-2  # a real approximation: dropping keys changes the output
+        assert _rel(m(c, r, "topk", topk=k), ref) < 1e-5, k
+        chunked = m(c, r, "topk", topk=k, max_chunk_elems=2 * 3 * n * 7)  # 24 chunks of 7 queries
+        assert _rel(chunked, ref) < 1e-5, k
 
 
 @torch.no_grad()
