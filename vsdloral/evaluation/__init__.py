@@ -1,4 +1,5 @@
-"""Video super-resolution evaluation: PSNR/SSIM (Y and RGB), E*warp and tOF with OpenCV DIS flow, optional LPIPS.
+"""Video super-resolution evaluation: PSNR/SSIM (Y and RGB), E*warp and tOF with OpenCV DIS flow, NIQE
+(:mod:`vsdloral.evaluation.niqe`), optional LPIPS.
 
 >>> from vsdloral.evaluation import evaluate
 >>> res = evaluate("gt.mp4", "out.mp4", lq="lq.mp4", baseline="bicubic")  # doctest: +SKIP

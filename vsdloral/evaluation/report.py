@@ -18,6 +18,7 @@ ROWS = (
     ("ewarp", "E*warp (x1e-3)", "{:.4f}"),
     ("tof", "tOF (px)", "{:.4f}"),
     ("lpips", "LPIPS (alex)", "{:.4f}"),
+    ("niqe", "NIQE (lower: more natural)", "{:.3f}"),
 )
 
 
@@ -48,6 +49,8 @@ def format_table(result: dict[str, Any]) -> str:
                  + (f", lq: {base['lq_width']}x{base['lq_height']}" if base else ""))
     if result.get("ewarp_reference") is not None:
         lines.append(f"reference E*warp (x1e-3): {result['ewarp_reference']:.4f}")
+    if result.get("niqe_reference") is not None:
+        lines.append(f"reference NIQE: {result['niqe_reference']:.3f}")
     lines.append(f"flow: {result['flow_method']}")
     lines.extend(f"note: {n}" for n in result.get("notes", []))
     return "\n".join(lines)

@@ -5,6 +5,7 @@ Only the current and previous frames are held in memory, so arbitrarily long vid
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from dataclasses import dataclass, field
@@ -27,17 +28,20 @@ class _Accumulator:
 
     sums: dict[str, float] = field(default_factory=lambda: {k: 0.0 for k in FRAME_KEYS})
     lpips_sum: float = 0.0
+    niqe: list[float] = field(default_factory=list)
     frames: int = 0
     ewarp: list[float] = field(default_factory=list)
     tof: list[float] = field(default_factory=list)
     prev: np.ndarray | None = None
     prev_u8: np.ndarray | None = None
 
-    def add(self, ref, cand, flow: DISFlow, ref_flow, mask, lpips_metric) -> None:
+    def add(self, ref, cand, flow: DISFlow, ref_flow, mask, lpips_metric, niqe_metric=None) -> None:
         for k, v in frame_metrics(ref, cand).items():
             self.sums[k] += v
         if lpips_metric is not None:
             self.lpips_sum += lpips_metric(ref, cand)
+        if niqe_metric is not None:
+            self.niqe.append(niqe_metric(cand))
         self.frames += 1
         cand_u8 = flow.to_u8(luma(cand))
         if self.prev is not None:
@@ -51,6 +55,7 @@ class _Accumulator:
         res["tof"] = float(np.mean(self.tof)) if self.tof else None
         if with_lpips:
             res["lpips"] = self.lpips_sum / self.frames
+        res["niqe"] = float(np.mean(self.niqe)) if self.niqe else None
         return res
 
 
@@ -86,6 +91,7 @@ def evaluate(
     max_frames: int | None = None,
     progress: bool = False,
     device: str | None = None,
+    niqe: bool = True,
 ) -> dict[str, Any]:
     """Compare ``output`` with ``reference`` (paths to videos or PNG folders, or frame arrays, see
     :func:`vsdloral.evaluation.io.open_frames`).
@@ -93,9 +99,10 @@ def evaluate(
     Returns a dict with ``frames, width, height, psnr_y, ssim_y, psnr_rgb, ssim_rgb`` (per-frame means; PSNR is
     ``math.inf`` when identical), ``ewarp`` (x1000; ``ewarp_reference`` is the same measure on the reference
     itself, the floor set by flow errors on real motion) and ``tof`` (pixels; ``None`` for a single frame), ``lpips``
-    (only with ``lpips_weights``), ``flow_method``, ``notes`` and, when ``lq`` is given, ``baseline``: the same
-    metrics for a bicubic upscale of ``lq`` to the reference size. With ``max_frames`` only the first N frames
-    of each input are compared.
+    (only with ``lpips_weights``), ``niqe`` (mean no-reference NIQE over frames, lower is more natural;
+    ``niqe_reference`` for the reference; ``None`` for frames under 193x193 or with ``niqe=False``),
+    ``flow_method``, ``notes`` and, when ``lq`` is given, ``baseline``: the same metrics for a bicubic upscale
+    of ``lq`` to the reference size. With ``max_frames`` only the first N frames of each input are compared.
     """
     if baseline is not None and baseline not in BASELINES:
         raise ValueError(f"evaluate: unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
@@ -122,6 +129,18 @@ def evaluate(
         notes.append("LPIPS omitted: pass local AlexNet+linear weights with --lpips-weights PATH")
     if ref.count < 2:
         notes.append("E*warp and tOF need at least 2 frames")
+    niqe_metric = None
+    if niqe:
+        from .niqe import MIN_SIZE, NIQE_FEATURES, PATCH, load_params, niqe as niqe_fn
+
+        if ref.width >= MIN_SIZE and ref.height >= MIN_SIZE:
+            niqe_metric = functools.partial(niqe_fn, params=load_params())
+            if (patches := (ref.width // PATCH) * (ref.height // PATCH)) < NIQE_FEATURES:
+                notes.append(f"NIQE is noisy at this size: {patches} patches of {PATCH} px per frame for its "
+                             f"{NIQE_FEATURES}-feature model; compare it on the same content only")
+        else:
+            notes.append(f"NIQE omitted: it needs frames of at least {MIN_SIZE}x{MIN_SIZE}, these are {ref.size}")
+    niqe_ref: list[float] = []
 
     flow = DISFlow()
     acc_out = _Accumulator()
@@ -141,9 +160,12 @@ def evaluate(
                 ref_flow = flow(prev_ref_u8, ref_u8)  # t -> t+1 on the reference
                 mask = valid_mask(ref_flow, flow(ref_u8, prev_ref_u8))
                 ref_ewarp.append(warping_error(prev_ref, r, ref_flow, mask))
-            acc_out.add(r, o, flow, ref_flow, mask, lpips_metric)
+            acc_out.add(r, o, flow, ref_flow, mask, lpips_metric, niqe_metric)
             if acc_base is not None:
-                acc_base.add(r, _bicubic(frames[2], ref.width, ref.height), flow, ref_flow, mask, lpips_metric)
+                acc_base.add(r, _bicubic(frames[2], ref.width, ref.height), flow, ref_flow, mask, lpips_metric,
+                             niqe_metric)
+            if niqe_metric is not None:
+                niqe_ref.append(niqe_metric(r))
             prev_ref_u8, prev_ref = ref_u8, r
             bar.update(1)
     finally:
@@ -158,6 +180,7 @@ def evaluate(
         "height": ref.height,
         **acc_out.result(with_lpips),
         "ewarp_reference": _mean_ewarp(ref_ewarp),
+        "niqe_reference": float(np.mean(niqe_ref)) if niqe_ref else None,
         "flow_method": FLOW_METHOD,
         "notes": notes,
     }
