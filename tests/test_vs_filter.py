@@ -124,16 +124,32 @@ def test_one_vae_encode_per_frame(src, tiny_restorer):
 
 
 def test_output_equals_restorer(src, tiny_restorer):
+    """The filter = torch's bicubic upscale (``training.nets.upscale``, which training feeds the
+    model) + ``Restorer.restore`` with frame n-1 as reference. VapourSynth's Bicubic b=0 c=0.75 and
+    torch's bicubic (a=-0.75, align_corners=False) agree to 2e-7 inside the frame and differ at the
+    border rows by up to 0.0036 (edge handling); through the tiny model that is measured as max
+    0.0015, mean 8e-5 at the output (a bilinear upscale instead: max 0.62, mean 0.035)."""
+    from training.nets import upscale as torch_bicubic
+
     clip = lq(src, vs.RGBS, n=6)
     out = upscale(clip, 2, model=tiny_restorer)
-    up = catrom_rgbs(clip, 2 * W, 2 * H)
-    cur, prev = to_tensor(up.get_frame(5)), to_tensor(up.get_frame(4))
-    expected = tiny_restorer.restore(cur, prev)[0].numpy().ravel()
-    assert np.allclose(planes(out.get_frame(5)), expected, atol=1e-6)
-    first = tiny_restorer.restore(to_tensor(up.get_frame(0)))[0].numpy().ravel()
-    assert np.allclose(planes(out.get_frame(0)), first, atol=1e-6)
+    lq_t = [to_tensor(f) for f in clip.frames()]
+    # the resize step itself: the interior is the same filter, the border within the edge rule
+    from vsdloral.vs_filter import to_rgb_at_size
+
+    filt = to_tensor(to_rgb_at_size(clip, 2 * W, 2 * H, None)[0].get_frame(5)).clamp(0, 1)
+    step = (filt - torch_bicubic(lq_t[5], 2)).abs()
+    assert step[..., 4:-4, 4:-4].max() < 1e-5 and step.max() < 0.01, float(step.max())
+
+    def close(got, expected):
+        d = np.abs(planes(got) - expected[0].numpy().ravel())
+        assert d.max() < 0.005 and d.mean() < 4e-4, (d.max(), d.mean())
+
+    cur, prev = torch_bicubic(lq_t[5], 2), torch_bicubic(lq_t[4], 2)
+    close(out.get_frame(5), tiny_restorer.restore(cur, prev))
+    close(out.get_frame(0), tiny_restorer.restore(torch_bicubic(lq_t[0], 2)))
     # the reference matters: restoring frame 5 on its own gives something else
-    assert not np.allclose(planes(out.get_frame(5)), tiny_restorer.restore(cur)[0].numpy().ravel(), atol=1e-6)
+    assert np.abs(planes(out.get_frame(5)) - tiny_restorer.restore(cur)[0].numpy().ravel()).max() > 0.05
 
 
 def test_nan_input_is_sanitised(src, tiny_restorer, caplog, capfd):
@@ -213,35 +229,63 @@ def test_bad_model_and_device(src, tiny_restorer, tiny_model_path, tmp_path):
     if not DEFAULT_MODEL_PATH.is_file():
         with pytest.raises(vs.Error, match=r"upscale: .*default model"):
             upscale(clip)
-    # a path is loaded once and shared between calls
+    assert vsdloral.upscale is upscale
+
+
+def test_a_model_path_is_loaded_once_and_shared(src, tiny_model_path, monkeypatch):
+    """Two upscale calls with the same path, device and dtype load the weights once and use the
+    same Restorer; another dtype is another load."""
+    import vsdloral.loading
+    from vsdloral import vs_filter
+
+    monkeypatch.setattr(vs_filter, "_MODELS", {})  # earlier tests may have loaded this file already
+    loads = []
+    real_load = vsdloral.loading.load_model
+
+    def counting_load(*args, **kwargs):
+        loads.append(real_load(*args, **kwargs))
+        return loads[-1]
+
+    monkeypatch.setattr(vsdloral.loading, "load_model", counting_load)
+    clip = lq(src, n=2)
     a = upscale(clip, 2, model=str(tiny_model_path), device="cpu", dtype="fp32")
     b = upscale(clip, 2, model=str(tiny_model_path), device="cpu", dtype="fp32")
+    assert len(loads) == 1
     assert np.array_equal(planes(a.get_frame(1)), planes(b.get_frame(1)))
-    assert vsdloral.upscale is upscale
+    same = vs_filter._load_restorer(str(tiny_model_path), "cpu", "fp32")
+    assert same is loads[0] and len(loads) == 1
+    assert vs_filter._load_restorer(str(tiny_model_path), "cpu", "bf16") is not same and len(loads) == 2
 
 
 def test_frame_cache_computes_each_key_once():
     import threading
+    import time
 
     from vsdloral.frame_cache import FrameCache
 
     cache = FrameCache(2)
+    n = 4
     calls = []
-    gate = threading.Event()
+    start = threading.Barrier(n)  # all threads ask for the key at the same moment
 
     def slow():
         calls.append(1)
-        gate.wait(5)
+        time.sleep(0.2)  # still computing when the other threads ask: they must wait, not compute
         return "v"
 
     results = []
-    threads = [threading.Thread(target=lambda: results.append(cache.get(7, slow))) for _ in range(4)]
+
+    def worker():
+        start.wait(5)
+        results.append(cache.get(7, slow))
+
+    threads = [threading.Thread(target=worker) for _ in range(n)]
     for t in threads:
         t.start()
-    gate.set()
     for t in threads:
-        t.join()
-    assert results == ["v"] * 4 and len(calls) == 1
+        t.join(10)
+    assert results == ["v"] * n and len(calls) == 1
+    assert cache.misses == 1  # the waiters took the owner's value
     for k in range(5):
         cache.get(k, lambda: k)
     assert len(cache) == 2  # bounded
