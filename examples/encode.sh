@@ -3,6 +3,8 @@
 #
 #   examples/encode.sh SRC OUT [extra vspipe args, e.g. --arg model=w.safetensors --arg frames=100]
 #
+# The --arg options are upscale.vpy's (model, scale, frames, lq, cfr, color_fix, tile, device, dtype,
+# matrix_in); left out, vsdloral.upscale uses the model's own cfr, colour fix and tiling.
 # OUT's extension picks the container (.mkv, .mp4). Progress (vspipe -p) goes to stderr.
 # Environment: CRF (default 18), PRESET (default medium).
 set -euo pipefail

@@ -176,11 +176,10 @@ def test_bad_clips(src, tiny_restorer):
     mixed = core.std.Splice([lq(src, n=1), core.resize.Bicubic(lq(src, n=1), 32, 16)], mismatch=True)
     with pytest.raises(vs.Error, match=r"upscale: .*variable"):
         upscale(mixed, model=tiny_restorer)
-    unknown = core.resize.Bicubic(src[:2], W, H)  # _Matrix = 2 (unspecified)
-    with pytest.raises(vs.Error, match=r"upscale: .*matrix_in"):
-        upscale(unknown, 2, model=tiny_restorer)
-    assert upscale(unknown, 2, model=tiny_restorer, matrix_in=1).num_frames == 2
-    assert upscale(unknown, 2, model=tiny_restorer, matrix_in="709").num_frames == 2
+    # _Matrix = 2 (unspecified): guessed from the size (tests/test_matrix_and_cli.py); matrix_in overrides
+    unknown = core.resize.Bicubic(src[:2], W, H)
+    assert upscale(unknown, 2, model=tiny_restorer, matrix_in=1).get_frame(0).props["_Matrix"] == 1
+    assert upscale(unknown, 2, model=tiny_restorer, matrix_in="709").get_frame(0).props["_Matrix"] == 1
     with pytest.raises(vs.Error, match=r"upscale: clip must be"):
         upscale("not a clip", model=tiny_restorer)
 

@@ -19,7 +19,9 @@ import numpy as np
 import torch
 import vapoursynth as vs
 
+from .colorspace import is_unspecified, matrix_from_resolution, note_guess
 from .frame_cache import FrameCache
+from .model.oom import RestoreOutOfMemoryError, oom_message
 from .utils.log import get_logger
 
 __all__ = ["upscale"]
@@ -136,11 +138,10 @@ def to_rgb_at_size(clip: vs.VideoNode, w: int, h: int, matrix_in) -> tuple[vs.Vi
     if fmt.color_family == vs.YUV:
         props = clip.get_frame(0).props
         m = props.get("_Matrix")
-        if m is None or int(m) in (2, 3):  # absent / unspecified / reserved
-            if matrix_in is None:
-                raise _err("the clip does not say which YUV matrix it uses (frame prop _Matrix is missing or "
-                           "unspecified); pass matrix_in=1 for BT.709 (HD) or matrix_in=6 for BT.601 (SD), or set "
-                           "_Matrix with std.SetFrameProps")
+        if matrix_in is None and is_unspecified(m):  # absent / unspecified / reserved: guess from the size
+            matrix_in = matrix_from_resolution(clip.width, clip.height)
+            note_guess(clip.width, clip.height, matrix_in)
+        if matrix_in is not None:  # overrides _Matrix, as resize's matrix_in does; the output is tagged with it
             kw.update(_matrix_kwargs(matrix_in, "_in"))
             back.update(_matrix_kwargs(matrix_in, ""))
         else:
@@ -194,9 +195,12 @@ def upscale(
     Frame n is restored with frame n-1 as reference (frame 0 and frames whose ``_SceneChangePrev``
     prop is set use themselves). ``model``: a weights file, a loaded :class:`Restorer` or ``None``
     for the bundled default. Output size: ``scale`` x input, or ``width``/``height``. RGBS/RGBH are
-    processed directly; other constant formats are converted to RGB via frame props (``matrix_in``
-    when ``_Matrix`` is unknown) and back to their own format. Output frames carry the source props
-    plus ``DLoRALReference`` (the reference frame number). ``cfr``/``cfr_window`` ``None``: the
+    processed directly; other constant formats are converted to RGB via frame 0's props and back to
+    their own format. A YUV clip whose ``_Matrix`` is absent or unspecified gets the matrix of its
+    size (BT.709 above 1024x576, else BT.601: :func:`vsdloral.colorspace.matrix_from_resolution`,
+    logged once); ``matrix_in`` (an int or a name such as ``'709'``) overrides the props and the
+    guess. Output frames carry the source props, the ``_Matrix`` used, and ``DLoRALReference``
+    (the reference frame number). ``cfr``/``cfr_window`` ``None``: the
     retrieval the model was trained with (dense for converted released weights); ``color_fix``
     ``None``: the model's own (adain unless its metadata says otherwise). ``compile=True``:
     ``torch.compile`` the UNet and VAE (first frames are slow while it compiles; measure with
@@ -254,9 +258,14 @@ def upscale(
     def process(n: int, f: list[vs.VideoFrame]) -> vs.VideoFrame:
         cur_f, prev_f = f
         own = n == 0 or (scene_change and bool(cur_f.props.get("_SceneChangePrev", 0)))
-        cur = cache.get(n, lambda: prepare(cur_f))
-        ref = None if own else cache.get(n - 1, lambda: prepare(prev_f))
-        y = restorer.restore_prepared(cur, ref, **restore_kw)[0].float().cpu().numpy()
+        try:
+            cur = cache.get(n, lambda: prepare(cur_f))
+            ref = None if own else cache.get(n - 1, lambda: prepare(prev_f))
+            y = restorer.restore_prepared(cur, ref, **restore_kw)[0].float().cpu().numpy()
+        except torch.OutOfMemoryError as exc:  # one line naming the size and a tile=, not a torch traceback
+            msg = str(exc).removeprefix("restore: ") if isinstance(exc, RestoreOutOfMemoryError) else \
+                oom_message(restorer.device, out_w, out_h, tile, restorer.factor)
+            raise _err(msg) from None
         out = cur_f.copy()
         for p in range(3):
             np.copyto(np.asarray(out[p]), y[p], casting="same_kind")

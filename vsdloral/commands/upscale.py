@@ -40,7 +40,8 @@ def register(sub) -> None:
     p.add_argument("--color-fix", default=None, help="adain, wavelet or none (default: the model's own, else adain)")
     p.add_argument("--tile", type=int, help="tile size in output pixels (bounds memory; default: the model's own, 0 = off)")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA when available)")
-    p.add_argument("--dtype", help="fp32, fp16, bf16 (default: fp16 on CUDA, fp32 on CPU)")
+    p.add_argument("--dtype", help="fp32, fp16, bf16 (default: fp16 on CUDA; on a CPU bf16 where it computes bf16 "
+                                   "natively (AVX-512 BF16 or AMX), else fp32)")
     p.add_argument("--lq", metavar="WxH", help="shrink the source to WxH first (quick previews)")
     p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     p.set_defaults(func=run)
@@ -133,15 +134,34 @@ def _check_args(args) -> tuple[Path, Path, str]:
     return src, out, fmt
 
 
+def vspipe_command(args, script: Path) -> list[str]:
+    """The vspipe argv that renders ``script`` (:data:`vsdloral.scripts.graph.VPY_TEXT`) as y4m on
+    stdout, with one ``--arg name=value`` for each option the user set (graph.build's names)."""
+    vs_args = {"src": str(Path(args.input).resolve()), "model": args.model and str(Path(args.model).resolve()),
+               "scale": args.scale, "start": args.start, "end": args.end, "cfr": args.cfr,
+               "color_fix": args.color_fix, "tile": args.tile, "device": args.device, "dtype": args.dtype,
+               "lq": args.lq}
+    cmd = _vspipe() + ["-p", "-c", "y4m", str(script), "-"]
+    for k, v in vs_args.items():
+        if v is not None:
+            cmd += ["--arg", f"{k}={v}"]
+    return cmd
+
+
+def ffmpeg_command(args, src: Path, fmt: str, out: Path, audio_in: list[str], audio_codec: list[str]) -> list[str]:
+    """The ffmpeg argv that encodes y4m from stdin into ``out`` (container ``fmt``), taking the audio
+    of ``src`` (``audio_in``: input options such as -ss/-t; ``audio_codec``: -c:a ...)."""
+    return ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+            "-f", "yuv4mpegpipe", "-i", "-", *audio_in, "-i", str(src),
+            "-map", "0:v:0", "-map", "1:a?", *audio_codec,
+            "-c:v", "libx264", "-preset", args.preset, "-crf", str(args.crf), "-f", fmt, str(out)]
+
+
 def run(args) -> int:
     from ..scripts.graph import VPY_TEXT
     from ..utils.atomic import atomic_path
 
     src, out, fmt = _check_args(args)
-    vs_args = {"src": str(src.resolve()), "model": args.model and str(Path(args.model).resolve()),
-               "scale": args.scale, "start": args.start, "end": args.end, "cfr": args.cfr,
-               "color_fix": args.color_fix, "tile": args.tile, "device": args.device, "dtype": args.dtype,
-               "lq": args.lq}
     env = dict(os.environ)
     # VapourSynth's first-run configuration runs the `vapoursynth` tool found on PATH
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
@@ -164,14 +184,8 @@ def run(args) -> int:
         with tempfile.TemporaryDirectory(prefix="vsdloral-") as tmpdir, atomic_path(out) as tmp_out:
             script = Path(tmpdir) / "upscale.vpy"
             script.write_text(VPY_TEXT)
-            vspipe = _vspipe() + ["-p", "-c", "y4m", str(script), "-"]
-            for k, v in vs_args.items():
-                if v is not None:
-                    vspipe += ["--arg", f"{k}={v}"]
-            ffmpeg = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-                      "-f", "yuv4mpegpipe", "-i", "-", *audio_in, "-i", str(src),
-                      "-map", "0:v:0", "-map", "1:a?", *audio_codec,
-                      "-c:v", "libx264", "-preset", args.preset, "-crf", str(args.crf), "-f", fmt, str(tmp_out)]
+            vspipe = vspipe_command(args, script)
+            ffmpeg = ffmpeg_command(args, src, fmt, tmp_out, audio_in, audio_codec)
             # own sessions: a terminal's Ctrl-C reaches only us, and we stop the children in order
             p_vs = subprocess.Popen(vspipe, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                                     start_new_session=True)

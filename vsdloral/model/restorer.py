@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from .cfr import CFR_MODES
 from .colorfix import COLOR_FIXES, apply_color_fix
+from .oom import oom_hint
 from .temporal import flow_input, warp_reference
 from .tiling import tiled_map
 from .weights import DLoRALModel
@@ -174,6 +175,7 @@ class Restorer:
         return x.clamp(0, 1)
 
     # -- public API ------------------------------------------------------------------------
+    @oom_hint  # OOM -> RestoreOutOfMemoryError naming the size and a tile= to try
     @torch.inference_mode()
     def prepare(self, frames: torch.Tensor, *, tile: int | None = None, tile_overlap: int | None = None) -> PreparedFrame:
         """Pad, encode (posterior mean, deterministic) and downscale frames (N,3,H,W) in [0,1]
@@ -195,6 +197,7 @@ class Restorer:
             self.stats["vae_encodes"] += img.shape[0]
         return PreparedFrame(img, small, latent, (h, w))
 
+    @oom_hint
     @torch.inference_mode()
     def restore_prepared(
         self,

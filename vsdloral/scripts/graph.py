@@ -3,8 +3,9 @@
 Arguments (all strings, as vspipe passes them): ``src`` (required), ``model``, ``scale``,
 ``start``/``end`` (frame range, end exclusive), ``frames`` (keep the first N), ``lq`` (``WxH``:
 shrink the source first, for previews and tests), ``cfr``, ``color_fix``, ``tile``, ``device``,
-``dtype``, ``matrix_in``. A YUV source whose matrix is unspecified gets BT.709 when it is HD
-(height >= 600) and BT.601 otherwise.
+``dtype``, ``matrix_in``. A YUV source whose matrix is unspecified gets the one of its own size
+(:func:`vsdloral.colorspace.ensure_matrix`, before ``lq`` shrinks it); ``matrix_in`` overrides it.
+Options left out (or empty) are ``None``, so the filter uses the model's own defaults.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from collections.abc import Mapping
 
 import vapoursynth as vs
 
-from ..vs_filter import upscale
+from .. import vs_filter
+from ..colorspace import ensure_matrix
 
 VPY_TEXT = "from vsdloral.scripts.graph import build\nbuild(globals()).set_output()\n"
 
@@ -31,11 +33,6 @@ def _int(args: Mapping, name: str, default=None, lo: int = 0):
     return value
 
 
-def guess_matrix(width: int, height: int) -> int:
-    """The usual assumption for untagged video: BT.709 for HD, BT.601 (170m) for SD."""
-    return 1 if height >= 600 or width >= 1000 else 6
-
-
 def build(args: Mapping) -> vs.VideoNode:
     """Source -> optional trim/shrink -> :func:`vsdloral.upscale`, from vspipe ``--arg`` values."""
     core = vs.core
@@ -45,9 +42,11 @@ def build(args: Mapping) -> vs.VideoNode:
     if not hasattr(core, "bs"):
         raise vs.Error("upscale: the BestSource plugin (core.bs) is missing; pip install vapoursynth-bestsource")
     clip = core.bs.VideoSource(str(src))
-    matrix_in = args.get("matrix_in") or guess_matrix(clip.width, clip.height)
+    matrix_in = args.get("matrix_in") or None
     if isinstance(matrix_in, str) and matrix_in.isdigit():
         matrix_in = int(matrix_in)
+    if matrix_in is None:
+        clip = ensure_matrix(clip)  # from the source's size, not from the lq preview size
     start = _int(args, "start", 0)
     end = _int(args, "end", clip.num_frames, lo=1)
     if end > clip.num_frames:
@@ -70,8 +69,8 @@ def build(args: Mapping) -> vs.VideoNode:
         scale = float(args.get("scale") or 4)
     except ValueError:
         raise vs.Error(f"upscale: scale must be a number, got {args.get('scale')!r}") from None
-    return upscale(
+    return vs_filter.upscale(
         clip, scale, model=args.get("model") or None, device=args.get("device") or None,
         dtype=args.get("dtype") or None, cfr=args.get("cfr") or None,
-        color_fix=args.get("color_fix") or "adain", tile=tile, matrix_in=matrix_in,
+        color_fix=args.get("color_fix") or None, tile=tile, matrix_in=matrix_in,
     )
