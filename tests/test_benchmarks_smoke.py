@@ -39,6 +39,8 @@ def test_pipeline_smoke():
         assert _pos(run["fps"]) and _pos(run["seconds_per_frame"]) and _pos(run["peak_rss_mb"])
         assert set(run["stage_seconds"]) == {"vae_encode", "flow", "cfr", "unet", "vae_decode", "color_fix"}
         assert all(v >= 0 for v in run["stage_seconds"].values())
+        # the stages that run on every frame were timed (a stage whose name the timer does not know reads 0)
+        assert all(_pos(run["stage_seconds"][k]) for k in ("vae_encode", "flow", "cfr", "unet", "vae_decode"))
         assert _pos(run["stage_gflops"]["unet"]) and _pos(run["stage_gflops"]["vae_decode"])
         assert 1.0 <= run["vae_encodes_per_frame"] <= 2.0
 
@@ -60,7 +62,9 @@ def test_precision_smoke():
     r = run_benchmark("precision")
     rows = {x["dtype"]: x for x in r["runs"]}
     assert "fp32" in rows and len(rows) >= 2
-    assert rows["fp32"]["speedup_vs_fp32"] == 1.0
+    # the ratios are of frame times of the same order (measured here: bf16 0.42x on a CPU without
+    # native bf16); a row timed in other units or over many frames is far off
+    assert all(0.05 < x["speedup_vs_fp32"] < 20 for x in rows.values())
     assert isinstance(r["cpu_native_bf16"], bool)
     assert r["default_dtype"] == ("bfloat16" if r["cpu_native_bf16"] else "float32")
     for dt, x in rows.items():
@@ -119,11 +123,33 @@ def test_authors_style_smoke():
     assert r["authors_dtype"] == "float32" and r["baselines"][0]["dtype"] == "float32"
     assert [b["dtype"] for b in r["baselines"]][-1] == r["dtype"]  # the same-precision row
     assert _pos(r["speedup_same_dtype"])
-    assert r["authors_vae_encodes_per_frame"] == 2.0 and r["ours_vae_encodes_per_frame"] < 2.0
-    # in fp32 the baseline computes the same function as ours when it takes the posterior mean
+    # ours: one encode per frame plus the first reference (the baseline's two are counted below)
+    assert r["ours_vae_encodes_per_frame"] == (r["frames"] + 1) / r["frames"]
+    # in fp32 the baseline computes the same function as ours when it takes the posterior mean...
     r32 = run_benchmark("authors_style", "--dtype", "fp32")
-    assert len(r32["baselines"]) == 1 and r32["speedup"] == r32["speedup_same_dtype"]
     assert r32["max_abs_diff_with_mean_latents"] < 1e-3
+    # ...and it samples its latents, so its timed output is not ours (measured 12.4 dB, tiny model)
+    assert r32["psnr_between_outputs_db"] < 60
+
+
+def test_authors_style_baseline_encodes_both_frames(tiny_restorer):
+    """The figure the benchmark reports as 2 VAE encodes per frame: its baseline frame encodes
+    the current and the previous frame, with sampled latents that differ from call to call."""
+    import torch
+
+    from benchmarks.authors_style import AuthorsModules, _authors_frame
+
+    m = AuthorsModules.build(tiny_restorer, torch.float32)
+    calls = []
+    encode = m.vae.encode
+    m.vae.encode = lambda x, *a, **k: calls.append(x.shape) or encode(x, *a, **k)
+    g = torch.Generator().manual_seed(0)
+    cur, prev = torch.rand(1, 3, 32, 48, generator=g), torch.rand(1, 3, 32, 48, generator=g)
+    with torch.inference_mode():
+        a = _authors_frame(tiny_restorer, m, cur, prev, g)
+        assert len(calls) == 2
+        b = _authors_frame(tiny_restorer, m, cur, prev, g)
+    assert len(calls) == 4 and not torch.equal(a, b)
 
 
 def test_quality_smoke():
@@ -157,7 +183,12 @@ def test_unet_share_smoke():
     for deg in ("bicubic", "realistic"):
         x = run[deg]
         assert math.isfinite(x["unet"]) and math.isfinite(x["unet_zeroed"]) and math.isfinite(x["bicubic"])
-        assert x["unet_gain_db"] == x["unet"] - x["unet_zeroed"]
+        # bicubic x4 of a real frame is a plausible PSNR (measured 45.7 dB on the flat smoke crop,
+        # 31.8 dB realistic); the random tiny model is far worse (8.6 dB), and its UNet does change
+        # the output (zeroing it moves the PSNR by 0.35 / 0.29 dB)
+        assert 20 < x["bicubic"] < 60, x
+        assert x["unet"] < x["bicubic"] - 3 and x["unet_zeroed"] < x["bicubic"] - 3
+        assert abs(x["unet"] - x["unet_zeroed"]) > 1e-3
 
 
 def test_unet_share_measures_the_unet(tmp_path):
