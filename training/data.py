@@ -203,8 +203,8 @@ def pseudo_frames(image: np.ndarray, *, frames: int, height: int, width: int, sh
     """A still image (H,W,3) made into ``frames`` frames of ``height`` x ``width``: a camera pan at a constant
     random velocity of up to ``shift`` px/frame and a zoom of a constant random rate of up to ``zoom`` per frame
     (scale ``(1+zoom)**t``), centred on the middle frame, at a random sub-pixel position. Frames are resampled with
-    Lanczos (sharp at sub-pixel offsets; cv2 places samples to 1/32 px); the motion is scaled down until every frame lies inside the image,
-    and a still exactly the output size gets none. Deterministic given ``rng``."""
+    Lanczos (sharp at sub-pixel offsets; cv2 places samples to 1/32 px); the motion is scaled down until
+    every frame lies inside the image, and a still exactly the output size gets none. Deterministic given ``rng``."""
     ih, iw = image.shape[:2]
     t = np.arange(frames, dtype=np.float64) - (frames - 1) / 2
     angle, speed = rng.uniform(0, 2 * np.pi), shift * np.sqrt(rng.uniform())
