@@ -241,3 +241,64 @@ def test_unet_share_measures_the_unet(tmp_path):
     idle = measure(str(tmp_path / "idle.safetensors"), hq, lq)
     assert all(idle[k]["unet_gain_db"] == 0.0 for k in lq)
     assert all(idle[k]["unet_zeroed"] == first[k]["unet_zeroed"] for k in lq)
+
+
+def test_gpu_check_smoke(tmp_path):
+    """The prepared GPU check runs end to end on the CPU: every dtype at both sizes (the second
+    tiled), the stage split, the precision comparison and the vspipe section; --out holds the
+    same JSON and a markdown table with one row per run."""
+    r = run_benchmark("gpu_check", "--out", str(tmp_path))
+    assert r["errors"] == 0 and all(d["ok"] for d in r["deps"].values()), r["deps"]
+    rows = {(x["output"], x["dtype"]): x for x in r["runs"]}
+    assert set(rows) == {(o, d) for o in ("32x32", "64x32") for d in ("fp16", "bf16", "fp32")}
+    assert {x["tile"] for x in r["runs"] if x["output"] == "64x32"} == {32}
+    for (out, dt), x in rows.items():
+        assert "error" not in x and "skipped" not in x, x
+        w, h = map(int, out.split("x"))
+        assert x["output_shape"] == [1, 3, h, w]
+        assert x["finite"] and x["frames_checked"] >= 1 + x["frames_timed"] + x["frames_staged"]
+        assert len(x["frame_seconds"]) == x["frames_timed"] == 2 and all(_pos(t) for t in x["frame_seconds"])
+        assert min(x["frame_seconds"]) <= x["seconds_per_frame"] <= max(x["frame_seconds"])  # the median
+        s = x["stage_seconds"]
+        assert set(s) == {"vae_encode", "flow", "cfr", "unet", "vae_decode", "color_fix"}
+        assert all(v >= 0 for v in s.values()) and all(_pos(s[k]) for k in ("vae_encode", "flow", "unet", "vae_decode"))
+        # the stages are disjoint parts of the frames they were timed on, and most of their time
+        assert 0.7 * x["stage_wall_s"] <= x["stage_sum_s"] <= 1.001 * x["stage_wall_s"], x
+        assert x["peak_vram_gib"] is None  # no CUDA allocator on the CPU
+        if dt != "fp32":
+            assert 20 < x["psnr_vs_fp32_db"] < math.inf, x  # reduced precision: close to fp32, not identical
+    v = r["vspipe"]
+    assert v["frames"] == 3 and v["out"] == "64x64" and v["vae_encodes_per_frame"] == 1.0
+    assert _pos(v["ratio_steady"]) and v["max_pixel_diff"] < 1e-4
+    assert "CPU" in r["compile"]["skipped"]
+    assert json.loads((tmp_path / "gpu_check.json").read_text()) == r
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert md.count("\n| 32x32 | none |") == 3 and md.count("\n| 64x32 | 32 |") == 3 and "| 64x64 | 3 |" in md
+
+
+def _shadowed(tmp_path, module: str) -> dict:
+    """An environment in which importing ``module`` fails as on a machine without it."""
+    import os
+
+    pkg = tmp_path / "shadow" / module
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(f"raise ImportError('simulated: no {module} here')\n")
+    return {**os.environ, "PYTHONPATH": str(tmp_path / "shadow")}
+
+
+def test_gpu_check_stops_before_measuring_without_a_core_dependency(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--smoke", "--json", "--threads", "1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=_shadowed(tmp_path, "diffusers"))
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr[-2000:]
+    assert "MISSING diffusers" in proc.stderr and "missing core dependencies: diffusers" in proc.stderr
+    assert "gpu_check_prepare.sh" in proc.stderr and "s/frame" not in proc.stderr
+
+
+def test_gpu_check_skips_only_the_vspipe_section_without_vapoursynth(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--smoke", "--json", "--threads", "1",
+                           "--skip", "speed"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=_shadowed(tmp_path, "vapoursynth"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(proc.stdout)
+    assert not r["deps"]["vapoursynth"]["ok"] and all(d["ok"] for n, d in r["deps"].items() if n != "vapoursynth")
+    assert "vapoursynth (carry vapoursynth)" in r["vspipe"]["skipped"] and r["errors"] == 0
