@@ -239,8 +239,8 @@ def test_schedule_boundaries_and_transitions():
 
     s = Schedule([10, 20], 4, {"l2": 1, "lpips": 2, "flow": 10, "csd": 1},
                  {"consistency": {"lpips": 0.02, "csd": 0, "flow": 2}})
-    cons = {"l2": 1, "lpips": 0.04, "flow": 20, "temporal": 0, "csd": 0}
-    det = {"l2": 1, "lpips": 2, "flow": 10, "temporal": 0, "csd": 1}
+    cons = {"l2": 1, "lpips": 0.04, "flow": 20, "temporal": 0, "csd": 0, "teacher": 0}
+    det = {"l2": 1, "lpips": 2, "flow": 10, "temporal": 0, "csd": 1, "teacher": 0}
     assert [s.stage(i) for i in (0, 9, 10, 19, 20, 100)] == ["consistency", "consistency", "detail", "detail",
                                                                "consistency", "consistency"]
     assert s.weights(0) == pytest.approx(cons) and s.weights(9) == pytest.approx(cons)
@@ -385,18 +385,25 @@ def fake_sd_folder(tmp_path_factory):
     return root
 
 
-def test_dloral_from_sd_folder_with_csd(fake_sd_folder, sample_clip, tmp_path):
+def test_dloral_from_sd_folder_with_csd(fake_sd_folder, sample_clip, tmp_path, monkeypatch):
     """The Stable Diffusion start: prompt from the text encoder, CSD with the frozen base UNet
-    as teacher, export loadable."""
+    as teacher (the SR teacher, configured too, is not loaded: CSD is SD's detail loss), export loadable."""
     import vsdloral
+    from training import teacher
     from training.export import export
 
+    def no_load(cfg):
+        raise AssertionError("the SR teacher must not be loaded for a Stable Diffusion base")
+
+    monkeypatch.setattr(teacher, "load_network", no_load)
     cfg = tiny_cfg(sample_clip, **{"dloral.base": str(fake_sd_folder), "dloral.steps": 2, "dloral.switches": [1], "dloral.transition": 0,
-                                   "dloral.prompt": "a bike", "dloral.negative_prompt": "blur", "model.cfr": {"heads": 2, "head_dim": 16}})
+                                   "dloral.prompt": "a bike", "dloral.negative_prompt": "blur", "model.cfr": {"heads": 2, "head_dim": 16},
+                                   "loss.teacher": 1.0, "teacher.kind": "realesrgan-x4plus"})
     cfg["arch"] = "tiny"
     summary = train("dloral", cfg, tmp_path / "run")
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert "csd" not in rows[0] and rows[1]["csd"] > 0 and rows[1]["w_csd"] == 1.0  # consistency: CSD off
+    assert not any("teacher" in r for r in rows)
     assert all(np.isfinite(summary["losses"]))
     export(tmp_path / "run", tmp_path / "sd.safetensors")
     r = vsdloral.load_model(tmp_path / "sd.safetensors", device="cpu", dtype="fp32")

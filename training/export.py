@@ -15,13 +15,13 @@ from .checkpoint import load_checkpoint
 from .tasks import DLoRALTask
 
 
-_PATH_KEYS = ("base", "init", "spynet_weights", "lpips_weights")
+_PATH_KEYS = ("base", "init", "spynet_weights", "lpips_weights", "path", "cache")
 
 
 def _stage_settings(cfg: dict) -> dict:
     """The dloral stage's resolved settings (degradation, losses, optimiser, LoRA), paths left out."""
     out = {"scale": cfg.get("scale"), "degradation": dict(cfg.get("degradation") or {})}
-    for section in ("dloral", "loss"):
+    for section in ("dloral", "loss", "teacher"):
         out[section] = {k: v for k, v in (cfg.get(section) or {}).items() if k not in _PATH_KEYS}
     return out
 
@@ -37,7 +37,7 @@ def export(checkpoint: str | Path, output: str | Path, dtype: str = "fp32", prom
     if state.get("task_name") != "dloral":
         raise ValueError(f"export needs a 'dloral' checkpoint; {checkpoint} is {state.get('task_name')!r}")
     cfg = state["config"]
-    task = DLoRALTask(cfg)
+    task = DLoRALTask(cfg, load_teacher=False)  # the SR teacher is a training loss only
     task.load_state(state["task"])
     s, net = task.start, task.net
     unet = lora.merged_unet(net.unet, s.unet_config)
@@ -57,6 +57,8 @@ def export(checkpoint: str | Path, output: str | Path, dtype: str = "fp32", prom
         # file says how it was trained without its run folder
         "settings": _stage_settings(cfg),
     }
+    if state["task"].get("teacher"):  # the SR teacher the detail stage distilled (kind, weights sha256)
+        provenance["teacher"] = dict(state["task"]["teacher"])
     if d.get("init"):  # a continued model: keep the lineage of the file it started from
         provenance["init_provenance"] = read_metadata(d["init"]).get("provenance", {})
     if s.kind == "base" and d.get("base"):  # what the from-scratch base stage was (the VAE stage is in its config)

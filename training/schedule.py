@@ -12,7 +12,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 
 STAGES = ("consistency", "detail")
-LOSS_TERMS = ("l2", "lpips", "flow", "temporal", "csd")
+LOSS_TERMS = ("l2", "lpips", "flow", "temporal", "csd", "teacher")  # teacher: training.teacher (SR teacher)
 
 
 @dataclass

@@ -20,6 +20,8 @@ from .checkpoint import load_checkpoint
 from .losses import build_lpips, csd_loss, flow_loss, l2, lpips_loss, temporal_loss
 from .nets import AutoencoderNet, DLoRALNet, LatentCodec, PriorNet, upscale
 from .schedule import from_config as schedule_from_config
+from .teacher import build_teacher, teacher_loss, teacher_weight
+from .teacher import validate_config as validate_teacher
 
 log = get_logger("vsdloral.train.tasks")
 
@@ -211,16 +213,18 @@ class BaseTask(Task):
 
 
 class DLoRALTask(Task):
-    """Dual LoRA learning (SPEC section 5)."""
+    """Dual LoRA learning (SPEC section 5). ``load_teacher=False`` skips the SR teacher (export)."""
 
     name = "dloral"
 
-    def __init__(self, cfg: dict) -> None:
+    def __init__(self, cfg: dict, *, load_teacher: bool = True) -> None:
         super().__init__(cfg)
         self.frames = int(cfg["data"].get("frames", 3))
         if self.frames < 2:
             raise ValueError("dloral needs windows of at least 2 frames (data.frames)")
         torch.manual_seed(int(cfg.get("seed", 0)))
+        if load_teacher:
+            validate_teacher(cfg)  # bad teacher settings fail before the base is loaded
         s = self.start = load_start(cfg)
         self.schedule = schedule_from_config(cfg)
         self.flow_net = copy.deepcopy(s.spynet).eval().requires_grad_(False)  # frozen copy for the flow loss
@@ -247,7 +251,17 @@ class DLoRALTask(Task):
         self._stage = None
         self._csd_logged = False
         if float(cfg["loss"].get("csd", 0)) > 0 and s.teacher is None:
-            log.info("CSD skipped: the base (%s) is not a Stable Diffusion model, so there is no diffusion teacher", s.kind)
+            log.info("CSD skipped: the base (%s) is not a Stable Diffusion model, so there is no diffusion teacher%s", s.kind,
+                     "; the SR teacher (loss.teacher) takes its place" if teacher_weight(cfg) > 0 else "")
+        # the SR teacher stands in for CSD when the base is not Stable Diffusion (training.teacher)
+        self.sr_teacher = None
+        self.teacher_distance = str(cfg["loss"].get("teacher_distance", "l1"))
+        if teacher_weight(cfg) > 0 and load_teacher:
+            if s.kind == "sd":
+                log.info("teacher loss skipped: the base is Stable Diffusion, whose detail loss is CSD")
+            else:
+                with torch.random.fork_rng(devices=[]):  # building the network must not move the seeded RNG
+                    self.sr_teacher = build_teacher(cfg)
 
     def trainable(self) -> list[nn.Parameter]:
         """Every parameter trained in some stage (the optimiser holds all of them)."""
@@ -274,6 +288,8 @@ class DLoRALTask(Task):
         self.flow_net.to(device)
         if self.start.teacher is not None:
             self.start.teacher.to(device)
+        if self.sr_teacher is not None:
+            self.sr_teacher.to(device)
 
     def forward(self, model, batch):
         return model(batch["lq"])
@@ -294,6 +310,8 @@ class DLoRALTask(Task):
             terms["csd"] = csd_loss(s.teacher, s.alphas_cumprod, out["z_hat"], self.net.prompt_embeds,
                                     s.negative_embeds.to(y.device), float(self.c.get("cfg_scale", 7.5)),
                                     tuple(self.c.get("csd_t_range", (0.02, 0.5))))
+        if w["teacher"] > 0 and self.sr_teacher is not None:  # frames 1..T-1: the ones y restores
+            terms["teacher"] = teacher_loss(self.sr_teacher, y, batch["lq"][:, 1:], self.teacher_distance)
         loss = sum(w[k] * v for k, v in terms.items())
         logs = {k: v.item() for k, v in terms.items()}
         logs.update({f"w_{k}": v for k, v in w.items() if k in terms})
@@ -301,9 +319,12 @@ class DLoRALTask(Task):
 
     def state(self) -> dict:
         n = self.net
-        return {"unet": lora.learned_unet_state(n.unet),
-                "spynet": {k: v.detach().cpu().clone() for k, v in n.spynet.state_dict().items()},
-                "cfr": {k: v.detach().cpu().clone() for k, v in n.cfr.state_dict().items()}}
+        out = {"unet": lora.learned_unet_state(n.unet),
+               "spynet": {k: v.detach().cpu().clone() for k, v in n.spynet.state_dict().items()},
+               "cfr": {k: v.detach().cpu().clone() for k, v in n.cfr.state_dict().items()}}
+        if self.sr_teacher is not None:  # which teacher the detail stage distilled (export's provenance)
+            out["teacher"] = {"kind": self.sr_teacher.kind, "sha256": self.sr_teacher.identity}
+        return out
 
     def load_state(self, state: dict) -> None:
         n = self.net
