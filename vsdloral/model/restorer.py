@@ -211,7 +211,8 @@ class Restorer:
         tile: int | None = None,
         tile_overlap: int | None = None,
     ) -> torch.Tensor:
-        """Restore prepared frames; ``ref=None`` means each frame is its own reference.
+        """Restore prepared frames; ``ref=None`` means each frame is its own reference, exactly as
+        passing ``cur`` itself (flow, warp and CFR still run on the pair; no second encode).
         ``cfr=None``/``cfr_window=None``: the mode the model was trained with (its metadata);
         ``color_fix=None``: the model's own (its metadata; ``adain`` when it has none).
         ``tile`` (output pixels): ``None`` the model's default tiling, ``0`` untiled."""
@@ -223,16 +224,17 @@ class Restorer:
         if cfr not in CFR_MODES:
             raise ValueError(f"restore: unknown cfr {cfr!r}; choose one of {', '.join(CFR_MODES)}")
         tile, tile_overlap = self.resolve_tiling(tile, tile_overlap)
+        # no predecessor (frame 0, a scene cut): the frame is its own reference, and that copy goes
+        # through the whole path like any reference (SPEC section 1): SPyNet between the two
+        # identical frames (a trained SPyNet does not return exactly zero there), the warp, CFR.
+        # Only the encode is shared: the prepared latent is reused, not encoded again.
         ref = cur if ref is None else ref
         if ref.latent.shape != cur.latent.shape:
             raise ValueError("restore: reference and current frames differ in size")
         with self._lock:
-            z_cur, z_ref = cur.latent, ref.latent
-            if ref is cur:
-                z_ref_w = z_ref
-            else:
-                with self._stage("flow"):  # flow n -> n-1 (SPyNet in fp32)
-                    z_ref_w = warp_reference(self.spynet, cur.small, ref.small, z_ref)
+            z_cur = cur.latent
+            with self._stage("flow"):  # flow n -> n-1 (SPyNet in fp32), then the warp
+                z_ref_w = warp_reference(self.spynet, cur.small, ref.small, ref.latent)
             with self._stage("cfr"):
                 z_cur = z_cur + self.cfr(z_cur, z_ref_w, cfr, window=cfr_window, topk=cfr_topk)
             unet_in = torch.cat([z_ref_w, z_cur], dim=1)
@@ -262,12 +264,12 @@ class Restorer:
         tile: int | None = None, tile_overlap: int | None = None, cfr_window: int | None = None, cfr_topk: int = 64,
     ) -> torch.Tensor:
         """Restore ``cur`` (N,3,H,W) in [0,1] at output resolution, using ``ref`` (the previous
-        frames, same shape) as reference; ``ref=None``: each frame is its own reference.
-        Returns (N,3,H,W) float32 in [0,1] on the restorer's device."""
+        frames, same shape) as reference; ``ref=None``: each frame is its own reference, the same
+        as passing ``cur`` (encoded once). Returns (N,3,H,W) float32 in [0,1] on the restorer's device."""
         if ref is not None and tuple(ref.shape) != tuple(cur.shape):
             raise ValueError(f"restore: ref shape {tuple(ref.shape)} differs from cur shape {tuple(cur.shape)}")
         kw = dict(tile=tile, tile_overlap=tile_overlap)
         pc = self.prepare(cur, **kw)
-        pr = None if ref is None else self.prepare(ref, **kw)
+        pr = None if ref is None or ref is cur else self.prepare(ref, **kw)
         return self.restore_prepared(pc, pr, color_fix=color_fix, cfr=cfr, cfr_window=cfr_window,
                                      cfr_topk=cfr_topk, **kw)
