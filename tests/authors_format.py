@@ -124,11 +124,17 @@ def build_authors_unet(rank_quality: int = 4, rank_consistency: int = 4):
     return unet, lists
 
 
-def random_bpp(seed: int = 0, heads: int = CFR_HEADS, head_dim: int = CFR_HEAD_DIM, latent: int = 4) -> dict:
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def random_bpp(seed: int = 0, heads: int = CFR_HEADS, head_dim: int = CFR_HEAD_DIM, latent: int = 4,
+               spynet_norm: str | tuple | None = "imagenet") -> dict:
     """A ``state_dict_bpp`` with SPyNet, the CFR attention and unused modules, random weights.
 
     SPyNet's last convs are small so flows stay within a few latent pixels; the CFR query/key
-    weights are large so that with T = 3000 the retrieval contributes visibly."""
+    weights are large so that with T = 3000 the retrieval contributes visibly. ``spynet_norm``:
+    the ``spynet.mean``/``spynet.std`` buffers: ``"imagenet"`` (as the authors' SPyNet registers
+    them), ``None`` (absent, SPEC section 4 allows it) or a ``(mean, std)`` pair of 3-tuples."""
     g = torch.Generator().manual_seed(seed)
 
     def rnd(*shape, s=1.0):
@@ -142,8 +148,10 @@ def random_bpp(seed: int = 0, heads: int = CFR_HEADS, head_dim: int = CFR_HEAD_D
             s = (2.0 / fan_in) ** 0.5 * (0.05 if j == 4 else 1.0)
             sd[f"spynet.basic_module.{i}.basic_module.{j}.conv.weight"] = rnd(chans[j + 1], chans[j], 7, 7, s=s)
             sd[f"spynet.basic_module.{i}.basic_module.{j}.conv.bias"] = rnd(chans[j + 1], s=0.01)
-    sd["spynet.mean"] = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    sd["spynet.std"] = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    if spynet_norm is not None:
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if spynet_norm == "imagenet" else spynet_norm
+        sd["spynet.mean"] = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        sd["spynet.std"] = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     inner = heads * head_dim
     p = "cross_attn_module."
     sd[p + "query_conv.weight"], sd[p + "query_conv.bias"] = rnd(inner, latent, 1, 1, s=6.0), rnd(inner, s=1.0)
@@ -163,10 +171,12 @@ def random_bpp(seed: int = 0, heads: int = CFR_HEADS, head_dim: int = CFR_HEAD_D
 
 
 def make_authors_checkpoint(path: str | Path, seed: int = 0, rank_quality: int = 4, rank_consistency: int = 4,
-                            lora_std: float = 0.05, **overrides) -> Path:
+                            lora_std: float = 0.05, spynet_norm: str | tuple | None = "imagenet",
+                            **overrides) -> Path:
     """Write an authors'-format ``model.pkl`` with random weights (non-zero ``lora_B``).
 
-    ``overrides`` replace top-level keys (``None`` removes the key) to build broken checkpoints."""
+    ``spynet_norm``: the SPyNet normalisation buffers, as in :func:`random_bpp`. ``overrides``
+    replace top-level keys (``None`` removes the key) to build broken checkpoints."""
     torch.manual_seed(seed)
     unet, lists = build_authors_unet(rank_quality, rank_consistency)
     with torch.no_grad():
@@ -179,7 +189,7 @@ def make_authors_checkpoint(path: str | Path, seed: int = 0, rank_quality: int =
         for g in GROUPS:
             sd[f"unet_lora_{g}_modules_{b}"] = list(lists[g])
     sd["state_dict_unet"] = {k: v.clone() for k, v in unet.state_dict().items()}
-    sd["state_dict_bpp"] = random_bpp(seed)
+    sd["state_dict_bpp"] = random_bpp(seed, spynet_norm=spynet_norm)
     for k, v in overrides.items():
         if v is None:
             sd.pop(k, None)
