@@ -92,6 +92,21 @@ def test_teacher_loss_in_the_detail_stage_only_and_cached_for_resume(counts, tea
     assert counts["frames"] == 4 and resumed["losses"] == full["losses"][2:]
 
 
+def test_precomputed_outputs_are_the_ones_training_reads(counts, teacher_dir, sample_clip, tiny_model_path, tmp_path,
+                                                         capsys):
+    """``vsdloral-train teacher`` fills the cache with exactly the detail steps' LQ frames: the run
+    that follows computes nothing."""
+    from training.cli import main
+
+    cfg = dl_cfg(sample_clip, tiny_model_path, teacher_dir, tmp_path / "cache")
+    (tmp_path / "run.yaml").write_text(config_mod.dump(cfg))
+    assert main(["teacher", "--config", str(tmp_path / "run.yaml")]) == 0
+    assert "teacher outputs of 2 steps: 4 frames (4 computed, 0 already cached)" in capsys.readouterr().err
+    assert counts["frames"] == 4
+    train("dloral", copy.deepcopy(cfg), tmp_path / "a")
+    assert counts["frames"] == 4
+
+
 def test_teacher_term_follows_the_teacher_and_trains_d_lora(counts, teacher_dir, sample_clip, tiny_model_path, tmp_path):
     from training.data import Sources, WindowDataset, step_batch
     from training.lora import lora_parameters

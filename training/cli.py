@@ -1,4 +1,4 @@
-"""``vsdloral-train`` (also ``python -m training``): vae | base | dloral | export | degrade | data.
+"""``vsdloral-train`` (also ``python -m training``): vae | base | dloral | export | teacher | degrade | data.
 
 Each training subcommand takes ``--preset`` (tiny, lite, sd21), ``--config FILE.yaml`` and
 ``--set key=value`` overrides (plus the explicit flags below, which win) and prints the
@@ -62,6 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-overlap", type=int, default=None, help="default inference tile overlap in output pixels")
     p.add_argument("--color-fix", default=None, choices=("adain", "wavelet", "none"),
                    help="default colour fix recorded in the model (default: model.inference_color_fix of the run, else adain)")
+    p = sub.add_parser("teacher", help="precompute the SR teacher's outputs of a dloral run into its cache")
+    p.add_argument("--preset", default=None, help="training preset (as for dloral); default tiny")
+    p.add_argument("--config", default=None, help="YAML config merged over the preset")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config entry (dotted key, YAML value); repeatable")
+    p.add_argument("--data", action="append", default=None, metavar="PATH", help="as for dloral (repeatable)")
+    p.add_argument("--images", action="append", default=None, metavar="FOLDER", help="as for dloral (repeatable)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--crop", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, help="where the teacher runs (default: cuda when available)")
+    p.add_argument("--world", type=int, default=1, help="number of training processes of the run (default 1)")
     p = sub.add_parser("degrade", help="write a degraded low-quality copy of a video")
     p.add_argument("input")
     p.add_argument("output")
@@ -110,6 +123,18 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _teacher(args: argparse.Namespace) -> int:
+    from .teacher import precompute
+
+    explicit = {"data.videos": args.data, "data.images": args.images, "dloral.steps": args.steps,
+                "dloral.batch_size": args.batch_size, "dloral.crop": args.crop, "seed": args.seed}
+    cfg = config_mod.build_config(args.preset, args.config, args.overrides, explicit)
+    res = precompute(cfg, world=args.world, device=args.device)
+    print(f"teacher outputs of {res['steps']} steps: {res['frames']} frames ({res['computed']} computed, "
+          f"{res['cached']} already cached) in {res['folder']}", file=sys.stderr)
+    return 0
+
+
 def _degrade(args: argparse.Namespace) -> int:
     from .degrade_video import degrade_video
 
@@ -134,7 +159,7 @@ def _data(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"export": _export, "degrade": _degrade, "data": _data}.get(args.command, _train)
+    handler = {"export": _export, "degrade": _degrade, "data": _data, "teacher": _teacher}.get(args.command, _train)
     try:
         return handler(args)
     except KeyboardInterrupt:

@@ -293,5 +293,51 @@ def teacher_loss(teacher: SRTeacher, y: torch.Tensor, lq: torch.Tensor, kind: st
     return distance(y, target, kind)
 
 
+def precompute(cfg: dict, *, world: int = 1, chunk: int = 16, device: str | None = None) -> dict:
+    """Fill the cache with the teacher's outputs for every batch the ``dloral`` run of ``cfg``
+    will draw at a step where the teacher's weight is > 0 (the data order is a deterministic
+    function of the step, so this is exact): e.g. on a GPU before training on a CPU. ``world``:
+    the number of training processes (each draws its own batches). Returns counts."""
+    import sys
+
+    from tqdm import tqdm
+
+    from .data import step_batch
+    from .loop import build_data
+    from .schedule import from_config
+
+    validate_config(cfg)
+    if teacher_weight(cfg) <= 0:
+        raise ValueError("teacher precompute: loss.teacher is 0, so the run needs no teacher outputs")
+    if _section(cfg).get("cache", None) is False:
+        raise ValueError("teacher precompute: teacher.cache is false; give a cache folder (or null for the default)")
+    c = cfg["dloral"]
+    steps, bs, accum = int(c["steps"]), int(c["batch_size"]), int(cfg["train"].get("grad_accum", 1))
+    sched = from_config(cfg)
+    todo = [s for s in range(steps) if sched.weights(s)["teacher"] > 0]
+    teacher = build_teacher(cfg)
+    dev = device or cfg["train"].get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    teacher.to(dev)
+    _, dataset, _ = build_data(cfg, "dloral", int(cfg["data"].get("frames", 3)))
+    pending: list[torch.Tensor] = []
+    frames = 0
+    for step in tqdm(todo, file=sys.stderr, desc="teacher", dynamic_ncols=True,
+                     disable=not cfg["train"].get("progress", True)):
+        for micro in range(accum):
+            for rank in range(world):
+                lq = step_batch(dataset, step * accum + micro, bs, rank, world)["lq"][:, 1:].flatten(0, 1)
+                pending.append(lq)
+                frames += lq.shape[0]
+        if sum(x.shape[0] for x in pending) >= chunk or step == todo[-1]:
+            teacher(torch.cat(pending))
+            pending = []
+    cache = teacher.cache
+    out = {"steps": len(todo), "frames": frames, "computed": teacher.computed, "cached": cache.hits,
+           "folder": str(cache.folder)}
+    log.info("teacher precompute: %d steps, %d frames (%d computed, %d already cached) in %s", out["steps"],
+             frames, teacher.computed, cache.hits, cache.folder)
+    return out
+
+
 __all__ = ["KINDS", "DISTANCES", "SRTeacher", "TeacherCache", "build_teacher", "default_cache_dir", "distance",
-           "lq_key", "teacher_loss", "validate_config", "weights_identity"]
+           "lq_key", "precompute", "teacher_loss", "validate_config", "weights_identity"]
