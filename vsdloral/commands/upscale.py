@@ -1,9 +1,10 @@
 """``vsdloral upscale INPUT OUTPUT``: DLoRAL-upscale a video file and encode it (vspipe -> ffmpeg).
 
 Runs :mod:`vsdloral.scripts.graph` under ``vspipe`` (progress on stderr) and pipes y4m into
-``ffmpeg`` (libx264), copying the source's audio (trimmed to ``--start``/``--end``). The output
-is written under a temporary name and renamed at the end: a failed or interrupted run leaves
-nothing under OUTPUT.
+``ffmpeg`` (``--codec`` x264, x265 or ffv1: :mod:`vsdloral.encoding`), copying the source's audio
+(trimmed to ``--start``/``--end``). The output is written under a temporary name and renamed at the
+end: a failed or interrupted run leaves nothing under OUTPUT. ``--workers``/``--ray`` render in
+chunks on Ray instead (:mod:`vsdloral.distributed`), frame for frame the same.
 """
 
 from __future__ import annotations
@@ -20,19 +21,25 @@ from fractions import Fraction
 from pathlib import Path
 
 from ..cli import CLIError
+from ..distributed.options import add_arguments as add_distributed_arguments
+from ..distributed.options import is_distributed
+from ..encoding import CODECS, video_args
+from ..encoding import check as check_codec
 
 _FORMATS = {".mkv": "matroska", ".mp4": "mp4", ".m4v": "mp4", ".mov": "mov"}
 
 
 def register(sub) -> None:
-    p = sub.add_parser("upscale", help="upscale a video file with DLoRAL and encode it (x264, audio copied)",
+    p = sub.add_parser("upscale", help="upscale a video file with DLoRAL and encode it (x264/x265/ffv1, audio copied)",
                        description=__doc__.splitlines()[0])
     p.add_argument("input", help="source video")
     p.add_argument("output", help="output video (.mkv, .mp4, .mov)")
     p.add_argument("--model", help="vsdloral weights file (default: the bundled model)")
     p.add_argument("--scale", type=float, default=4, help="output size = scale x input (default 4)")
-    p.add_argument("--crf", type=int, default=18, help="x264 quality, 0-51, lower is better (default 18)")
-    p.add_argument("--preset", default="medium", help="x264 preset (default medium)")
+    p.add_argument("--codec", default="x264", choices=sorted(CODECS),
+                   help="video encoder: x264, x265 or ffv1 (lossless, .mkv/.mov) (default x264)")
+    p.add_argument("--crf", type=int, help="x264/x265 quality, 0-51, lower is better (default 18 x264, 23 x265)")
+    p.add_argument("--preset", help="x264/x265 preset, ultrafast ... placebo (default medium)")
     p.add_argument("--start", type=int, default=0, help="first frame to keep (default 0)")
     p.add_argument("--end", type=int, help="frame to stop at, exclusive (default: the end)")
     p.add_argument("--cfr", default=None,
@@ -43,7 +50,10 @@ def register(sub) -> None:
     p.add_argument("--dtype", help="fp32, fp16, bf16 (default: fp16 on CUDA; on a CPU bf16 where it computes bf16 "
                                    "natively (AVX-512 BF16 or AMX), else fp32)")
     p.add_argument("--lq", metavar="WxH", help="shrink the source to WxH first (quick previews)")
+    p.add_argument("--scene-cuts", metavar="N,M,...",
+                   help="source frames that start a new shot: restored with themselves as reference")
     p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
+    add_distributed_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -125,8 +135,10 @@ def _check_args(args) -> tuple[Path, Path, str]:
         raise CLIError("input and output are the same file")
     if args.model is not None and not Path(args.model).is_file():
         raise CLIError(f"no such model file: {args.model}")
-    if not 0 <= args.crf <= 51:
-        raise CLIError(f"--crf must be in [0, 51], got {args.crf}")
+    try:
+        check_codec(args.codec, args.crf, args.preset, fmt)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     if args.start < 0 or (args.end is not None and args.end <= args.start):
         raise CLIError("--start must be >= 0 and --end greater than --start")
     if not shutil.which("ffmpeg"):
@@ -140,7 +152,7 @@ def vspipe_command(args, script: Path) -> list[str]:
     vs_args = {"src": str(Path(args.input).resolve()), "model": args.model and str(Path(args.model).resolve()),
                "scale": args.scale, "start": args.start, "end": args.end, "cfr": args.cfr,
                "color_fix": args.color_fix, "tile": args.tile, "device": args.device, "dtype": args.dtype,
-               "lq": args.lq}
+               "lq": args.lq, "scene_cuts": args.scene_cuts}
     cmd = _vspipe() + ["-p", "-c", "y4m", str(script), "-"]
     for k, v in vs_args.items():
         if v is not None:
@@ -154,7 +166,19 @@ def ffmpeg_command(args, src: Path, fmt: str, out: Path, audio_in: list[str], au
     return ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
             "-f", "yuv4mpegpipe", "-i", "-", *audio_in, "-i", str(src),
             "-map", "0:v:0", "-map", "1:a?", *audio_codec,
-            "-c:v", "libx264", "-preset", args.preset, "-crf", str(args.crf), "-f", fmt, str(out)]
+            *video_args(args.codec, args.crf, args.preset, fmt), "-f", fmt, str(out)]
+
+
+def audio_options(src: Path, start: int, end: int | None) -> tuple[list[str], list[str]]:
+    """ffmpeg input options and codec for the source's audio over frames ``[start, end)``: copied
+    when untrimmed; trimmed audio is re-encoded (stream copy can only cut at the video's keyframes)."""
+    fps = _fps(str(src)) if (start or end is not None) else None
+    if fps is None:
+        return [], ["-c:a", "copy"]
+    audio_in = ["-ss", f"{float(start / fps):.6f}"]
+    if end is not None:
+        audio_in += ["-t", f"{float((end - start) / fps):.6f}"]
+    return audio_in, ["-c:a", "aac", "-b:a", "192k"]
 
 
 def run(args) -> int:
@@ -162,18 +186,15 @@ def run(args) -> int:
     from ..utils.atomic import atomic_path
 
     src, out, fmt = _check_args(args)
+    if is_distributed(args):
+        from ..distributed.driver import run_distributed
+
+        return run_distributed(args, src, out, fmt)
     env = dict(os.environ)
     # VapourSynth's first-run configuration runs the `vapoursynth` tool found on PATH
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
 
-    # Trimmed audio is re-encoded: with stream copy ffmpeg can only cut at the video's keyframes.
-    audio_in, audio_codec = [], ["-c:a", "copy"]
-    fps = _fps(str(src)) if (args.start or args.end is not None) else None
-    if fps is not None:
-        audio_in += ["-ss", f"{float(args.start / fps):.6f}"]
-        if args.end is not None:
-            audio_in += ["-t", f"{float((args.end - args.start) / fps):.6f}"]
-        audio_codec = ["-c:a", "aac", "-b:a", "192k"]
+    audio_in, audio_codec = audio_options(src, args.start, args.end)
 
     def on_term(signum, frame):
         raise KeyboardInterrupt

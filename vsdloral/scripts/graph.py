@@ -3,7 +3,9 @@
 Arguments (all strings, as vspipe passes them): ``src`` (required), ``model``, ``scale``,
 ``start``/``end`` (frame range, end exclusive), ``frames`` (keep the first N), ``lq`` (``WxH``:
 shrink the source first, for previews and tests), ``cfr``, ``color_fix``, ``tile``, ``device``,
-``dtype``, ``matrix_in``. A YUV source whose matrix is unspecified gets the one of its own size
+``dtype``, ``matrix_in``, ``scene_cuts`` (``7,17``: source frames that start a new shot). The range
+is cut from the upscaled clip, so frame ``start`` still uses source frame ``start-1`` as its
+reference. A YUV source whose matrix is unspecified gets the one of its own size
 (:func:`vsdloral.colorspace.ensure_matrix`, before ``lq`` shrinks it); ``matrix_in`` overrides it.
 Options left out (or empty) are ``None``, so the filter uses the model's own defaults.
 """
@@ -33,8 +35,41 @@ def _int(args: Mapping, name: str, default=None, lo: int = 0):
     return value
 
 
+def parse_scene_cuts(raw) -> list[int]:
+    """``"7,17"`` -> ``[7, 17]`` (source frame numbers); empty or None -> ``[]``."""
+    if raw is None or str(raw).strip() == "":
+        return []
+    try:
+        cuts = sorted({int(v) for v in str(raw).split(",") if v.strip()})
+    except ValueError:
+        raise vs.Error(f"upscale: scene_cuts must be frame numbers separated by commas, got {raw!r}") from None
+    if cuts and cuts[0] < 0:
+        raise vs.Error(f"upscale: scene_cuts must be >= 0, got {cuts[0]}")
+    return cuts
+
+
+def mark_scene_cuts(clip: vs.VideoNode, raw) -> vs.VideoNode:
+    """Set ``_SceneChangePrev=1`` on the frames listed in ``raw`` (see :func:`parse_scene_cuts`):
+    the filter restores them with themselves as reference (a new shot)."""
+    cuts = set(parse_scene_cuts(raw))
+    if not cuts:
+        return clip
+    if max(cuts) >= clip.num_frames:
+        raise vs.Error(f"upscale: scene cut {max(cuts)} is past the last frame; the source has "
+                       f"{clip.num_frames} frames")
+
+    def mark(n: int, f: vs.VideoFrame) -> vs.VideoFrame:
+        if n not in cuts:
+            return f
+        f = f.copy()
+        f.props["_SceneChangePrev"] = 1
+        return f
+
+    return vs.core.std.ModifyFrame(clip, clip, mark)
+
+
 def build(args: Mapping) -> vs.VideoNode:
-    """Source -> optional trim/shrink -> :func:`vsdloral.upscale`, from vspipe ``--arg`` values."""
+    """Source -> optional shrink/scene cuts -> :func:`vsdloral.upscale` -> trim, from vspipe ``--arg`` values."""
     core = vs.core
     src = args.get("src")
     if not src:
@@ -53,10 +88,9 @@ def build(args: Mapping) -> vs.VideoNode:
         raise vs.Error(f"upscale: end={end} is past the last frame; the source has {clip.num_frames} frames")
     if start >= end:
         raise vs.Error(f"upscale: start={start} must be smaller than end={end}")
-    clip = clip[start:end]
     frames = _int(args, "frames", None, lo=1)
-    if frames is not None:
-        clip = clip[: min(frames, clip.num_frames)]
+    stop = end if frames is None else min(end, start + frames)
+    clip = mark_scene_cuts(clip, args.get("scene_cuts"))
     lq = args.get("lq")
     if lq:
         try:
@@ -69,8 +103,11 @@ def build(args: Mapping) -> vs.VideoNode:
         scale = float(args.get("scale") or 4)
     except ValueError:
         raise vs.Error(f"upscale: scale must be a number, got {args.get('scale')!r}") from None
-    return vs_filter.upscale(
+    out = vs_filter.upscale(
         clip, scale, model=args.get("model") or None, device=args.get("device") or None,
         dtype=args.get("dtype") or None, cfr=args.get("cfr") or None,
         color_fix=args.get("color_fix") or None, tile=tile, matrix_in=matrix_in,
     )
+    # Trimmed after the filter: frame `start` keeps source frame start-1 as its reference, so any
+    # range [start, end) is exactly those frames of a full render (the chunked mode relies on it).
+    return out[start:stop]
