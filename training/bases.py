@@ -61,10 +61,18 @@ def encode_prompt(folder: Path, prompt: str) -> torch.Tensor:
 
 
 def _spynet(weights: str | None) -> SPyNet:
+    """SPyNet from a state dict file (``.pt``/``.pth``/``.safetensors``, optional ``spynet.``
+    prefix), or from a ``vsdloral-train flow`` run folder or checkpoint; ``None``: zero flow."""
     if not weights:
         log.info("SPyNet starts untrained (zero flow); give dloral.spynet_weights for a pretrained one")
         return zero_flow_spynet()
-    sd = _load_state(Path(weights))
+    path = Path(weights)
+    sd = load_checkpoint(path) if path.is_dir() else _load_state(path)  # a folder: the run's latest checkpoint
+    if "task_name" in sd:  # a training checkpoint: only a 'flow' run's holds a SPyNet of its own
+        if sd["task_name"] != "flow":
+            raise ValueError(f"dloral.spynet_weights {weights} is a {sd['task_name']!r} training checkpoint, "
+                             "not a 'flow' run's (vsdloral-train flow) nor a SPyNet state dict")
+        sd = sd["task"]["spynet"]
     sd = {k[len("spynet."):] if k.startswith("spynet.") else k: v for k, v in sd.items()}
     sd = {k: v for k, v in sd.items() if k.startswith("basic_module.")}
     net = SPyNet()

@@ -1,4 +1,4 @@
-"""``vsdloral-train`` (also ``python -m training``): vae | base | dloral | export | teacher | degrade | data.
+"""``vsdloral-train`` (also ``python -m training``): vae | base | dloral | flow | export | teacher | degrade | data.
 
 Each training subcommand takes ``--preset`` (tiny, lite, sd21), ``--config FILE.yaml`` and
 ``--set key=value`` overrides (plus the explicit flags below, which win) and prints the
@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--base", default=None, help="Stable Diffusion 2.1-base folder, or a 'base' run folder/checkpoint")
     p.add_argument("--init", default=None, help="vsdloral weights file to continue training from")
+    p = sub.add_parser("flow", help="train the model's SPyNet on real frame pairs with OpenCV DIS flow as pseudo-labels")
+    _common(p)
     p = sub.add_parser("export", help="dloral checkpoint -> vsdloral weights file")
     p.add_argument("checkpoint", help="'dloral' checkpoint file or run folder (latest checkpoint)")
     p.add_argument("output", help="output .safetensors")

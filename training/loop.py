@@ -26,7 +26,10 @@ from vsdloral.utils.log import get_logger
 from . import config as config_mod
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .data import Sources, WindowDataset, step_batch, validation_windows
-from .tasks import TASKS
+from .flow_task import FlowTask
+from .tasks import TASKS as _TASKS
+
+TASKS = {**_TASKS, "flow": FlowTask}  # flow_task builds on tasks.Task, so it registers here
 
 log = get_logger("vsdloral.train")
 
@@ -102,7 +105,7 @@ def build_data(cfg: dict, task_name: str, frames: int):
                        seed=int(cfg.get("seed", 0)), holdout=holdout, flip=bool(d.get("flip", True)),
                        shift=int(d.get("pseudo_shift", 4)))
     val_deg = {"kind": d["val_degradation"]} if d.get("val_degradation") else degradation
-    val = validation_windows(src.clips, holdout=holdout, frames=frames, crop=int(d.get("val_crop", 128)),
+    val = validation_windows(src.clips, holdout=holdout, frames=frames, crop=int(c.get("val_crop", d.get("val_crop", 128))),
                              scale=scale, degradation=val_deg, seed=int(cfg.get("seed", 0)),
                              max_clips=int(d.get("val_clips", 2)))
     return src, ds, val
