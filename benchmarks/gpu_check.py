@@ -285,6 +285,13 @@ def machine_info(device: torch.device) -> dict:
 
 
 # -- report -----------------------------------------------------------------------------------
+def _not_measured(section: dict | None) -> str | None:
+    """Why a table section has no figures (its skip reason or error, or "not run"); None if it has them."""
+    if section is None or "skipped" in section or "error" in section:
+        return (section or {}).get("skipped") or (section or {}).get("error") or "not run"
+    return None
+
+
 def _f(x, fmt=".3f", none="n/a") -> str:
     if x is None:
         return none
@@ -323,8 +330,8 @@ def markdown(res: dict) -> str:
             f"{_f(x.get('psnr_vs_fp32_db'), '.2f', '')} |")
     c = res.get("compile")
     lines += ["", "compile (`load_model(compile=True)`) against eager:", ""]
-    if c is None or "skipped" in c or "error" in c:
-        lines.append(f"- {(c or {}).get('skipped') or (c or {}).get('error') or 'not run'}")
+    if (why := _not_measured(c)) is not None:
+        lines.append(f"- {why}")
     else:
         lines += ["| output | dtype | eager s/frame | compiled s/frame | speed-up | compiled first pair s | eager first pair s "
                   "| compile overhead s | max abs diff | finite |", "|---|---|---|---|---|---|---|---|---|---|",
@@ -333,8 +340,8 @@ def markdown(res: dict) -> str:
                   f"{_f(c['compile_overhead_s'], '.1f')} | {_f(c['max_abs_diff'], '.2e')} | {'yes' if c['finite'] else '**NO**'} |"]
     v = res.get("vspipe")
     lines += ["", "vspipe render against a bare loop (`benchmarks.plugin.measure`):", ""]
-    if v is None or "skipped" in v or "error" in v:
-        lines.append(f"- {(v or {}).get('skipped') or (v or {}).get('error') or 'not run'}")
+    if (why := _not_measured(v)) is not None:
+        lines.append(f"- {why}")
     else:
         lines += ["| output | frames | dtype | vspipe steady fps | bare loop fps | ratio | vspipe whole-run fps | "
                   "VAE enc/frame | max pixel diff |", "|---|---|---|---|---|---|---|---|---|",

@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     peer, peer_name, ncnn_files = _load_peer(a, device)
     peer_key = None
     if ncnn_files is not None and not (a.no_peer_cache or a.smoke):
-        from training.datasets.assemble import sha256_file
+        from vsdloral.utils.hashing import sha256_file
 
         peer_key = f"{sha256_file(ncnn_files[1])}-{dtype_name(next(peer.parameters()).dtype)}"
     rows = []

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from vsdloral.utils.dicts import changed_keys
 from vsdloral.utils.log import get_logger
 
 from . import config as config_mod
@@ -72,17 +73,6 @@ def _sigterm_as_interrupt():
         raise KeyboardInterrupt
 
     return signal.signal(signal.SIGTERM, handler)
-
-
-def _changed_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _changed_keys(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            out.append(f"{prefix}{k}")
-    return out
 
 
 def build_data(cfg: dict, task_name: str, frames: int):
@@ -143,7 +133,7 @@ def train(task_name: str, cfg: dict, out_dir: str | Path, resume: str | bool | N
         state = load_checkpoint(path)
         if state.get("task_name") != task_name:
             raise ValueError(f"--resume: {path} is a {state.get('task_name')!r} checkpoint, not {task_name!r}")
-        changed = _changed_keys(state.get("config") or {}, cfg)
+        changed = changed_keys(state.get("config") or {}, cfg)
         if changed:
             log.warning("--resume: the config differs from the checkpoint's in: %s", ", ".join(changed[:10]))
         task.load_state(state["task"])

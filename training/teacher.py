@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from vsdloral.utils.atomic import atomic_path
+from vsdloral.utils.cache import cache_root
 from vsdloral.utils.log import get_logger
 
 log = get_logger("vsdloral.train.teacher")
@@ -39,10 +40,7 @@ def default_cache_dir() -> Path:
     """``$VSDLORAL_CACHE/teacher-outputs``, else ``$XDG_CACHE_HOME/vsdloral/teacher-outputs``, else
     ``~/.cache/vsdloral/teacher-outputs`` (beside vsdloral.realesrgan's model cache). Shared by
     runs, which is safe: entries are keyed by the LQ bytes and the teacher's identity."""
-    root = os.environ.get("VSDLORAL_CACHE")
-    if not root:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vsdloral"
-    return Path(root) / "teacher-outputs"
+    return cache_root() / "teacher-outputs"
 
 
 def _section(cfg: dict) -> dict:

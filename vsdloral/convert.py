@@ -12,7 +12,6 @@ code when loaded is refused, never executed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -26,6 +25,7 @@ from torch import nn
 from .model.cfr import CFRConfig, CrossFrameRetrieval
 from .model.spynet import LEVELS, SPyNet
 from .model.weights import DTYPES, DLoRALModel, ModelMeta
+from .utils.hashing import sha256_file
 from .utils.log import get_logger
 
 CONVERTER_VERSION = "1"
@@ -99,14 +99,6 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         if not isinstance(ckpt[k], dict):
             raise ConvertError(f"{p}: {k} must be a dict of tensors")
     return ckpt
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # -- the SD base folder --------------------------------------------------------------------------

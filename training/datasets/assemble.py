@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 
 from vsdloral.utils.atomic import atomic_path
+from vsdloral.utils.hashing import sha256_file
 from vsdloral.utils.log import get_logger
 
 log = get_logger("vsdloral.train.datasets")
@@ -84,14 +85,6 @@ EXCLUDED = {
         "MilkyWay, Opal, PastelHills, Patak, SafeLanding, Shell, Volna": "illustrations and abstract art",
     },
 }
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_not_test_clip(name: str) -> None:

@@ -7,7 +7,6 @@ the manifest, draws the progress bar and writes OUTPUT atomically once every chu
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
 import re
@@ -20,6 +19,7 @@ from pathlib import Path
 from ..cli import CLIError
 from ..encoding import resolved as resolved_codec
 from ..utils.atomic import atomic_path
+from ..utils.hashing import sha256_file
 from .chunks import default_chunk_frames, plan_chunks
 from .manifest import LOCK, MANIFEST, Manifest, WorkDirError, check_foreign, locked, open_manifest
 from .media import count_frames, source_frames
@@ -116,11 +116,6 @@ def placement(args) -> Placement:
     return Placement(workers, "cuda", gpu_ids=gpu_ids, threads=max(1, (os.cpu_count() or 1) // workers))
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _dtype_name(dtype: str | None, kind: str) -> str:
     import torch
 
@@ -139,7 +134,7 @@ def job_identity(args, src: Path, model: Path, kind: str, threads: int | None, n
     st = src.stat()
     job = {
         "source": {"path": str(src.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "frames": n_src},
-        "model_sha256": _sha256(model),
+        "model_sha256": sha256_file(model),
         "range": [start, end], "chunk_frames": chunk_frames,
         "settings": {"scale": args.scale, "cfr": args.cfr, "color_fix": args.color_fix, "tile": args.tile,
                      "lq": args.lq, "scene_cuts": scene_cuts, "device": kind, "dtype": _dtype_name(args.dtype, kind)},

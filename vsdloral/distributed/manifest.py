@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..utils.atomic import atomic_path
+from ..utils.dicts import changed_keys
 from .chunks import Chunk
 
 FORMAT = "vsdloral-chunks"
@@ -76,17 +77,6 @@ def _chunk_entries(chunks: list[Chunk]) -> list[dict]:
              "fps": None, "run": None, "renders": 0} for c in chunks]
 
 
-def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys += _diff(a, b, f"{prefix}{k}.")
-        elif a != b:
-            keys.append(f"{prefix}{k} {a!r} -> {b!r}")
-    return keys
-
-
 def check_foreign(work_dir: Path) -> None:
     """Raise :class:`WorkDirError` when ``work_dir`` exists, has no manifest and holds anything but
     an empty chunk folder and the lock (it is someone else's folder: nothing is written there)."""
@@ -120,7 +110,7 @@ def open_manifest(work_dir: Path, job: dict, chunks: list[Chunk]) -> Manifest:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise WorkDirError(f"cannot read {path}: {exc}; pass another --work-dir or delete the folder") from None
     if old_job != job:
-        changes = _diff(old_job, job)
+        changes = changed_keys(old_job, job, values=True)
         raise WorkDirError(f"work folder {work_dir} belongs to a different job ({'; '.join(changes[:3])}"
                            f"{'; ...' if len(changes) > 3 else ''}); rerun with the same settings, or pass "
                            "another --work-dir")

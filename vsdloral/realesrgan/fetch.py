@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
 import tempfile
@@ -12,6 +11,8 @@ import zipfile
 from pathlib import Path
 
 from ..utils.atomic import atomic_path
+from ..utils.cache import cache_root
+from ..utils.hashing import sha256_file
 from ..utils.log import get_logger
 from .errors import TeacherError
 
@@ -36,25 +37,14 @@ log = get_logger("vsdloral.realesrgan")
 def default_cache_dir() -> Path:
     """``$VSDLORAL_CACHE/realesrgan``, else ``$XDG_CACHE_HOME/vsdloral/realesrgan``, else
     ``~/.cache/vsdloral/realesrgan``."""
-    root = os.environ.get("VSDLORAL_CACHE")
-    if not root:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vsdloral"
-    return Path(root) / "realesrgan"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return cache_root() / "realesrgan"
 
 
 def cached_files(cache_dir: str | Path | None = None) -> tuple[Path, Path] | None:
     """``(param, bin)`` if the cache holds both, intact (sha256-checked); else ``None``."""
     d = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     paths = tuple(d / f"{MODEL}{ext}" for ext in FILES)
-    ok = all(p.is_file() and _sha256(p) == FILES[p.suffix][1] for p in paths)
+    ok = all(p.is_file() and sha256_file(p) == FILES[p.suffix][1] for p in paths)
     return paths if ok else None  # type: ignore[return-value]
 
 
