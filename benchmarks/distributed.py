@@ -1,8 +1,8 @@
 """Chunked rendering on Ray: wall time for 1 vs 2 local workers, split into setup, model load,
 rendering and concat, plus the on-paper cluster model (issue 16).
 
-    python -m benchmarks.distributed [--preset default|tiny] [--frames 48] [--chunk-frames 12]
-                                     [--lq 128x72] [--scale 4] [--workers 1,2] [--json] [--smoke]
+    python -m benchmarks.distributed [--preset default|tiny] [--frames 96] [--chunk-frames 24]
+                                     [--lq 320x180] [--scale 4] [--workers 1,2] [--json] [--smoke]
 
 Each run is ``vsdloral upscale bikes.mp4 OUT --workers N --chunk-frames K --codec ffv1`` as a user
 types it (a fresh local Ray instance per run), timed from outside; the phases come from the lines
@@ -19,7 +19,8 @@ the driver's frame count) and per-job fixed costs S (Ray start, driver checks), 
 index pass over the source, once per node) and J (the join, I/O bound). Wall time
 T_N = S + I + ceil(C/N) (K t + o) + J, so the speed-up over one GPU without chunking (F t) is
 N / (1 + o/(K t) + N (S + I + J)/(F t) + tail), tail = ceil(C/N)/(C/N) - 1 (zero when C is a
-multiple of N). The per-chunk term stays under 2% for K >= 50 o / t.
+multiple of N: pick K = ceil(F / C) with C a multiple of N). The per-chunk term stays under 2%
+for K >= 50 o / t.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import emit, model_file, parse_size, parser
+from .common import emit, model_file, parser
 
 _WORKER = re.compile(r"worker (\d+) \((.*?)\): (\d+) chunks, (\d+) frames, ([\d.]+) fps, graph build ([\d.]+) s first "
                      r"/ ([\d.]+) s rest")
@@ -42,13 +43,13 @@ _TIMES = re.compile(r"times: setup ([\d.]+) s, render ([\d.]+) s, concat ([\d.]+
 
 def parse_driver_log(text: str) -> dict:
     """The driver's per-worker and phase lines -> numbers (see the module docstring)."""
-    workers = [{"chunks": int(m[3]), "frames": int(m[4]), "fps_incl_load": float(m[5]),
-                "model_load_s": float(m[6]), "later_builds_s": float(m[7])} for m in _WORKER.findall(text)]
+    workers = [{"chunks": int(m[2]), "frames": int(m[3]), "fps_incl_load": float(m[4]),
+                "model_load_s": float(m[5]), "later_builds_s": float(m[6])} for m in _WORKER.findall(text)]
     m = _TIMES.search(text)
     if not m or not workers:
         raise RuntimeError(f"the driver printed no timings:\n{text[-2000:]}")
     setup, render, concat, stop = (float(v) for v in m.groups())
-    return {"setup_s": setup, "render_s": render, "concat_s": concat, "shutdown_s": stop, "workers": workers}
+    return {"setup_s": setup, "render_s": render, "concat_s": concat, "shutdown_s": stop, "per_worker": workers}
 
 
 def run_once(src: Path, model: Path, workers: int, frames: int, chunk: int, lq: str, scale: float,
@@ -64,7 +65,7 @@ def run_once(src: Path, model: Path, workers: int, frames: int, chunk: int, lq: 
     if r.returncode != 0:
         return {"workers": workers, "error": (r.stderr.strip().splitlines() or ["?"])[-1]}
     res = {"workers": workers, "wall_s": round(wall, 2), **parse_driver_log(r.stderr)}
-    for w in res["workers"]:
+    for w in res["per_worker"]:
         # frames per second of rendering proper: the worker's task time minus its first graph build
         busy = w["frames"] / w["fps_incl_load"] if w["fps_incl_load"] else 0.0
         w["render_fps"] = round(w["frames"] / (busy - w["model_load_s"] - w["later_builds_s"]), 3) \
@@ -84,12 +85,18 @@ def cluster_model(t: float, o: float, fixed: float, n: int, f: int, k: int) -> d
             "k_for_2pct": math.ceil(50 * o / t)}
 
 
+def balanced_chunk(f: int, n: int, k: int) -> int:
+    """The chunk length near ``k`` whose chunk count is a multiple of ``n`` (no idle last wave)."""
+    c = math.ceil(math.ceil(f / k) / n) * n
+    return math.ceil(f / c)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--preset", default="default", help="default (the bundled model) or tiny (random)")
-    p.add_argument("--frames", type=int, default=48)
-    p.add_argument("--chunk-frames", type=int, default=12)
-    p.add_argument("--lq", default="128x72")
+    p.add_argument("--frames", type=int, default=96)
+    p.add_argument("--chunk-frames", type=int, default=24)
+    p.add_argument("--lq", default="320x180", help="source shrunk to this first (x4: 1280x720 output)")
     p.add_argument("--scale", type=float, default=4)
     p.add_argument("--workers", default="1,2", help="worker counts to run, comma-separated")
     p.add_argument("--t", type=float, nargs="+", default=[0.712, 0.1],
@@ -118,13 +125,13 @@ def main(argv: list[str] | None = None) -> int:
                    "render": round(by_n[1]["render_s"] / by_n[2]["render_s"], 3)}
     # The paper model, fed with what this box measured: o = a fresh worker's first graph build
     # (imports + model load), S = the driver's setup. I (index pass) and J (join) are inputs.
-    loads = [w["model_load_s"] for r in ok for w in r["workers"]]
+    loads = [w["model_load_s"] for r in ok for w in r["per_worker"]]
     o = max(loads) if loads else float("nan")
     setup = max((r["setup_s"] for r in ok), default=float("nan"))
     fixed = setup + args.index_s + args.join_s
     film = 130 * 60 * 24
     rows = [{"t_s": t, **cluster_model(t, o, fixed, n, film, k)}
-            for t in args.t for n in (1, 8, 32) for k in (1440, 4096)]
+            for t in args.t for n in (1, 8, 32) for k in dict.fromkeys((1440, balanced_chunk(film, n, 1440), 4096))]
     result = {"machine": f"{os.cpu_count()} CPU cores", "preset": args.preset, "frames": args.frames,
               "chunk_frames": args.chunk_frames, "lq": args.lq, "scale": args.scale, "runs": runs,
               "speedup_2_vs_1": speedup,
@@ -141,7 +148,7 @@ def _table(r: dict) -> str:
         if "error" in run:
             lines.append(f"{run['workers']:>7}  error: {run['error']}")
             continue
-        ws = ", ".join(f"{w['model_load_s']:.1f} / {w['render_fps'] or 0:.2f}" for w in run["workers"])
+        ws = ", ".join(f"{w['model_load_s']:.1f} / {w['render_fps'] or 0:.2f}" for w in run["per_worker"])
         lines.append(f"{run['workers']:>7}  {run['wall_s']:>6.1f}  {run['python_start_s']:>8.1f}  {run['setup_s']:>7.1f}"
                      f"  {run['render_s']:>8.1f}  {run['concat_s']:>8.1f}  {run['shutdown_s']:>10.1f}  {ws}")
     if r["speedup_2_vs_1"]:

@@ -302,3 +302,18 @@ def test_gpu_check_skips_only_the_vspipe_section_without_vapoursynth(tmp_path):
     r = json.loads(proc.stdout)
     assert not r["deps"]["vapoursynth"]["ok"] and all(d["ok"] for n, d in r["deps"].items() if n != "vapoursynth")
     assert "vapoursynth (carry vapoursynth)" in r["vspipe"]["skipped"] and r["errors"] == 0
+
+
+def test_distributed_smoke():
+    """One real 2-worker chunked run (tiny model, 4 frames) parsed into phases, and the paper model."""
+    pytest.importorskip("ray", reason="the cluster extra")
+    r = run_benchmark("distributed")
+    (run,) = r["runs"]
+    assert "error" not in run, run
+    assert run["workers"] == 2 and sum(w["frames"] for w in run["per_worker"]) == 4
+    assert _pos(run["wall_s"]) and _pos(run["setup_s"]) and _pos(run["render_s"]) and run["concat_s"] >= 0
+    assert all(_pos(w["model_load_s"]) for w in run["per_worker"])
+    assert run["wall_s"] >= run["setup_s"] + run["render_s"]
+    for row in r["paper"]["rows"]:
+        assert 0 < row["speedup"] <= row["gpus"]
+        assert row["k_for_2pct"] == math.ceil(50 * r["paper"]["o_s"] / row["t_s"])

@@ -354,3 +354,38 @@ def test_chunk_encodes_join_without_reencoding(cut_clip, tiny_model_path, tmp_pa
             tag = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_tag_string", "-of",
                                   "csv=p=0", str(d / "joined.mp4")], capture_output=True, text=True).stdout
             assert "hvc1" in tag
+
+
+def test_gpu_placement_without_a_gpu(monkeypatch):
+    """--devices/--workers -> Ray resources, with CUDA faked: ids go through CUDA_VISIBLE_DEVICES,
+    workers share GPUs evenly, a GPU listed twice or an uneven split is a one-line error."""
+    import argparse
+
+    import torch
+
+    from vsdloral.cli import CLIError
+    from vsdloral.distributed.driver import placement
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6,7")
+
+    def where(**kw):
+        base = {"workers": None, "devices": None, "device": None, "ray": None, "chunk_frames": None}
+        return placement(argparse.Namespace(**{**base, **kw}))
+
+    w = where(devices="cuda:0,cuda:2")
+    assert (w.kind, w.gpu_ids, w.workers, w.task_resources()) == ("cuda", ["4", "7"], 2, {"num_cpus": 1, "num_gpus": 1})
+    w = where(devices="cuda:1", workers=2)
+    assert w.gpu_ids == ["6"] and w.task_resources()["num_gpus"] == 0.5
+    w = where(workers=3)  # no device given: every visible GPU
+    assert w.gpu_ids == ["4", "6", "7"] and w.task_resources()["num_gpus"] == 1
+    w = where(ray="auto")
+    assert w.address == "auto" and w.kind is None
+    assert where(ray="auto", device="cuda").task_resources() == {"num_cpus": 1, "num_gpus": 1}
+    for kw, msg in [({"devices": "cuda:0,cuda:0"}, "twice"), ({"devices": "cuda:0,cuda:1", "workers": 3}, "multiple"),
+                    ({"devices": "cuda:5"}, "does not exist"), ({"devices": "cpu"}, "CUDA devices"),
+                    ({"ray": "auto", "devices": "cuda:0"}, "local run"), ({"ray": "auto", "device": "cuda:1"}, "cpu or cuda"),
+                    ({"devices": "cuda:0", "device": "cuda"}, "not both")]:
+        with pytest.raises(CLIError, match=msg):
+            where(**kw)

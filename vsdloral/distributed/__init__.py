@@ -8,8 +8,8 @@ JSON manifest records the job (source, settings, model sha256) and which chunks 
 the same command resumes. When every chunk is done they are joined with ffmpeg's concat demuxer
 (stream copy) and the source's audio is muxed in.
 
-Modules: :mod:`.options` (CLI options), :mod:`.chunks` (the plan), :mod:`.manifest` (job identity and
-done-state), :mod:`.media` (ffprobe/frame counts), :mod:`.render` (one chunk, no Ray needed),
-:mod:`.cluster` (starting or joining Ray, node checks), :mod:`.progress` (the bar), :mod:`.concat`
-(the final mux), :mod:`.driver` (the command).
+Modules: :mod:`.options` (CLI options), :mod:`.chunks` (the plan), :mod:`.manifest` (job identity
+and done-state), :mod:`.media` (ffprobe/frame counts), :mod:`.render` (one chunk, no Ray needed),
+:mod:`.tasks` (the Ray task), :mod:`.cluster` (starting or joining Ray, node checks),
+:mod:`.progress` (the bar), :mod:`.concat` (the final mux), :mod:`.driver` (the command).
 """

@@ -195,8 +195,12 @@ def _render(ray, m: Manifest, pending: list[dict], spec: dict, where: Placement,
     from .tasks import render_chunk_task
 
     board = ray.remote(ProgressBoard).options(num_cpus=0).remote()
-    task = ray.remote(render_chunk_task).options(max_retries=MAX_RETRIES, retry_exceptions=[ChunkRetry],
-                                                 **where.task_resources())
+    res = where.task_resources()
+    # A GPU worker process keeps the GPU it first initialised: each GPU task gets a fresh process
+    # (Ray's default for GPU tasks, set explicitly since the GPUs are given here, not in a decorator);
+    # a CPU worker is reused, so it loads the model once.
+    task = ray.remote(max_calls=1 if res.get("num_gpus") else 0, max_retries=MAX_RETRIES,
+                      retry_exceptions=[ChunkRetry], **res)(render_chunk_task)
     limit = where.workers if where.address is not None and where.workers else len(pending)
     queue = list(pending)
     running: dict = {}
