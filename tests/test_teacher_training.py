@@ -101,10 +101,35 @@ def test_precomputed_outputs_are_the_ones_training_reads(counts, teacher_dir, sa
     cfg = dl_cfg(sample_clip, tiny_model_path, teacher_dir, tmp_path / "cache")
     (tmp_path / "run.yaml").write_text(config_mod.dump(cfg))
     assert main(["teacher", "--config", str(tmp_path / "run.yaml")]) == 0
-    assert "teacher outputs of 2 steps: 4 frames (4 computed, 0 already cached)" in capsys.readouterr().err
+    assert "teacher outputs of 2 steps, 2 windows: 4 frames (4 computed, 0 already cached)" in capsys.readouterr().err
     assert counts["frames"] == 4
     train("dloral", copy.deepcopy(cfg), tmp_path / "a")
     assert counts["frames"] == 4
+
+
+def test_a_window_pool_is_computed_once_and_shards_split_it(counts, teacher_dir, sample_clip, tiny_model_path,
+                                                            tmp_path, capsys):
+    """``data.pool``: item i is item i % pool, so the detail steps 1, 2 and 3 (batch 2: windows 2-7)
+    need the teacher on pool windows 0-3 only; two shards compute two windows each, and the run
+    that follows computes nothing."""
+    from training.cli import main
+    from training.data import Sources, WindowDataset
+
+    src = Sources([str(sample_clip)], min_size=CROP, max_frames=24)
+    ds = WindowDataset(src.clips, crop=CROP, frames=3, scale=4, degradation={"kind": "bicubic"}, seed=0, holdout=4,
+                       pool=4)
+    assert torch.equal(ds.sample(1)["lq"], ds.sample(5)["lq"]) and not torch.equal(ds.sample(1)["lq"], ds.sample(2)["lq"])
+    cfg = dl_cfg(sample_clip, tiny_model_path, teacher_dir, tmp_path / "cache", **{
+        "data.pool": 4, "dloral.batch_size": 2, "dloral.switches": [1], "dloral.steps": 4})
+    (tmp_path / "run.yaml").write_text(config_mod.dump(cfg))
+    for shard in ("0/2", "1/2"):
+        assert main(["teacher", "--config", str(tmp_path / "run.yaml"), "--shard", shard]) == 0
+        assert "teacher outputs of 3 steps, 2 windows: 4 frames (4 computed, 0 already cached)" in capsys.readouterr().err
+    assert counts["frames"] == 8
+    train("dloral", copy.deepcopy(cfg), tmp_path / "a")
+    assert counts["frames"] == 8
+    assert main(["teacher", "--config", str(tmp_path / "run.yaml"), "--shard", "2/2"]) == 2
+    assert "shard 2/2" in capsys.readouterr().err
 
 
 def test_teacher_term_follows_the_teacher_and_trains_d_lora(counts, teacher_dir, sample_clip, tiny_model_path, tmp_path):
@@ -237,3 +262,39 @@ def test_bad_teacher_settings_fail_at_start_in_one_line(sets, damage, key, teach
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("vsdloral-train dloral: error: ") and key in err and "Traceback" not in err, err
     assert not (tmp_path / "run").exists()  # nothing ran
+
+
+def test_vae_decoder_d_lora_trains_in_detail_only_and_export_merges_it(teacher_dir, sample_clip, tiny_model_path,
+                                                                       tmp_path):
+    """``dloral.vae_lora_rank``: a D-LoRA adapter on every VAE decoder convolution, trained in the
+    detail stage only; export merges it (the file decodes as the trained network does) and
+    ``--consistency-only`` drops it (the file's decoder is the init model's)."""
+    from training.checkpoint import load_checkpoint
+    from training.export import export
+    from training.lora import vae_lora_parameters
+    from training.tasks import DLoRALTask
+    from vsdloral.model.weights import DLoRALModel
+
+    cfg = dl_cfg(sample_clip, tiny_model_path, teacher_dir, tmp_path / "cache", **{"dloral.vae_lora_rank": 2})
+    task = DLoRALTask(copy.deepcopy(cfg), load_teacher=False)
+    vae_params = vae_lora_parameters(task.start.vae)
+    ids = {k: {id(p) for p in v} for k, v in task.sets.items()}
+    assert vae_params and all(id(p) in ids["detail"] and id(p) not in ids["consistency"] for p in vae_params)
+    train("dloral", copy.deepcopy(cfg), tmp_path / "run")
+    state = load_checkpoint(tmp_path / "run")
+    assert any(v.abs().sum() > 0 for k, v in state["task"]["vae_lora"].items() if "lora_B" in k)
+    trained = DLoRALTask(copy.deepcopy(cfg), load_teacher=False)
+    trained.load_state(state["task"])
+    full = export(tmp_path / "run", tmp_path / "full.safetensors")
+    alone = export(tmp_path / "run", tmp_path / "c.safetensors", branches=("consistency",))
+    init = DLoRALModel.load(tiny_model_path)
+    z = torch.randn(1, init.meta.vae_config["latent_channels"], 8, 8)
+    with torch.no_grad():
+        want = trained.start.vae.decode(z).sample
+        assert torch.allclose(DLoRALModel.load(tmp_path / "full.safetensors").vae.decode(z).sample, want, atol=1e-5)
+        assert not torch.allclose(init.vae.decode(z).sample, want, atol=1e-4)
+    for k, v in init.vae.state_dict().items():
+        assert torch.equal(alone.vae.state_dict()[k], v), k
+    with pytest.raises(ValueError, match="vae_lora_rank differs"):
+        DLoRALTask(copy.deepcopy(cfg) | {"dloral": {**cfg["dloral"], "vae_lora_rank": 0}},
+                   load_teacher=False).load_state(state["task"])

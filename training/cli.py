@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="'dloral' checkpoint file or run folder (latest checkpoint)")
     p.add_argument("output", help="output .safetensors")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--consistency-only", action="store_true",
+                   help="merge C-LoRA alone (drop D-LoRA): an ablation showing what the detail stage adds")
     p.add_argument("--prompt", default=None, help="prompt text recorded in the metadata")
     p.add_argument("--tile", type=int, default=None,
                    help="default inference tile in output pixels recorded in the model (default: model.inference_tile "
@@ -77,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, help="where the teacher runs (default: cuda when available)")
     p.add_argument("--world", type=int, default=1, help="number of training processes of the run (default 1)")
+    p.add_argument("--shard", default="0/1", metavar="I/N",
+                   help="compute every N-th window from the I-th (run N of these, e.g. one per core; default 0/1)")
     p = sub.add_parser("degrade", help="write a degraded low-quality copy of a video")
     p.add_argument("input")
     p.add_argument("output")
@@ -120,7 +124,7 @@ def _export(args: argparse.Namespace) -> int:
     from .export import export
 
     export(args.checkpoint, args.output, args.dtype, args.prompt, tile=args.tile, tile_overlap=args.tile_overlap,
-           color_fix=args.color_fix)
+           color_fix=args.color_fix, branches=("consistency",) if args.consistency_only else ("quality", "consistency"))
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
@@ -131,8 +135,14 @@ def _teacher(args: argparse.Namespace) -> int:
     explicit = {"data.videos": args.data, "data.images": args.images, "dloral.steps": args.steps,
                 "dloral.batch_size": args.batch_size, "dloral.crop": args.crop, "seed": args.seed}
     cfg = config_mod.build_config(args.preset, args.config, args.overrides, explicit)
-    res = precompute(cfg, world=args.world, device=args.device)
-    print(f"teacher outputs of {res['steps']} steps: {res['frames']} frames ({res['computed']} computed, "
+    try:
+        shard = tuple(int(x) for x in args.shard.split("/"))
+        if len(shard) != 2:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"--shard must be I/N (e.g. 0/2), not {args.shard!r}") from None
+    res = precompute(cfg, world=args.world, device=args.device, shard=shard)
+    print(f"teacher outputs of {res['steps']} steps, {res['windows']} windows: {res['frames']} frames ({res['computed']} computed, "
           f"{res['cached']} already cached) in {res['folder']}", file=sys.stderr)
     return 0
 

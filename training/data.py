@@ -142,12 +142,17 @@ class WindowDataset(Dataset):
     Item ``i`` is ``{"hq": (T,3,C,C), "lq": (T,3,C/s,C/s)}`` in [0,1]. The last ``holdout``
     frames of each real clip are never used (they are the validation frames). Stills move as
     :func:`pseudo_frames` makes them: a pan of up to ``shift`` px per frame and a zoom of up to
-    ``zoom`` (relative) per frame, both sub-pixel."""
+    ``zoom`` (relative) per frame, both sub-pixel. ``pool`` > 0 makes the data a finite pool of
+    ``pool`` windows (item ``i`` is item ``i % pool``): a costly per-window target such as the SR
+    teacher's output is then computed once per window and read from its cache afterwards."""
 
     def __init__(self, clips: list[Clip], *, crop: int, frames: int, scale: int, degradation: dict,
                  seed: int, holdout: int = 0, flip: bool = True, shift: int = 4, length: int = 10 ** 9,
-                 zoom: float = 0.01) -> None:
+                 zoom: float = 0.01, pool: int = 0) -> None:
         self.crop, self.frames, self.scale, self.zoom = crop, frames, scale, zoom
+        if pool < 0:
+            raise ValueError(f"data.pool must be >= 0 (0 = a new window at every index), not {pool}")
+        self.pool = int(pool)
         self.degradation, self.seed, self.flip, self.shift, self.length = degradation, seed, flip, shift, length
         self.failures = 0
         self.items: list[tuple[Clip, int]] = []  # (clip, number of usable window starts)
@@ -173,6 +178,8 @@ class WindowDataset(Dataset):
         return clip.frames[start:start + self.frames, y:y + self.crop, x:x + self.crop]
 
     def sample(self, index: int) -> dict[str, torch.Tensor]:
+        if self.pool:
+            index %= self.pool
         rng = np.random.default_rng([self.seed, index])
         k = int(rng.choice(len(self.items), p=self.weights))
         clip, usable = self.items[k]

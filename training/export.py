@@ -27,12 +27,16 @@ def _stage_settings(cfg: dict) -> dict:
 
 
 def export(checkpoint: str | Path, output: str | Path, dtype: str = "fp32", prompt: str | None = None, *,
-           tile: int | None = None, tile_overlap: int | None = None, color_fix: str | None = None) -> DLoRALModel:
+           tile: int | None = None, tile_overlap: int | None = None, color_fix: str | None = None,
+           branches: tuple[str, ...] = lora.BRANCHES) -> DLoRALModel:
     """Rebuild the training model from ``checkpoint`` (its base must still be reachable), merge
     both LoRA branches with PEFT and save the inference model atomically. ``tile``/``tile_overlap``
     (default: ``model.inference_tile``/``model.inference_tile_overlap`` of the run's config) are
     recorded as the model's default inference tiling (``tile=0``: untiled), ``color_fix`` (default:
-    ``model.inference_color_fix``) as its default colour fix."""
+    ``model.inference_color_fix``) as its default colour fix. ``branches=("consistency",)`` exports
+    C-LoRA alone (D-LoRA dropped, the VAE decoder's D-LoRA too): an ablation, recorded in the metadata."""
+    if not branches or any(b not in lora.BRANCHES for b in branches):
+        raise ValueError(f"export: branches must be some of {', '.join(lora.BRANCHES)}, not {branches!r}")
     state = load_checkpoint(checkpoint)
     if state.get("task_name") != "dloral":
         raise ValueError(f"export needs a 'dloral' checkpoint; {checkpoint} is {state.get('task_name')!r}")
@@ -40,7 +44,8 @@ def export(checkpoint: str | Path, output: str | Path, dtype: str = "fp32", prom
     task = DLoRALTask(cfg, load_teacher=False)  # the SR teacher is a training loss only
     task.load_state(state["task"])
     s, net = task.start, task.net
-    unet = lora.merged_unet(net.unet, s.unet_config)
+    unet = lora.merged_unet(net.unet, s.unet_config, tuple(branches))
+    vae = lora.merged_vae(s.vae, merge="quality" in branches)
     d = cfg["dloral"]
     provenance = {
         "source": "vsdloral-train",
@@ -56,6 +61,7 @@ def export(checkpoint: str | Path, output: str | Path, dtype: str = "fp32", prom
         # the settings that shaped this stage (preset values and --set overrides alike), so the
         # file says how it was trained without its run folder
         "settings": _stage_settings(cfg),
+        "branches": list(branches),
     }
     if state["task"].get("teacher"):  # the SR teacher the detail stage distilled (kind, weights sha256)
         provenance["teacher"] = dict(state["task"]["teacher"])
@@ -78,7 +84,7 @@ def export(checkpoint: str | Path, output: str | Path, dtype: str = "fp32", prom
                      color_fix=color_fix if color_fix is not None else (cfg.get("model") or {}).get("inference_color_fix"),
                      tile_overlap=tile_overlap if tile_overlap is not None
                      else (cfg.get("model") or {}).get("inference_tile_overlap"))
-    model = DLoRALModel(unet, s.vae.float().cpu(), net.spynet.float().cpu(), net.cfr.float().cpu(),
+    model = DLoRALModel(unet, vae, net.spynet.float().cpu(), net.cfr.float().cpu(),
                         net.prompt_embeds.detach().float().cpu().clone(), meta)
     model.save(output, dtype)
     return model

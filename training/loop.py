@@ -93,7 +93,7 @@ def build_data(cfg: dict, task_name: str, frames: int):
     holdout = int(d.get("holdout", 0))
     ds = WindowDataset(src.clips, crop=crop, frames=frames, scale=scale, degradation=degradation,
                        seed=int(cfg.get("seed", 0)), holdout=holdout, flip=bool(d.get("flip", True)),
-                       shift=int(d.get("pseudo_shift", 4)))
+                       shift=int(d.get("pseudo_shift", 4)), pool=int(d.get("pool", 0) or 0))
     val_deg = {"kind": d["val_degradation"]} if d.get("val_degradation") else degradation
     val = validation_windows(src.clips, holdout=holdout, frames=frames, crop=int(c.get("val_crop", d.get("val_crop", 128))),
                              scale=scale, degradation=val_deg, seed=int(cfg.get("seed", 0)),

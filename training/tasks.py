@@ -230,6 +230,14 @@ class DLoRALTask(Task):
         self.flow_net = copy.deepcopy(s.spynet).eval().requires_grad_(False)  # frozen copy for the flow loss
         if not any("lora_" in n for n, _ in s.unet.named_parameters()):
             lora.inject(s.unet, int(self.c.get("lora_rank", 4)), float(self.c.get("lora_alpha", 8)))
+        vae_rank = int(self.c.get("vae_lora_rank", 0) or 0)
+        if vae_rank < 0:
+            raise ValueError(f"dloral.vae_lora_rank must be >= 0 (0 = a frozen VAE, as in the paper), not {vae_rank}")
+        if vae_rank and s.kind == "sd":
+            raise ValueError("dloral.vae_lora_rank is for a from-scratch base; Stable Diffusion's VAE stays frozen "
+                             "(set dloral.vae_lora_rank=0)")
+        if vae_rank and not lora.has_vae_lora(s.vae):
+            lora.inject_vae_decoder(s.vae, vae_rank, float(self.c.get("vae_lora_alpha", 2 * vae_rank)))
         codec = LatentCodec(s.vae, float(s.vae_config.get("scaling_factor", 0.18215)))
         factor = 2 ** (len(s.vae_config["block_out_channels"]) - 1)
         self.net = DLoRALNet(s.unet, codec, s.spynet, s.cfr, s.prompt_embeds, self.scale, factor)
@@ -237,7 +245,8 @@ class DLoRALTask(Task):
             "consistency": list(s.cfr.parameters())
             + (list(s.spynet.parameters()) if self.c.get("train_spynet", True) else [])
             + lora.lora_parameters(s.unet, "consistency") + list(s.unet.conv_in.parameters()),
-            "detail": lora.lora_parameters(s.unet, "quality") + list(s.unet.conv_in.parameters()),
+            "detail": lora.lora_parameters(s.unet, "quality") + list(s.unet.conv_in.parameters())
+            + lora.vae_lora_parameters(s.vae),
         }
         self._all = list({id(p): p for v in self.sets.values() for p in v}.values())
         # an untrained (zero-flow) SPyNet gives F == 0 for every input: the flow loss is then
@@ -322,6 +331,8 @@ class DLoRALTask(Task):
         out = {"unet": lora.learned_unet_state(n.unet),
                "spynet": {k: v.detach().cpu().clone() for k, v in n.spynet.state_dict().items()},
                "cfr": {k: v.detach().cpu().clone() for k, v in n.cfr.state_dict().items()}}
+        if lora.has_vae_lora(self.start.vae):
+            out["vae_lora"] = lora.vae_lora_state(self.start.vae)
         if self.sr_teacher is not None:  # which teacher the detail stage distilled (export's provenance)
             out["teacher"] = {"kind": self.sr_teacher.kind, "sha256": self.sr_teacher.identity}
         return out
@@ -333,6 +344,13 @@ class DLoRALTask(Task):
             raise ValueError("checkpoint does not match this dloral model (LoRA rank/targets or base differ)")
         n.spynet.load_state_dict(state["spynet"], strict=True)
         n.cfr.load_state_dict(state["cfr"], strict=True)
+        vae = self.start.vae
+        if bool(state.get("vae_lora")) != lora.has_vae_lora(vae):
+            raise ValueError("checkpoint does not match this dloral model (dloral.vae_lora_rank differs)")
+        if state.get("vae_lora"):
+            missing, unexpected = vae.decoder.load_state_dict(state["vae_lora"], strict=False)
+            if unexpected or any("lora_" in k for k in missing):
+                raise ValueError("checkpoint does not match this dloral model (dloral.vae_lora_rank differs)")
 
     @torch.no_grad()
     def validate(self, model, windows) -> dict:

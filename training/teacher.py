@@ -291,16 +291,18 @@ def teacher_loss(teacher: SRTeacher, y: torch.Tensor, lq: torch.Tensor, kind: st
     return distance(y, target, kind)
 
 
-def precompute(cfg: dict, *, world: int = 1, chunk: int = 16, device: str | None = None) -> dict:
-    """Fill the cache with the teacher's outputs for every batch the ``dloral`` run of ``cfg``
+def precompute(cfg: dict, *, world: int = 1, chunk: int = 16, device: str | None = None,
+               shard: tuple[int, int] = (0, 1)) -> dict:
+    """Fill the cache with the teacher's outputs for every window the ``dloral`` run of ``cfg``
     will draw at a step where the teacher's weight is > 0 (the data order is a deterministic
     function of the step, so this is exact): e.g. on a GPU before training on a CPU. ``world``:
-    the number of training processes (each draws its own batches). Returns counts."""
+    the number of training processes (each draws its own batches). With ``data.pool`` the windows
+    repeat, and each distinct one is computed once. ``shard=(i, n)``: this process takes every
+    n-th window from the i-th, so n processes (one per core or GPU) split the work. Returns counts."""
     import sys
 
     from tqdm import tqdm
 
-    from .data import step_batch
     from .loop import build_data
     from .schedule import from_config
 
@@ -309,31 +311,37 @@ def precompute(cfg: dict, *, world: int = 1, chunk: int = 16, device: str | None
         raise ValueError("teacher precompute: loss.teacher is 0, so the run needs no teacher outputs")
     if _section(cfg).get("cache", None) is False:
         raise ValueError("teacher precompute: teacher.cache is false; give a cache folder (or null for the default)")
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"teacher precompute: shard {index}/{count} must satisfy 0 <= i < n")
     c = cfg["dloral"]
     steps, bs, accum = int(c["steps"]), int(c["batch_size"]), int(cfg["train"].get("grad_accum", 1))
     sched = from_config(cfg)
     todo = [s for s in range(steps) if sched.weights(s)["teacher"] > 0]
+    _, dataset, _ = build_data(cfg, "dloral", int(cfg["data"].get("frames", 3)))
+    # the dataset indices step_batch draws at those steps (every micro-batch of every process)
+    windows = list(dict.fromkeys(
+        (((s * accum + m) * world + r) * bs + i) % (dataset.pool or 1 << 62)
+        for s in todo for m in range(accum) for r in range(world) for i in range(bs)))
+    mine = windows[index::count]
     teacher = build_teacher(cfg)
     dev = device or cfg["train"].get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
     teacher.to(dev)
-    _, dataset, _ = build_data(cfg, "dloral", int(cfg["data"].get("frames", 3)))
     pending: list[torch.Tensor] = []
     frames = 0
-    for step in tqdm(todo, file=sys.stderr, desc="teacher", dynamic_ncols=True,
-                     disable=not cfg["train"].get("progress", True)):
-        for micro in range(accum):
-            for rank in range(world):
-                lq = step_batch(dataset, step * accum + micro, bs, rank, world)["lq"][:, 1:].flatten(0, 1)
-                pending.append(lq)
-                frames += lq.shape[0]
-        if sum(x.shape[0] for x in pending) >= chunk or step == todo[-1]:
+    for n, w in enumerate(tqdm(mine, file=sys.stderr, desc=f"teacher {index}/{count}", dynamic_ncols=True,
+                               disable=not cfg["train"].get("progress", True))):
+        lq = dataset.sample(w)["lq"][1:]  # frames 1..T-1: the ones the student restores
+        pending.append(lq)
+        frames += lq.shape[0]
+        if sum(x.shape[0] for x in pending) >= chunk or n == len(mine) - 1:
             teacher(torch.cat(pending))
             pending = []
     cache = teacher.cache
-    out = {"steps": len(todo), "frames": frames, "computed": teacher.computed, "cached": cache.hits,
-           "folder": str(cache.folder)}
-    log.info("teacher precompute: %d steps, %d frames (%d computed, %d already cached) in %s", out["steps"],
-             frames, teacher.computed, cache.hits, cache.folder)
+    out = {"steps": len(todo), "windows": len(mine), "frames": frames, "computed": teacher.computed,
+           "cached": cache.hits, "folder": str(cache.folder)}
+    log.info("teacher precompute: %d steps, %d windows, %d frames (%d computed, %d already cached) in %s",
+             out["steps"], len(mine), frames, teacher.computed, cache.hits, cache.folder)
     return out
 
 
