@@ -272,6 +272,60 @@ def _ncnn_speed(files, rgb: np.ndarray, threads: int) -> dict:
     return {"realesrgan_ncnn": time.perf_counter() - t0, "realesrgan_ncnn_threads": threads}
 
 
+CROP = 160  # side of the side-by-side crops (output pixels), shown 2x (nearest)
+
+
+def _detailed_window(gt: np.ndarray, size: int) -> tuple[int, int]:
+    """Top-left corner of the ``size`` window (on a half-size grid) with the most GT gradient energy."""
+    g = gt.mean(axis=-1)
+    e = np.abs(np.diff(g, axis=0))[:, :-1] + np.abs(np.diff(g, axis=1))[:-1]
+    best, pos = -1.0, (0, 0)
+    for y in range(0, e.shape[0] - size + 1, size // 2):
+        for x in range(0, e.shape[1] - size + 1, size // 2):
+            v = float(e[y:y + size, x:x + size].sum())
+            if v > best:
+                best, pos = v, (y, x)
+    return pos
+
+
+def save_crops(path: Path, panels: list[tuple[str, np.ndarray]], size: int = CROP) -> Path:
+    """One PNG: the same ``size`` crop of each (label, HxWx3 float RGB in [0,1]) panel, side by side,
+    shown 2x with nearest-neighbour zoom so the pixels are what each method made. The crop is
+    the window of the last panel (the ground truth) with the most detail."""
+    import cv2
+
+    size = min(size, *panels[-1][1].shape[:2])
+    y, x = _detailed_window(panels[-1][1], size)
+    tiles = []
+    for label, img in panels:
+        c = np.rint(np.clip(img[y:y + size, x:x + size], 0, 1) * 255).astype(np.uint8)
+        c = cv2.resize(c, (2 * c.shape[1], 2 * c.shape[0]), interpolation=cv2.INTER_NEAREST)
+        bar = np.full((28, c.shape[1], 3), 255, np.uint8)
+        cv2.putText(bar, label, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+        tiles.append(np.concatenate([bar, c], axis=0))
+        tiles.append(np.full((tiles[-1].shape[0], 4, 3), 255, np.uint8))
+    out = np.concatenate(tiles[:-1], axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def _crops_for(a, item: dict, deg: str, lq: Path, esr: np.ndarray, temporal: np.ndarray, scale: int) -> None:
+    """``--crops DIR``: bicubic, Real-ESRGAN, ours (temporal) and GT of the content's second frame."""
+    import vapoursynth as vs
+
+    from training.data import read_video
+
+    k = min(1, len(temporal) - 1)  # the second frame: restored with its predecessor as reference
+    rgb = _lq_clip(lq, k + 1)
+    bic = _frames_of(vs.core.resize.Bicubic(rgb, rgb.width * scale, rgb.height * scale))[k]
+    gt = read_video(Path(item["gt"]), k + 1)[k].astype(np.float32) / 255
+    slug = "".join(ch if ch.isalnum() else "-" for ch in item["name"].lower()).strip("-")
+    path = save_crops(Path(a.crops) / f"{slug}-{deg}.png",
+                      [("bicubic", bic), ("Real-ESRGAN x4plus", esr[k]), ("vsdloral", temporal[k]), ("ground truth", gt)])
+    print(f"quality: wrote {path}", file=sys.stderr)
+
+
 def _means(rows: list[dict]) -> dict:
     """Per LQ kind and method, each metric's mean over the rows where it is defined (and how many)."""
     out: dict = {}
@@ -309,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--color-fix", default=None, help="adain, wavelet or none (default: the model's own, as the filter does)")
     p.add_argument("--dtype", default=None, help="fp32, bf16, fp16 (default: the device's default, as the filter)")
+    p.add_argument("--crops", default=None, metavar="DIR", help="also write side-by-side PNG crops (bicubic, "
+                   "Real-ESRGAN, ours, GT) of each content's second frame into DIR")
     a = p.parse_args(argv)
     setup_threads(a.threads)
     import vsdloral
@@ -344,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
                 res_t = evaluate(item["gt"], temporal, lq=lq, baseline="bicubic", max_frames=n)
                 res_p = evaluate(item["gt"], per_frame, max_frames=n)
                 res_e = evaluate(item["gt"], esr, max_frames=n)
+                if a.crops:
+                    _crops_for(a, item, deg, lq, esr, temporal, scale)
                 rows.append({"content": item["name"], "kind": item["kind"], "degradation": deg,
                              "bicubic": {k: res_t["baseline"].get(k) for k in METRICS},
                              "realesrgan": {k: res_e.get(k) for k in METRICS},

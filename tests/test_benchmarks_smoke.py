@@ -159,7 +159,16 @@ def test_quality_smoke(tmp_path):
     from ncnn_format import random_rrdbnet, write_rrdbnet_ncnn
 
     write_rrdbnet_ncnn(random_rrdbnet(num_block=1, num_feat=8, num_grow_ch=4), tmp_path)
-    r = run_benchmark("quality", "--peer", str(tmp_path))
+    r = run_benchmark("quality", "--peer", str(tmp_path), "--crops", str(tmp_path / "crops"))
+    # one side-by-side PNG per row: four 160 px crops shown 2x, 4 px apart, under a 28 px label bar
+    import cv2
+
+    pngs = sorted(p.name for p in (tmp_path / "crops").iterdir())
+    assert pngs == sorted(f"{c}-{d}.png" for c in ("carphone-pristine", "bikes-frame-0--still")
+                          for d in ("bicubic", "realistic"))
+    for name in pngs:  # carphone is 176x144: its crops are 144 px
+        side = 2 * (144 if name.startswith("carphone") else 160)
+        assert cv2.imread(str(tmp_path / "crops" / name)).shape == (28 + side, 4 * side + 3 * 4, 3), name
     assert r["peer"].startswith("Real-ESRGAN x4plus")  # loaded from the files, not the built-in smoke peer
     assert [(row["content"], row["degradation"]) for row in r["rows"]] == [
         (c, d) for c in ("carphone_pristine", "bikes frame 0 (still)") for d in ("bicubic", "realistic")]
