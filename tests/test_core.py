@@ -186,6 +186,12 @@ def test_color_fixes():
     a = adain_color_fix(out, src)
     assert torch.allclose(a.mean((2, 3)), src.mean((2, 3)), atol=1e-5)
     assert torch.allclose(a.std((2, 3)), src.std((2, 3)), atol=1e-3)
+    # the authors' form: eps inside both square roots, so a near-flat output (a fade) is not blown up
+    # to the source's contrast: output std 1e-4 against sqrt(1e-4^2 + 1e-5) = 3.2e-3 -> gain 0.03
+    flat = 0.5 + 1e-4 * torch.randn(1, 3, 32, 32)
+    gain = (adain_color_fix(flat, src).std((2, 3)) / src.std((2, 3)))
+    want = flat.std((2, 3)) / (flat.var((2, 3)) + 1e-5).sqrt() * (src.var((2, 3)) + 1e-5).sqrt() / src.std((2, 3))
+    assert torch.allclose(gain, want, rtol=1e-3) and gain.max() < 0.05
     # wavelet: a flat colour shift of the output is removed (low frequencies come from src)
     w = wavelet_color_fix(src + 0.2, src)
     assert torch.allclose(w, src, atol=1e-4)

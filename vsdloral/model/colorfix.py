@@ -9,10 +9,12 @@ COLOR_FIXES = ("adain", "wavelet", "none")
 
 
 def adain_color_fix(out: torch.Tensor, src: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Match the per-image, per-channel mean and std of ``out`` to ``src``."""
-    o_mean, o_std = out.mean((2, 3), keepdim=True), out.std((2, 3), keepdim=True)
-    s_mean, s_std = src.mean((2, 3), keepdim=True), src.std((2, 3), keepdim=True)
-    return (out - o_mean) / (o_std + eps) * s_std + s_mean
+    """Match the per-image, per-channel mean and std of ``out`` to ``src``, as the authors' colour
+    fix (StableSR's ``adaptive_instance_normalization``): std = sqrt(unbiased variance + ``eps``) for
+    both images, so a flat frame (a fade to black) is not amplified by a tiny output std."""
+    o_mean, o_std = out.mean((2, 3), keepdim=True), (out.var((2, 3), keepdim=True) + eps).sqrt()
+    s_mean, s_std = src.mean((2, 3), keepdim=True), (src.var((2, 3), keepdim=True) + eps).sqrt()
+    return (out - o_mean) / o_std * s_std + s_mean
 
 
 def _wavelet_blur(x: torch.Tensor, radius: int) -> torch.Tensor:
