@@ -295,6 +295,14 @@ def test_vae_decoder_d_lora_trains_in_detail_only_and_export_merges_it(teacher_d
         assert not torch.allclose(init.vae.decode(z).sample, want, atol=1e-4)
     for k, v in init.vae.state_dict().items():
         assert torch.equal(alone.vae.state_dict()[k], v), k
+    # the metadata names the training files by name and sha256, and says which branches were merged
+    from vsdloral.model.weights import read_metadata
+    from vsdloral.utils.hashing import sha256_file
+
+    for name, branches in (("full", ["quality", "consistency"]), ("c", ["consistency"])):
+        prov = read_metadata(tmp_path / f"{name}.safetensors")["provenance"]
+        assert prov["data_files"] == [{"name": sample_clip.name, "kind": "video", "sha256": sha256_file(sample_clip)}]
+        assert prov["branches"] == branches
     with pytest.raises(ValueError, match="vae_lora_rank differs"):
         DLoRALTask(copy.deepcopy(cfg) | {"dloral": {**cfg["dloral"], "vae_lora_rank": 0}},
                    load_teacher=False).load_state(state["task"])

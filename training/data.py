@@ -69,6 +69,7 @@ class Sources:
     def __init__(self, videos: list[str] | None, images: list[str] | None = None, *,
                  min_size: int = 0, max_frames: int = 0) -> None:
         self.clips: list[Clip] = []
+        self.files: list[tuple[Path, str]] = []  # every file whose frames were kept: (path, "video" | "frame" | "still")
         self.skipped: list[tuple[str, str]] = []
         self.min_size, self.max_frames = min_size, max_frames
         for item in videos or []:
@@ -80,12 +81,19 @@ class Sources:
         log.warning("skipping %s: %s", name, why)
         self.skipped.append((name, why))
 
-    def _keep(self, clip: Clip) -> None:
+    def _keep(self, clip: Clip, files: list[tuple[Path, str]]) -> None:
         h, w = clip.frames.shape[1:3]
         if min(h, w) < self.min_size:
             self._skip(clip.name, f"frames {w}x{h} are smaller than the {self.min_size}px crop")
             return
         self.clips.append(clip)
+        self.files.extend(files)
+
+    def file_records(self) -> list[dict]:
+        """What the data was, for a model's metadata: each kept file's name, kind and sha256."""
+        from vsdloral.utils.hashing import sha256_file
+
+        return [{"name": p.name, "kind": kind, "sha256": sha256_file(p)} for p, kind in self.files]
 
     def _add_video_entry(self, path: Path) -> None:
         if path.is_dir():
@@ -100,12 +108,12 @@ class Sources:
             self._skip(str(path), "does not exist")
             return
         try:
-            self._keep(Clip(str(path), read_video(path, self.max_frames)))
+            self._keep(Clip(str(path), read_video(path, self.max_frames)), [(path, "video")])
         except Exception as exc:  # PyAV raises many types for broken files
             self._skip(str(path), f"unreadable video ({type(exc).__name__}: {exc})")
 
     def _add_frame_folder(self, folder: Path, files: list[Path]) -> None:
-        frames, shape = [], None
+        frames, shape, kept = [], None, []
         for f in files[: self.max_frames or None]:
             try:
                 img = read_image(f)
@@ -117,8 +125,9 @@ class Sources:
                 continue
             shape = img.shape
             frames.append(img)
+            kept.append((f, "frame"))
         if frames:
-            self._keep(Clip(str(folder), np.stack(frames)))
+            self._keep(Clip(str(folder), np.stack(frames)), kept)
 
     def _add_image_folder(self, folder: Path) -> None:
         if not folder.is_dir():
@@ -126,7 +135,7 @@ class Sources:
             return
         for f in _images_in(folder):
             try:
-                self._keep(Clip(str(f), read_image(f)[None], pseudo=True))
+                self._keep(Clip(str(f), read_image(f)[None], pseudo=True), [(f, "still")])
             except ValueError as exc:
                 self._skip(str(f), str(exc))
 

@@ -19,11 +19,24 @@ _PATH_KEYS = ("base", "init", "spynet_weights", "lpips_weights", "path", "cache"
 
 
 def _stage_settings(cfg: dict) -> dict:
-    """The dloral stage's resolved settings (degradation, losses, optimiser, LoRA), paths left out."""
-    out = {"scale": cfg.get("scale"), "degradation": dict(cfg.get("degradation") or {})}
+    """The dloral stage's resolved settings (data sampling, degradation, losses, optimiser, LoRA), paths left out."""
+    out = {"scale": cfg.get("scale"), "degradation": dict(cfg.get("degradation") or {}),
+           "data": {k: v for k, v in (cfg.get("data") or {}).items() if k not in ("videos", "images")}}
     for section in ("dloral", "loss", "teacher"):
         out[section] = {k: v for k, v in (cfg.get(section) or {}).items() if k not in _PATH_KEYS}
     return out
+
+
+def _data_files(state: dict, cfg: dict) -> list[dict]:
+    """The training files (name, kind, sha256): from the checkpoint, else (a run from before they
+    were recorded) read again from the config's data paths, which must still hold the same files."""
+    if state.get("data_files"):
+        return list(state["data_files"])
+    from .data import Sources
+
+    d = cfg["data"]
+    return Sources(d.get("videos"), d.get("images"), min_size=int(cfg["dloral"]["crop"]),
+                   max_frames=int(d.get("max_frames", 0))).file_records()
 
 
 def export(checkpoint: str | Path, output: str | Path, dtype: str = "fp32", prompt: str | None = None, *,
@@ -53,6 +66,7 @@ def export(checkpoint: str | Path, output: str | Path, dtype: str = "fp32", prom
         "init": d.get("init"),
         # file names only: absolute paths say where the trainer's disk was, not what the data was
         "data": {k: [Path(p).name for p in cfg["data"].get(k) or []] for k in ("videos", "images")},
+        "data_files": _data_files(state, cfg),  # every training file of this stage, by name and sha256
         "description": get_preset(cfg["arch"]).description if cfg.get("arch") in PRESETS else "",
         "trained_on": state.get("trained_on", "unknown"),
         "steps": int(state["step"]), "seed": cfg.get("seed"),

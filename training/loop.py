@@ -122,6 +122,7 @@ def train(task_name: str, cfg: dict, out_dir: str | Path, resume: str | bool | N
 
     task = TASKS[task_name](cfg)
     src, dataset, val = build_data(cfg, task_name, task.frames)
+    data_files = src.file_records() if accelerator.is_main_process else []  # name + sha256: the model's metadata
     params = task.trainable()
     optimizer = torch.optim.AdamW(params, lr=float(c["lr"]), weight_decay=float(c.get("weight_decay", 1e-2)))
 
@@ -164,7 +165,7 @@ def train(task_name: str, cfg: dict, out_dir: str | Path, resume: str | bool | N
         if not main:
             return None
         state = {"task_name": task_name, "step": step, "task": task.state(), "optimizer": optimizer.state_dict(),
-                 "rng": rng_now, "config": cfg, "skipped": [list(s) for s in src.skipped],
+                 "rng": rng_now, "config": cfg, "skipped": [list(s) for s in src.skipped], "data_files": data_files,
                  "trained_on": device_description(accelerator)}
         return save_checkpoint(ckpt_dir, step, state, keep=int(t.get("keep", 3)))
 
