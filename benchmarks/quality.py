@@ -358,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
                    "8 held out; 0: none)")
     p.add_argument("--no-peer-cache", action="store_true", help="recompute the peer's outputs (default: reuse "
                    "those in the benchmark cache, keyed by its weights, dtype and the LQ)")
-    p.add_argument("--speed-frames", type=int, default=4, help="timed frames of ours at 1280x720")
+    p.add_argument("--speed-frames", type=int, default=4, help="timed frames of ours at 1280x720 (0: no timing, "
+                   "e.g. for an ablation whose speed is the same)")
     p.add_argument("--degradations", default="bicubic,realistic")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--color-fix", default=None, help="adain, wavelet or none (default: the model's own, as the filter does)")
@@ -411,8 +412,10 @@ def main(argv: list[str] | None = None) -> int:
                              "niqe_reference": res_t.get("niqe_reference"),
                              "seconds_per_frame": {"temporal": spf_t, "per_frame": spf_p, "realesrgan": spf_e},
                              "size": f"{res_t['width']}x{res_t['height']}", "frames": res_t["frames"]})
-    print("quality: timing at 1280x720 output", file=sys.stderr)
-    speed = _speed(a, restorer, peer, ncnn_files, device)
+    speed = None
+    if a.speed_frames > 0 or a.smoke:
+        print("quality: timing at 1280x720 output", file=sys.stderr)
+        speed = _speed(a, restorer, peer, ncnn_files, device)
     result = {"model": str(model_path or "bundled default"), "peer": peer_name, "scale": scale,
               "color_fix": a.color_fix or restorer.default_color_fix, "dtype": dtype_name(restorer.dtype),
               "device": str(device), "flow_method": "OpenCV DIS", "seed": a.seed, "rows": rows,
@@ -438,6 +441,8 @@ def _table(res: dict) -> str:
                   f"GT NIQE {_fmt(m['niqe_reference']).strip()})", head]
         lines += [f"{k:12}" + "".join(_fmt(m[k][x]) for x in TABLE_METRICS) for k in METHODS]
     s = res["speed"]
+    if s is None:
+        return "\n".join(lines + ["", "speed: not timed (--speed-frames 0)"])
     ncnn = f", Real-ESRGAN on ncnn {s['realesrgan_ncnn']:.2f}" if s.get("realesrgan_ncnn") else ""
     lines += ["", f"s/frame at {s['output']} output: ours temporal {s['ours_temporal']:.3f} ({s['ours_dtype']}), "
               f"Real-ESRGAN {s['realesrgan']:.2f} ({s['realesrgan_dtype']}){ncnn}; ours {s['speedup']:.1f}x faster"]

@@ -9,6 +9,8 @@ skipped with a warning and counted (``skipped``), never fatal.
 
 from __future__ import annotations
 
+import hashlib
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +72,7 @@ class Sources:
                  min_size: int = 0, max_frames: int = 0) -> None:
         self.clips: list[Clip] = []
         self.files: list[tuple[Path, str]] = []  # every file whose frames were kept: (path, "video" | "frame" | "still")
+        self._pixels: dict[Path, str] = {}  # still -> sha256 of its decoded RGB (the data manifest's pixels_sha256)
         self.skipped: list[tuple[str, str]] = []
         self.min_size, self.max_frames = min_size, max_frames
         for item in videos or []:
@@ -88,12 +91,21 @@ class Sources:
             return
         self.clips.append(clip)
         self.files.extend(files)
+        if clip.pseudo:
+            self._pixels[files[0][0]] = hashlib.sha256(np.ascontiguousarray(clip.frames[0]).tobytes()).hexdigest()
 
     def file_records(self) -> list[dict]:
-        """What the data was, for a model's metadata: each kept file's name, kind and sha256."""
+        """What the data was, for a model's metadata: each kept file's name, kind and sha256 (stills
+        also the sha256 of their decoded RGB pixels, which a PNG re-encode does not change)."""
         from vsdloral.utils.hashing import sha256_file
 
-        return [{"name": p.name, "kind": kind, "sha256": sha256_file(p)} for p, kind in self.files]
+        out = []
+        for p, kind in self.files:
+            rec = {"name": p.name, "kind": kind, "sha256": sha256_file(p)}
+            if p in self._pixels:
+                rec["pixels_sha256"] = self._pixels[p]
+            out.append(rec)
+        return out
 
     def _add_video_entry(self, path: Path) -> None:
         if path.is_dir():
