@@ -306,7 +306,7 @@ def save_crops(path: Path, panels: list[tuple[str, np.ndarray]], size: int = CRO
         tiles.append(np.full((tiles[-1].shape[0], 4, 3), 255, np.uint8))
     out = np.concatenate(tiles[:-1], axis=1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(path), cv2.cvtColor(out, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
     return path
 
 

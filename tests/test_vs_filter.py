@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -309,7 +311,16 @@ def test_bundled_default_model_restores_a_real_clip(tmp_path):
     md = read_metadata(DEFAULT_MODEL_PATH)
     assert md["preset"] == "lite" and md["scale"] == "4"
     assert md["provenance"]["trained_on"].startswith("cpu")
-    assert set(md["provenance"]["data"]["videos"]) == {"bikes.mp4", "bigbuckbunny.mp4"}
+    # its training data, by name and sha256, is the assembled training split of the data manifest
+    # (training/datasets/manifest.json): the two clips and the training stills, never carphone or a
+    # held-out still
+    manifest = json.loads((Path(__file__).parents[1] / "training" / "datasets" / "manifest.json").read_text())
+    files = md["provenance"]["data_files"]
+    assert {f["name"]: f["sha256"] for f in files if f["kind"] == "video"} == {
+        c["name"]: c["sha256"] for c in manifest["clips"]["files"]}
+    assert {f["name"]: f["pixels_sha256"] for f in files if f["kind"] == "still"} == {
+        Path(f["output"]).name: f["pixels_sha256"] for f in manifest["stills"]["files"] if f["split"] == "train"}
+    assert not any(f["name"].startswith("carphone") for f in files)
     if not hasattr(core, "bs"):
         pytest.skip("bestsource (core.bs) is not installed")
     src = sample_video("carphone_pristine.mp4")

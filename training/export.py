@@ -28,15 +28,21 @@ def _stage_settings(cfg: dict) -> dict:
 
 
 def _data_files(state: dict, cfg: dict) -> list[dict]:
-    """The training files (name, kind, sha256): from the checkpoint, else (a run from before they
-    were recorded) read again from the config's data paths, which must still hold the same files."""
-    if state.get("data_files"):
-        return list(state["data_files"])
+    """The training files (name, kind, sha256; stills also pixels_sha256): from the checkpoint; a
+    run from before they were (fully) recorded reads them again from the config's data paths,
+    which must still hold the same files (checked against the recorded sha256 where there is one)."""
+    recorded = list(state.get("data_files") or [])
+    if recorded and all("pixels_sha256" in f for f in recorded if f["kind"] == "still"):
+        return recorded
     from .data import Sources
 
     d = cfg["data"]
-    return Sources(d.get("videos"), d.get("images"), min_size=int(cfg["dloral"]["crop"]),
-                   max_frames=int(d.get("max_frames", 0))).file_records()
+    now = Sources(d.get("videos"), d.get("images"), min_size=int(cfg["dloral"]["crop"]),
+                  max_frames=int(d.get("max_frames", 0))).file_records()
+    if recorded and [(f["name"], f["sha256"]) for f in recorded] != [(f["name"], f["sha256"]) for f in now]:
+        raise ValueError("export: the training files under the run's data paths are not the ones it recorded; "
+                         "restore them (or export from a checkpoint that records them)")
+    return now
 
 
 def export(checkpoint: str | Path, output: str | Path, dtype: str = "fp32", prompt: str | None = None, *,
@@ -81,6 +87,10 @@ def export(checkpoint: str | Path, output: str | Path, dtype: str = "fp32", prom
         provenance["teacher"] = dict(state["task"]["teacher"])
     if d.get("init"):  # a continued model: keep the lineage of the file it started from
         provenance["init_provenance"] = read_metadata(d["init"]).get("provenance", {})
+        if Path(d["init"]).is_file():  # which file that was, whatever its path was called
+            from vsdloral.utils.hashing import sha256_file
+
+            provenance["init_sha256"] = sha256_file(d["init"])
     if s.kind == "base" and d.get("base"):  # what the from-scratch base stage was (the VAE stage is in its config)
         b = load_checkpoint(d["base"])
         bc = b["config"]["base"]
