@@ -364,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--color-fix", default=None, help="adain, wavelet or none (default: the model's own, as the filter does)")
     p.add_argument("--dtype", default=None, help="fp32, bf16, fp16 (default: the device's default, as the filter)")
+    p.add_argument("--speed-only", action="store_true", help="only the 1280x720 timing of ours and the peer")
     p.add_argument("--crops", default=None, metavar="DIR", help="also write side-by-side PNG crops (bicubic, "
                    "Real-ESRGAN, ours, GT) of each content's second frame into DIR")
     a = p.parse_args(argv)
@@ -386,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         peer_key = f"{sha256_file(ncnn_files[1])}-{dtype_name(next(peer.parameters()).dtype)}"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        content = _content(a, Path(tmp))
+        content = [] if a.speed_only else _content(a, Path(tmp))
         if not a.tail:
             content = [c for c in content if "tail" not in c["kind"]]
         for item in content:
