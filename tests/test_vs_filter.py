@@ -110,8 +110,11 @@ def test_order_and_thread_independent(src, tiny_restorer):
     finally:
         core.num_threads = old
     for n in range(clip.num_frames):
-        assert np.array_equal(seq[n], rnd[n]), n
-        assert np.array_equal(seq[n], threaded[n]), n
+        # the same frames up to torch's CPU rounding, which is not bitwise reproducible across thread
+        # contexts (seen in full-suite runs on an AVX-512 machine: 1e-6); a wrong reference frame or
+        # a mixed-up cache entry changes the output by orders of magnitude more
+        assert np.allclose(seq[n], rnd[n], rtol=0, atol=1e-5), n
+        assert np.allclose(seq[n], threaded[n], rtol=0, atol=1e-5), n
 
 
 def test_one_vae_encode_per_frame(src, tiny_restorer):
@@ -252,7 +255,8 @@ def test_a_model_path_is_loaded_once_and_shared(src, tiny_model_path, monkeypatc
     a = upscale(clip, 2, model=str(tiny_model_path), device="cpu", dtype="fp32")
     b = upscale(clip, 2, model=str(tiny_model_path), device="cpu", dtype="fp32")
     assert len(loads) == 1
-    assert np.array_equal(planes(a.get_frame(1)), planes(b.get_frame(1)))
+    # equal up to torch's CPU rounding (1 level at most: see test_order_and_thread_independent)
+    assert np.abs(planes(a.get_frame(1)).astype(int) - planes(b.get_frame(1)).astype(int)).max() <= 1
     same = vs_filter._load_restorer(str(tiny_model_path), "cpu", "fp32")
     assert same is loads[0] and len(loads) == 1
     assert vs_filter._load_restorer(str(tiny_model_path), "cpu", "bf16") is not same and len(loads) == 2
