@@ -198,10 +198,12 @@ class WindowDataset(Dataset):
         y, x = int(rng.integers(0, h - c + 1)) if h > c else 0, int(rng.integers(0, w - c + 1)) if w > c else 0
         return clip.frames[start:start + self.frames, y:y + self.crop, x:x + self.crop]
 
+    def window(self, index: int) -> int:
+        """The window that item ``index`` is: ``index`` itself, or ``index % pool`` with a pool."""
+        return index % self.pool if self.pool else index
+
     def sample(self, index: int) -> dict[str, torch.Tensor]:
-        if self.pool:
-            index %= self.pool
-        rng = np.random.default_rng([self.seed, index])
+        rng = np.random.default_rng([self.seed, self.window(index)])
         k = int(rng.choice(len(self.items), p=self.weights))
         clip, usable = self.items[k]
         start = int(rng.integers(0, usable)) if not clip.pseudo else 0
@@ -278,8 +280,13 @@ def validation_windows(clips: list[Clip], *, holdout: int, frames: int, crop: in
     return out
 
 
+def step_indices(step: int, batch_size: int, rank: int = 0, world: int = 1) -> range:
+    """The dataset indices of the batch of (micro-)step ``step`` on process ``rank``."""
+    base = (step * world + rank) * batch_size
+    return range(base, base + batch_size)
+
+
 def step_batch(dataset: WindowDataset, step: int, batch_size: int, rank: int = 0, world: int = 1) -> dict[str, torch.Tensor]:
     """The batch of optimisation step ``step`` on process ``rank`` (deterministic, resumable)."""
-    base = (step * world + rank) * batch_size
-    items = [dataset.sample(base + i) for i in range(batch_size)]
+    items = [dataset.sample(i) for i in step_indices(step, batch_size, rank, world)]
     return {k: torch.stack([it[k] for it in items]) for k in ("hq", "lq")}

@@ -303,6 +303,7 @@ def precompute(cfg: dict, *, world: int = 1, chunk: int = 16, device: str | None
 
     from tqdm import tqdm
 
+    from .data import step_indices
     from .loop import build_data
     from .schedule import from_config
 
@@ -319,10 +320,10 @@ def precompute(cfg: dict, *, world: int = 1, chunk: int = 16, device: str | None
     sched = from_config(cfg)
     todo = [s for s in range(steps) if sched.weights(s)["teacher"] > 0]
     _, dataset, _ = build_data(cfg, "dloral", int(cfg["data"].get("frames", 3)))
-    # the dataset indices step_batch draws at those steps (every micro-batch of every process)
+    # the windows step_batch draws at those steps (every micro-batch of every process), each once
     windows = list(dict.fromkeys(
-        (((s * accum + m) * world + r) * bs + i) % (dataset.pool or 1 << 62)
-        for s in todo for m in range(accum) for r in range(world) for i in range(bs)))
+        dataset.window(i) for s in todo for m in range(accum) for r in range(world)
+        for i in step_indices(s * accum + m, bs, r, world)))
     mine = windows[index::count]
     teacher = build_teacher(cfg)
     dev = device or cfg["train"].get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
