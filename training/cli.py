@@ -130,7 +130,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _teacher(args: argparse.Namespace) -> int:
-    from .teacher import precompute
+    from .teacher_precompute import precompute
 
     explicit = {"data.videos": args.data, "data.images": args.images, "dloral.steps": args.steps,
                 "dloral.batch_size": args.batch_size, "dloral.crop": args.crop, "seed": args.seed}

@@ -290,3 +290,32 @@ def step_batch(dataset: WindowDataset, step: int, batch_size: int, rank: int = 0
     """The batch of optimisation step ``step`` on process ``rank`` (deterministic, resumable)."""
     items = [dataset.sample(i) for i in step_indices(step, batch_size, rank, world)]
     return {k: torch.stack([it[k] for it in items]) for k in ("hq", "lq")}
+
+
+def build_data(cfg: dict, task_name: str, frames: int) -> tuple[Sources, WindowDataset, list[dict[str, torch.Tensor]]]:
+    """The data of a ``task_name`` run of ``cfg``: the sources (``data.videos``/``data.images``),
+    the training windows of ``frames`` frames and the validation windows (one-line ``ValueError``
+    for a bad crop or no usable input)."""
+    d, c = cfg["data"], cfg[task_name]
+    crop, scale = int(c["crop"]), int(cfg.get("scale", 4))
+    if crop % (8 * scale // np.gcd(8, scale)) or crop < 8 * scale:
+        raise ValueError(f"{task_name}.crop={crop} must be a multiple of {8 * scale // np.gcd(8, scale)} and >= {8 * scale}")
+    if not d.get("videos") and not d.get("images"):
+        raise ValueError("no training data: give videos/frame folders (--data or data.videos) or data.images")
+    src = Sources(d.get("videos"), d.get("images"), min_size=crop, max_frames=int(d.get("max_frames", 0)))
+    if src.skipped:
+        log.warning("%d input(s) skipped (unreadable or too small); see the warnings above", len(src.skipped))
+    if not src.clips:
+        raise ValueError("no usable training clips (all inputs were skipped)")
+    degradation = dict(cfg.get("degradation") or {})
+    if task_name == "vae":
+        degradation = {"kind": "bicubic"}  # the autoencoder sees HQ frames only
+    holdout = int(d.get("holdout", 0))
+    ds = WindowDataset(src.clips, crop=crop, frames=frames, scale=scale, degradation=degradation,
+                       seed=int(cfg.get("seed", 0)), holdout=holdout, flip=bool(d.get("flip", True)),
+                       shift=int(d.get("pseudo_shift", 4)), pool=int(d.get("pool", 0) or 0))
+    val_deg = {"kind": d["val_degradation"]} if d.get("val_degradation") else degradation
+    val = validation_windows(src.clips, holdout=holdout, frames=frames, crop=int(c.get("val_crop", d.get("val_crop", 128))),
+                             scale=scale, degradation=val_deg, seed=int(cfg.get("seed", 0)),
+                             max_clips=int(d.get("val_clips", 2)))
+    return src, ds, val

@@ -23,7 +23,7 @@ from vsdloral.model.spynet import SPyNet, flow_warp
 from vsdloral.model.temporal import flow_input
 
 from .nets import upscale, zero_flow_spynet
-from .tasks import Task, arch
+from .task import Task, arch, register
 
 DIS_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
                "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
@@ -98,6 +98,7 @@ def load_spynet(path: str) -> SPyNet:
     return _spynet(path)
 
 
+@register
 class FlowTask(Task):
     """SPyNet on (degraded LQ input, DIS-on-HQ label) pairs; EPE loss. ``flow.init``: a SPyNet
     state dict, weights file or 'flow' run to start from (default: the zero-flow start the

@@ -25,12 +25,10 @@ from vsdloral.utils.dicts import changed_keys
 from vsdloral.utils.log import get_logger
 
 from . import config as config_mod
+from . import flow_task, tasks  # noqa: F401  the task modules register their tasks; a new task's module goes here
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .data import Sources, WindowDataset, step_batch, validation_windows
-from .flow_task import FlowTask
-from .tasks import TASKS as _TASKS
-
-TASKS = {**_TASKS, "flow": FlowTask}  # flow_task builds on tasks.Task, so it registers here
+from .data import build_data, step_batch
+from .task import task_class
 
 log = get_logger("vsdloral.train")
 
@@ -75,32 +73,6 @@ def _sigterm_as_interrupt():
     return signal.signal(signal.SIGTERM, handler)
 
 
-def build_data(cfg: dict, task_name: str, frames: int):
-    d, c = cfg["data"], cfg[task_name]
-    crop, scale = int(c["crop"]), int(cfg.get("scale", 4))
-    if crop % (8 * scale // np.gcd(8, scale)) or crop < 8 * scale:
-        raise ValueError(f"{task_name}.crop={crop} must be a multiple of {8 * scale // np.gcd(8, scale)} and >= {8 * scale}")
-    if not d.get("videos") and not d.get("images"):
-        raise ValueError("no training data: give videos/frame folders (--data or data.videos) or data.images")
-    src = Sources(d.get("videos"), d.get("images"), min_size=crop, max_frames=int(d.get("max_frames", 0)))
-    if src.skipped:
-        log.warning("%d input(s) skipped (unreadable or too small); see the warnings above", len(src.skipped))
-    if not src.clips:
-        raise ValueError("no usable training clips (all inputs were skipped)")
-    degradation = dict(cfg.get("degradation") or {})
-    if task_name == "vae":
-        degradation = {"kind": "bicubic"}  # the autoencoder sees HQ frames only
-    holdout = int(d.get("holdout", 0))
-    ds = WindowDataset(src.clips, crop=crop, frames=frames, scale=scale, degradation=degradation,
-                       seed=int(cfg.get("seed", 0)), holdout=holdout, flip=bool(d.get("flip", True)),
-                       shift=int(d.get("pseudo_shift", 4)), pool=int(d.get("pool", 0) or 0))
-    val_deg = {"kind": d["val_degradation"]} if d.get("val_degradation") else degradation
-    val = validation_windows(src.clips, holdout=holdout, frames=frames, crop=int(c.get("val_crop", d.get("val_crop", 128))),
-                             scale=scale, degradation=val_deg, seed=int(cfg.get("seed", 0)),
-                             max_clips=int(d.get("val_clips", 2)))
-    return src, ds, val
-
-
 def device_description(accelerator) -> str:
     """Where training runs, for the exported model's provenance: ``cpu (2 cores)``, ``cuda x8 (A100)``."""
     dev = accelerator.device
@@ -120,7 +92,7 @@ def train(task_name: str, cfg: dict, out_dir: str | Path, resume: str | bool | N
     main = accelerator.is_main_process
     seed = int(cfg.get("seed", 0))
 
-    task = TASKS[task_name](cfg)
+    task = task_class(task_name)(cfg)
     src, dataset, val = build_data(cfg, task_name, task.frames)
     data_files = src.file_records() if accelerator.is_main_process else []  # name + sha256: the model's metadata
     params = task.trainable()

@@ -1,12 +1,12 @@
-"""The three trainable tasks (``vae``, ``base``, ``dloral``): what to build, the forward, the
-loss, the learned state, validation. The optimisation loop itself is in :mod:`training.loop`."""
+"""The three model-building tasks (``vae``, ``base``, ``dloral``): what to build, the forward, the
+loss, the learned state, validation. The base class and the registry are in :mod:`training.task`,
+the optimisation loop in :mod:`training.loop`."""
 
 from __future__ import annotations
 
 import copy
 
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
 
@@ -17,65 +17,17 @@ from vsdloral.utils.log import get_logger
 from . import lora
 from .bases import is_weights_file, load_base_state, load_start, vae_from_task_state
 from .checkpoint import load_checkpoint
-from .losses import build_lpips, csd_loss, flow_loss, l2, lpips_loss, temporal_loss
+from .losses import csd_loss, flow_loss, l2, lpips_loss, temporal_loss
 from .nets import AutoencoderNet, DLoRALNet, LatentCodec, PriorNet, upscale
 from .schedule import from_config as schedule_from_config
+from .task import Task, arch, psnr, register
 from .teacher import build_teacher, teacher_loss, teacher_weight
 from .teacher import validate_config as validate_teacher
 
 log = get_logger("vsdloral.train.tasks")
 
 
-def arch(cfg: dict):
-    """The architecture preset ``cfg['arch']`` with ``model.unet`` / ``model.vae`` / ``model.cfr``
-    overrides merged in (e.g. ``--set model.vae.latent_channels=8``); CFR follows the latent width."""
-    from dataclasses import replace
-
-    p = get_preset(cfg["arch"])
-    m = cfg.get("model") or {}
-    vae = {**p.vae, **(m.get("vae") or {})}
-    unet = {**p.unet, **(m.get("unet") or {})}
-    cfr = replace(p.cfr, **{"latent_channels": int(vae.get("latent_channels", 4)), **(m.get("cfr") or {})})
-    return unet, vae, cfr
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of images in [0,1]."""
-    mse = F.mse_loss(a.float().clamp(0, 1), b.float().clamp(0, 1)).item()
-    return 10 * torch.log10(torch.tensor(1.0 / max(mse, 1e-12))).item()
-
-
-class Task:
-    name = ""
-    frames = 1
-
-    def __init__(self, cfg: dict) -> None:
-        self.cfg, self.c = cfg, cfg[self.name]
-        self.scale = int(cfg.get("scale", 4))
-        self.lpips = None
-        weight = cfg["loss"].get("lpips", 0) if self.name == "dloral" else self.c.get("lpips", 0)
-        if float(weight or 0) > 0:
-            self.lpips = build_lpips(cfg["loss"].get("lpips_weights"), cfg["loss"].get("lpips_net", "alex"))
-
-    net: nn.Module
-
-    def trainable(self) -> list[nn.Parameter]:
-        return [p for p in self.net.parameters() if p.requires_grad]
-
-    def set_step(self, step: int) -> str:
-        return self.name
-
-    def aux_to(self, device: torch.device) -> None:
-        if self.lpips is not None:
-            self.lpips.to(device)
-
-    def state(self) -> dict:
-        raise NotImplementedError
-
-    def load_state(self, state: dict) -> None:
-        raise NotImplementedError
-
-
+@register
 class VAETask(Task):
     """Autoencoder from scratch on HQ frames: L1/L2 + LPIPS + small KL."""
 
@@ -140,6 +92,7 @@ def _load_vae(path: str) -> tuple[AutoencoderKL, dict]:
     return vae_from_task_state(state["task"])
 
 
+@register
 class BaseTask(Task):
     """The one-step single-frame prior (plays SD's role). ``base.train_vae`` (``none`` | ``decoder``
     | ``all``) lets the from-scratch VAE learn with the restoration loss too: a small VAE trained
@@ -212,6 +165,7 @@ class BaseTask(Task):
         return {"val_psnr": sum(out) / len(out), "val_psnr_bicubic": sum(bic) / len(bic)} if out else {}
 
 
+@register
 class DLoRALTask(Task):
     """Dual LoRA learning (SPEC section 5). ``load_teacher=False`` skips the SR teacher (export)."""
 
@@ -373,5 +327,3 @@ class DLoRALTask(Task):
             res.update(val_temporal_err=sum(terr) / len(terr), val_temporal_err_bicubic=sum(terr_bic) / len(terr_bic))
         return res
 
-
-TASKS = {"vae": VAETask, "base": BaseTask, "dloral": DLoRALTask}
