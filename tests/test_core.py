@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 import vsdloral
 from vsdloral.model.colorfix import adain_color_fix, apply_color_fix, wavelet_color_fix
 from vsdloral.model.init import init_model
-from vsdloral.model.tiling import tiled_map
+from vsdloral.model import latent_tiles as lt
 from vsdloral.model.weights import FORMAT_VERSION, DLoRALModel, WeightsError
 
 
@@ -63,13 +63,13 @@ def test_nan_and_inf_inputs_give_finite_output(tiny_restorer):
 
 def test_tile_larger_than_frame_equals_untiled_and_small_tiles_blend(tiny_restorer, monkeypatch):
     x, r = frames(1, 64, 96, 3), frames(1, 64, 96, 4)
-    plain = tiny_restorer.restore(x, r, color_fix="none")
-    big = tiny_restorer.restore(x, r, color_fix="none", tile=128, tile_overlap=32)
-    assert torch.equal(plain, big)
+    plain = tiny_restorer.restore(x, r, color_fix="none", tile=0)
+    # the authors' condition is an area test: 8x12 = 96 latent positions <= 10x10, so tile=80 is one piece
+    assert torch.equal(plain, tiny_restorer.restore(x, r, color_fix="none", tile=80, tile_overlap=32))
     # the tiled path really tiles, in latent units: tile 48 px / overlap 16 px at factor 8 is 6 / 2
-    # latent positions; the 8x12 latent is covered by UNet tiles starting at rows 0, 2 and columns
-    # 0, 4, 6, and diffusers' VAE decoder sees latent tiles of at most 6x6
-    unet_in, dec_in = [], []
+    # latent positions; the 8x12 latent is covered by tiles at rows 0, 2 and columns 0, 4, 6, in the
+    # authors' order (columns outer); the VAE is not tiled by it (one decode of the whole latent)
+    unet_in, dec_in, enc = [], [], tiny_restorer.stats["vae_encodes"]
     unet_fn = tiny_restorer._unet_fn
     monkeypatch.setattr(tiny_restorer, "_unet_fn", lambda z, *a, **k: unet_in.append(tuple(z.shape[-2:])) or unet_fn(z, *a, **k))
     hook = tiny_restorer.vae.decoder.register_forward_pre_hook(lambda mod, args: dec_in.append(tuple(args[0].shape[-2:])))
@@ -78,13 +78,38 @@ def test_tile_larger_than_frame_equals_untiled_and_small_tiles_blend(tiny_restor
     finally:
         hook.remove()
     assert unet_in == [(6, 6)] * 6
-    assert len(dec_in) == 6 and max(dec_in) <= (6, 6)
+    assert dec_in == [(8, 12)]
+    assert tiny_restorer.stats["vae_encodes"] == enc + 2  # tiles crop the latent: no encode per tile
     assert tiled.shape == plain.shape and torch.isfinite(tiled).all()
-    # (a random model's output depends on the whole frame: GroupNorm statistics and self-attention
-    # change with the tile, so closeness to the untiled output is checked with the trained bundled
-    # model below and with a local function in test_tiled_map_is_exact_away_from_seams_and_blends_them)
     with pytest.raises(ValueError, match="multiple of 8"):
         tiny_restorer.restore(x, r, tile=12)
+    with pytest.raises(ValueError, match="tile_overlap must be a multiple of 8"):
+        tiny_restorer.restore(x, r, tile=48, tile_overlap=12)
+
+
+def test_latent_tile_grid_is_the_authors():
+    """Offsets k*(side-overlap), as many as it takes to reach the edge, the last one flush with it;
+    columns of tiles outer (their loop runs along x); the area condition; side min(tile, h, w)."""
+    assert lt.axis_offsets(130, 73, 32) == [0, 41, 57]
+    assert lt.axis_offsets(73, 73, 32) == [0]
+    assert lt.axis_offsets(160, 90, 32) == [0, 58, 70]  # a nominal 58..148 does not reach 160
+    assert lt.axis_offsets(12, 6, 2) == [0, 4, 6] and lt.axis_offsets(10, 6, 2) == [0, 4]
+    assert lt.tile_grid(8, 12, 6, 2) == [(0, 0), (2, 0), (0, 4), (2, 4), (0, 6), (2, 6)]
+    assert lt.needs_tiles(73, 130, 96) and not lt.needs_tiles(90, 100, 96) and not lt.needs_tiles(96, 96, 96)
+    assert lt.tile_side(73, 130, 96) == 73 and lt.tile_side(135, 240, 96) == 96
+    assert lt.effective_overlap(73, 32) == 32 and lt.effective_overlap(20, 32) == 10  # theirs never ends there
+
+
+def test_latent_tile_weights_are_the_authors_gaussian():
+    """var 0.01 of the side, x midpoint (side-1)/2, y midpoint side/2 (their half-position asymmetry)."""
+    import math
+
+    g = lt.gaussian_weights(6)
+    k = 1 / math.sqrt(2 * math.pi * 0.01)
+    gx = [k * math.exp(-((x - 2.5) ** 2) / 36 / 0.02) for x in range(6)]
+    gy = [k * math.exp(-((y - 3.0) ** 2) / 36 / 0.02) for y in range(6)]
+    assert torch.allclose(g, torch.tensor([[a * b for b in gx] for a in gy]), rtol=1e-6)
+    assert torch.equal(g[:, 1], g[:, 4]) and not torch.equal(g[1], g[4])  # symmetric in x, not in y
 
 
 def _real_frames(w: int, h: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,204 +153,6 @@ def test_tiled_restore_of_a_trained_model_is_close_to_untiled_without_seams():
     assert diff.max() > 1e-3  # tiling is on (tiles see less context, so it is not exact)
     assert diff.mean() < 0.025 and diff.max() < 0.15, (float(diff.mean()), float(diff.max()))
     assert _seam_ratio(tiled, plain) < 2.0
-
-
-def test_tiled_map_blends_smoothly_and_is_exact_for_pointwise_fns():
-    x = torch.randn(1, 3, 50, 70)
-    # a pointwise function is tiled without any seam: blending weights sum to one everywhere
-    y = tiled_map(lambda t: t * 2 + 1, x, tile=16, overlap=6)
-    assert torch.allclose(y, x * 2 + 1, atol=1e-5)
-    assert torch.equal(tiled_map(lambda t: t * 3, x, tile=None, overlap=0), x * 3)
-
-
-def _tile_edge_band(h: int, w: int, tile: int, overlap: int, radius: int) -> torch.Tensor:
-    """True where some tile covering the pixel has it within ``radius`` of one of its inner edges
-    (an edge that is not the frame's): where a function with that receptive field sees the tile's
-    zero padding instead of the neighbouring pixels. Tile grid as tiled_map's: stride tile-overlap,
-    the last tile flush with the frame's end."""
-    def starts(size):
-        return sorted({*range(0, size - tile, tile - overlap), size - tile})
-
-    band = torch.zeros(h, w, dtype=torch.bool)
-    for y0 in starts(h):
-        for x0 in starts(w):
-            y1, x1 = y0 + tile, x0 + tile
-            inner = torch.zeros(h, w, dtype=torch.bool)
-            inner[y0 + radius if y0 else 0 : y1 - radius if y1 < h else h,
-                  x0 + radius if x0 else 0 : x1 - radius if x1 < w else w] = True
-            covered = torch.zeros(h, w, dtype=torch.bool)
-            covered[y0:y1, x0:x1] = True
-            band |= covered & ~inner
-    return band
-
-
-@torch.no_grad()
-def test_tiled_map_is_exact_away_from_seams_and_blends_them():
-    """A local function (two 3x3 convs, receptive radius 2, zero padding): tiled equals untiled
-    wherever no tile edge is within reach, and the Gaussian blend hides the tiles' padded edges.
-    Measured (50x70): 3e-7 away from the edges; at them max 0.098 and step ratio 1.59 (tile 24)
-    against 0.27 and 3.4 with equal blend weights; a tile read one column off: 0.12 away."""
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv2d(8, 3, 3, padding=1))
-    x = torch.nn.functional.interpolate(torch.rand(1, 3, 14, 18), size=(50, 70), mode="bilinear", align_corners=False)
-    plain = net(x)
-    for tile, overlap in ((16, 8), (24, 8)):  # 6x9 and 3x4 tiles
-        y = tiled_map(net, x, tile=tile, overlap=overlap)
-        diff = (y - plain).abs().amax(1)[0]
-        band = _tile_edge_band(50, 70, tile, overlap, 2)
-        assert 0.2 < float((~band).float().mean()) < 0.9 and diff[band].max() > 0.01  # both parts are tested
-        assert diff[~band].max() < 1e-5, tile
-        assert diff[band].max() < 0.15, (tile, float(diff[band].max()))
-        assert _seam_ratio(y, plain) < 2.2, tile
-
-
-def test_color_fixes():
-    torch.manual_seed(0)
-    src = torch.rand(1, 3, 32, 32)
-    out = torch.rand(1, 3, 32, 32) * 0.3 + 0.6
-    a = adain_color_fix(out, src)
-    assert torch.allclose(a.mean((2, 3)), src.mean((2, 3)), atol=1e-5)
-    assert torch.allclose(a.std((2, 3)), src.std((2, 3)), atol=1e-3)
-    # the authors' form: eps inside both square roots, so a near-flat output (a fade) is not blown up
-    # to the source's contrast: output std 1e-4 against sqrt(1e-4^2 + 1e-5) = 3.2e-3 -> gain 0.03
-    flat = 0.5 + 1e-4 * torch.randn(1, 3, 32, 32)
-    gain = (adain_color_fix(flat, src).std((2, 3)) / src.std((2, 3)))
-    want = flat.std((2, 3)) / (flat.var((2, 3)) + 1e-5).sqrt() * (src.var((2, 3)) + 1e-5).sqrt() / src.std((2, 3))
-    assert torch.allclose(gain, want, rtol=1e-3) and gain.max() < 0.05
-    # wavelet: a flat colour shift of the output is removed (low frequencies come from src)
-    w = wavelet_color_fix(src + 0.2, src)
-    assert torch.allclose(w, src, atol=1e-4)
-    assert torch.equal(apply_color_fix("none", out, src), out)
-    with pytest.raises(ValueError, match="unknown color_fix"):
-        apply_color_fix("histogram", out, src)
-
-
-def test_vae_factor_comes_from_config(tmp_path):
-    """A 3-level VAE (factor 4) works through the same code: nothing hard-codes 8."""
-    m = init_model("tiny", seed=1)
-    m.meta.vae_config = dict(m.meta.vae_config, down_block_types=["DownEncoderBlock2D"] * 3,
-                             up_block_types=["UpDecoderBlock2D"] * 3, block_out_channels=[16, 32, 32])
-    m = DLoRALModel.build(m.meta)
-    path = tmp_path / "f4.safetensors"
-    m.save(path)
-    r = vsdloral.load_model(path, device="cpu")
-    assert r.factor == 4
-    x = frames(1, 20, 28)
-    assert r.restore(x, x).shape == x.shape
-    assert r.prepare(x).latent.shape[-2:] == (5, 7)
-
-
-# -- the weights file -----------------------------------------------------------------------
-def _rewrite(src, dst, *, drop=None, reshape=None, meta=None):
-    with safe_open(str(src), framework="pt") as f:
-        md = dict(f.metadata())
-        t = {k: f.get_tensor(k) for k in f.keys()}
-    if drop:
-        del t[drop]
-    if reshape:
-        t[reshape] = torch.zeros(3, 3)
-    md.update(meta or {})
-    save_file(t, str(dst), metadata=md)
-    return dst
-
-
-def test_weights_roundtrip_and_dtype(tiny_model_path, tmp_path):
-    m = DLoRALModel.load(tiny_model_path)
-    m.save(tmp_path / "h.safetensors", dtype="fp16")
-    m16 = DLoRALModel.load(tmp_path / "h.safetensors")
-    assert m16.unet.conv_in.weight.dtype == torch.float16
-    assert m16.unet.conv_in.weight.shape[1] == 8
-    r = vsdloral.load_model(tmp_path / "h.safetensors", device="cpu", dtype="bf16")
-    assert r.unet.conv_in.weight.dtype == torch.bfloat16
-    assert r.restore(frames(1, 16, 16)).dtype == torch.float32
-
-
-@pytest.mark.parametrize(
-    "kind, match",
-    [
-        ("missing", "missing tensors"),
-        ("shape", "has shape"),
-        ("version", "format version"),
-        ("foreign", "not a vsdloral model"),
-        ("garbage", "not a readable safetensors"),
-        ("absent", "no weights file"),
-    ],
-)
-def test_bad_weights_files_are_rejected_clearly(tiny_model_path, tmp_path, kind, match):
-    p = tmp_path / f"{kind}.safetensors"
-    if kind == "missing":
-        _rewrite(tiny_model_path, p, drop="cfr.key_conv.weight")
-    elif kind == "shape":
-        _rewrite(tiny_model_path, p, reshape="unet.conv_in.weight")
-    elif kind == "version":
-        _rewrite(tiny_model_path, p, meta={"format_version": str(FORMAT_VERSION + 1)})
-    elif kind == "foreign":
-        save_file({"w": torch.zeros(2)}, str(p), metadata={"format": "something-else"})
-    elif kind == "garbage":
-        p.write_bytes(b"\x00" * 10 + b"not a safetensors file at all")
-    with pytest.raises(WeightsError, match=match):
-        vsdloral.load_model(p, device="cpu")
-
-
-def test_truncated_file_is_rejected(tiny_model_path, tmp_path):
-    data = tiny_model_path.read_bytes()
-    p = tmp_path / "trunc.safetensors"
-    p.write_bytes(data[: len(data) // 2])
-    with pytest.raises(WeightsError):
-        vsdloral.load_model(p, device="cpu")
-
-
-def test_bad_device_and_dtype_are_clear():
-    from vsdloral.loading import resolve_device, resolve_dtype
-
-    with pytest.raises(ValueError, match="device"):
-        resolve_device("tpu:3")
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA is not available"):
-            resolve_device("cuda")
-    with pytest.raises(ValueError, match="dtype"):
-        resolve_dtype("int8", torch.device("cpu"))
-    assert resolve_dtype(None, torch.device("cuda")) == torch.float16
-    assert resolve_dtype("fp32", torch.device("cpu")) == torch.float32
-
-
-def test_default_cpu_dtype_follows_native_bf16(monkeypatch):
-    from vsdloral import loading
-
-    assert loading.bf16_flags_in_cpuinfo("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 amx_tile\n")
-    assert loading.bf16_flags_in_cpuinfo("flags\t\t: fpu amx_bf16 amx_tile\n")
-    assert not loading.bf16_flags_in_cpuinfo("flags\t\t: fpu sse avx2 avx512f avx512bw\n")
-    assert not loading.bf16_flags_in_cpuinfo("Features\t: fp asimd bf16\n")  # aarch64: not measured, stays fp32
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: True)
-    assert loading.resolve_dtype(None, cpu) == torch.bfloat16
-    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: False)
-    assert loading.resolve_dtype(None, cpu) == torch.float32
-
-
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "vsdloral", *args], capture_output=True, text=True)
-
-
-def test_cli_init_and_info(tmp_path):
-    out = tmp_path / "m.safetensors"
-    r = _cli("init", "--preset", "tiny", "--seed", "3", "-o", str(out))
-    assert r.returncode == 0, r.stderr
-    r2 = _cli("init", "--preset", "tiny", "--seed", "3", "-o", str(out))
-    assert r2.returncode != 0 and "--force" in r2.stderr and r2.stderr.count("\n") == 1
-    info = _cli("info", str(out))
-    assert info.returncode == 0, info.stderr
-    md = json.loads(info.stdout)
-    assert md["format_version"] == str(FORMAT_VERSION) and md["preset"] == "tiny"
-    assert md["provenance"]["seed"] == 3 and md["unet_config"]["in_channels"] == 8
-    bad = _cli("init", "--preset", "huge", "-o", str(tmp_path / "x.safetensors"))
-    assert bad.returncode == 2 and "unknown preset" in bad.stderr
-    assert not (tmp_path / "x.safetensors").exists()
-    # same seed, same weights
-    out2 = tmp_path / "m2.safetensors"
-    assert _cli("init", "--preset", "tiny", "--seed", "3", "-o", str(out2)).returncode == 0
-    a, b = DLoRALModel.load(out), DLoRALModel.load(out2)
-    assert torch.equal(a.unet.conv_in.weight, b.unet.conv_in.weight)
 
 
 def test_missing_default_model_is_a_clear_error(monkeypatch, tmp_path):

@@ -11,12 +11,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..utils.log import get_logger
+from . import latent_tiles as lt
 from .cfr import CFR_MODES
 from .colorfix import COLOR_FIXES, apply_color_fix
 from .oom import oom_hint
 from .temporal import flow_input, warp_reference
-from .tiling import tiled_map
 from .weights import DLoRALModel
+
+log = get_logger("vsdloral.restorer")
 
 
 @contextlib.contextmanager
@@ -67,7 +70,8 @@ def check_compile_backend(device: torch.device) -> None:
 class Restorer:
     """A loaded DLoRAL model on one device. Thread-safe: model calls are serialised by a lock.
 
-    ``stats`` counts ``vae_encodes`` (frames encoded), ``vae_decodes`` and ``frames`` restored.
+    ``stats`` counts ``vae_encodes`` (frames encoded), ``vae_decodes``, ``frames`` restored and
+    ``unet_calls`` (one per latent tile, or per frame batch when untiled).
     """
 
     def __init__(self, model: DLoRALModel, device: torch.device | str, dtype: torch.dtype, *, compile: bool = False) -> None:
@@ -85,7 +89,9 @@ class Restorer:
         self.prompt_embeds = model.prompt_embeds.to(self.device, dtype)
         self.factor = model.meta.vae_factor
         self.scaling_factor = model.meta.scaling_factor
-        self.stats = {"vae_encodes": 0, "vae_decodes": 0, "frames": 0}
+        self.stats = {"vae_encodes": 0, "vae_decodes": 0, "frames": 0, "unet_calls": 0}
+        #: (latent shape, tile, overlap) -> the smaller (tile, overlap) an out-of-memory fell back to
+        self._oom_fallback: dict[tuple, tuple[int, int]] = {}
         self._lock = threading.RLock()
         self._timestep = torch.tensor([1], device=self.device)
         #: set to a dict to accumulate seconds per stage (benchmarks); None disables timing
@@ -140,29 +146,34 @@ class Restorer:
         self.vae.tile_overlap_factor = overlap / tile
 
     def resolve_tiling(self, tile: int | None, overlap: int | None) -> tuple[int | None, int]:
-        """``tile=None``: the model's own default (its metadata; untiled when it has none);
-        ``tile=0``: untiled. ``overlap=None``: the model's default, else 64, at most tile/2.
-        Returns the checked (tile or None, overlap)."""
+        """The authors' latent tiles, in output pixels (SPEC section 1b). ``tile=None``: the model's
+        own (:meth:`ModelMeta.inference_tiling`: 768/256 for converted released weights, dense for
+        models trained here); ``tile=0``: dense, flow/CFR/UNet over the whole frame (a departure
+        from the authors above 768x768). ``overlap=None``: the model's own, else a third of the
+        tile, at most half of it. Returns the checked (tile or None, overlap)."""
+        own_tile, own_overlap = self.meta.inference_tiling()
         if tile is None:
-            tile = self.meta.tile
+            tile = own_tile
         if overlap is None:
-            overlap = self.meta.tile_overlap if self.meta.tile_overlap is not None else 64
+            f = self.factor
+            overlap = own_overlap if own_overlap is not None else (tile or 0) // 3 // f * f
             if tile:
-                overlap = min(overlap, tile // 2)
+                overlap = min(overlap, tile // 2 // f * f)
         tile = None if tile == 0 else tile
         self.check_tiling(tile, overlap)
         return tile, overlap
 
     def check_tiling(self, tile: int | None, overlap: int) -> None:
         """Raise ``ValueError`` unless ``tile`` is None or a multiple of the VAE factor of at least
-        4 latent positions, with ``0 <= overlap <= tile/2``."""
+        4 latent positions, with ``0 <= overlap <= tile/2`` a multiple of the factor too."""
         if tile is None:
             return
         f = self.factor
         if not isinstance(tile, int) or tile < 4 * f or tile % f:
             raise ValueError(f"restore: tile must be a multiple of {f} pixels and at least {4 * f}, got {tile!r}")
-        if not isinstance(overlap, int) or not 0 <= overlap <= tile // 2:
-            raise ValueError(f"restore: tile_overlap must be between 0 and tile/2 ({tile // 2}), got {overlap!r}")
+        if not isinstance(overlap, int) or not 0 <= overlap <= tile // 2 or overlap % f:
+            raise ValueError(f"restore: tile_overlap must be a multiple of {f} pixels between 0 and tile/2 "
+                             f"({tile // 2}), got {overlap!r}")
 
     def _check_frames(self, x: torch.Tensor, name: str) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
@@ -179,7 +190,9 @@ class Restorer:
     @torch.inference_mode()
     def prepare(self, frames: torch.Tensor, *, tile: int | None = None, tile_overlap: int | None = None) -> PreparedFrame:
         """Pad, encode (posterior mean, deterministic) and downscale frames (N,3,H,W) in [0,1]
-        at output resolution. One VAE encode per frame; reuse the result as the next frame's reference."""
+        at output resolution. One VAE encode per frame; reuse the result as the next frame's reference.
+        ``tile``/``tile_overlap`` are only checked here: latent tiles crop the prepared latent and
+        image later, they never encode again."""
         tile, tile_overlap = self.resolve_tiling(tile, tile_overlap)
         x = self._check_frames(frames, "frames")
         h, w = x.shape[-2:]
@@ -190,7 +203,7 @@ class Restorer:
             img = F.pad(img, (0, wp - w, 0, hp - h), mode="replicate")
         small = flow_input(img, (hp // f, wp // f), self.meta.cfr.flow_downscale)
         with self._lock:
-            self._vae_tiling(tile, tile_overlap)
+            self._vae_tiling(None, 0)  # helper-5 (VAE tiling) wires its own rule here, not the latent tile
             with self._stage("vae_encode"):
                 x_in = img.to(self.dtype).contiguous(memory_format=torch.channels_last)
                 latent = self.vae.encode(x_in).latent_dist.mode().contiguous() * self.scaling_factor
@@ -215,7 +228,9 @@ class Restorer:
         passing ``cur`` itself (flow, warp and CFR still run on the pair; no second encode).
         ``cfr=None``/``cfr_window=None``: the mode the model was trained with (its metadata);
         ``color_fix=None``: the model's own (its metadata; ``adain`` when it has none).
-        ``tile`` (output pixels): ``None`` the model's default tiling, ``0`` untiled."""
+        ``tile``/``tile_overlap`` (output pixels): the authors' latent tiles (:meth:`resolve_tiling`;
+        ``None`` the model's own, ``0`` dense). Out of memory in the latent stage: one retry with
+        tiles half as large, announced on stderr and kept for this frame size."""
         cfr = self.meta.cfr.mode if cfr is None else cfr
         color_fix = self.default_color_fix if color_fix is None else color_fix
         cfr_window = self.meta.cfr.window if cfr_window is None else cfr_window
@@ -231,18 +246,10 @@ class Restorer:
         ref = cur if ref is None else ref
         if ref.latent.shape != cur.latent.shape:
             raise ValueError("restore: reference and current frames differ in size")
+        cfr_kw = {"mode": cfr, "window": cfr_window, "topk": cfr_topk}
         with self._lock:
-            z_cur = cur.latent
-            with self._stage("flow"):  # flow n -> n-1 (SPyNet in fp32), then the warp
-                z_ref_w = warp_reference(self.spynet, cur.small, ref.small, ref.latent)
-            with self._stage("cfr"):
-                z_cur = z_cur + self.cfr(z_cur, z_ref_w, cfr, window=cfr_window, topk=cfr_topk)
-            unet_in = torch.cat([z_ref_w, z_cur], dim=1)
-            t_lat = None if tile is None else tile // self.factor
-            with self._stage("unet"):
-                eps = tiled_map(self._unet, unet_in, t_lat, tile_overlap // self.factor)
-            z_hat = z_cur - eps
-            self._vae_tiling(tile, tile_overlap)
+            z_hat = self._latent_with_retry(cur, ref, tile, tile_overlap, cfr_kw)
+            self._vae_tiling(None, 0)  # helper-5 (VAE tiling) wires its own rule here, not the latent tile
             with self._stage("vae_decode"):
                 z_in = (z_hat / self.scaling_factor).contiguous(memory_format=torch.channels_last)
                 y = self.vae.decode(z_in).sample.float().contiguous().clamp(-1, 1)
@@ -253,6 +260,93 @@ class Restorer:
         src = (cur.image[..., :h, :w].float() + 1) / 2
         with self._stage("color_fix"):
             return apply_color_fix(color_fix, y, src).clamp(0, 1)
+
+    # -- the latent stage: flow, warp, CFR, UNet (SPEC sections 1 and 1b) -------------------------
+    def _latent_with_retry(self, cur: PreparedFrame, ref: PreparedFrame, tile: int | None, overlap: int,
+                           cfr_kw: dict) -> torch.Tensor:
+        """:meth:`_latent` with the tiling this size fell back to after an out-of-memory, if any; on
+        a first out-of-memory, one retry with smaller tiles (outside the handler, so the failed
+        attempt's tensors are freed first). A second one propagates to :func:`oom_hint`."""
+        key = (tuple(cur.latent.shape), tile, overlap)
+        if key in self._oom_fallback:
+            return self._latent(cur, ref, *self._oom_fallback[key], cfr_kw)
+        try:
+            return self._latent(cur, ref, tile, overlap, cfr_kw)
+        except torch.OutOfMemoryError:
+            smaller = self._smaller_tiling(tuple(cur.latent.shape[-2:]), tile)
+            if smaller is None:
+                raise
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self._oom_fallback[key] = smaller
+        h, w = cur.size
+        how = "densely" if tile is None else f"in {tile}-pixel latent tiles"
+        what = (" Tiles are part of the authors' computation: this output differs from theirs "
+                f"(theirs: {self.meta.inference_tiling()[0]}-pixel tiles)." if self.meta.converted else "")
+        log.warning("out of memory restoring a %dx%d frame %s; retrying in %d-pixel latent tiles (overlap %d) "
+                    "for this size.%s", w, h, how, smaller[0], smaller[1], what)
+        return self._latent(cur, ref, *smaller, cfr_kw)
+
+    def _smaller_tiling(self, latent_hw: tuple[int, int], tile: int | None) -> tuple[int, int] | None:
+        """Tiles half the side of those that ran out of memory (dense: the largest of 512, 256, ...
+        pixels that splits the frame), overlap a third; ``None`` when already at 4 latent positions."""
+        f = self.factor
+        h, w = latent_hw
+        if tile is None or not lt.needs_tiles(h, w, tile // f):
+            side = min(max(h, w), 512 // f)
+            while side >= max(h, w) and side > 4:
+                side //= 2
+        else:
+            side = lt.tile_side(h, w, tile // f) // 2
+        if side < 4:
+            return None
+        return side * f, side // 3 * f
+
+    def _latent(self, cur: PreparedFrame, ref: PreparedFrame, tile: int | None, overlap: int,
+                cfr_kw: dict) -> torch.Tensor:
+        """``z_hat = z' - eps`` for the whole frame: in one piece (dense, or a latent with at most
+        ``tile**2`` positions, as the authors), else on the authors' latent tiles: each tile runs
+        flow on its own pixel crops, the zero-padded warp, CFR over its positions and the UNet, and
+        both ``eps`` and ``z'`` are blended with :func:`latent_tiles.gaussian_weights`."""
+        f = self.factor
+        h, w = cur.latent.shape[-2:]
+        t = None if tile is None else tile // f
+        if t is None or not lt.needs_tiles(h, w, t):
+            z_new, eps = self._latent_tile(cur.small, ref.small, cur.latent, ref.latent, cfr_kw)
+            return z_new - eps
+        side = lt.tile_side(h, w, t)
+        weight = lt.gaussian_weights(side, self.device)
+        n, c = cur.latent.shape[:2]
+        eps_acc = torch.zeros(n, c, h, w, device=self.device, dtype=torch.float32)
+        z_acc = torch.zeros_like(eps_acc)
+        norm = torch.zeros(h, w, device=self.device, dtype=torch.float32)
+        fd = self.meta.cfr.flow_downscale
+        for y0, x0 in lt.tile_grid(h, w, side, lt.effective_overlap(side, overlap // f)):
+            ys, xs = slice(y0, y0 + side), slice(x0, x0 + side)
+            py, px = slice(y0 * f, (y0 + side) * f), slice(x0 * f, (x0 + side) * f)
+            with self._stage("flow"):  # SPyNet sees the tile's own pixels, bicubic to its latent size
+                cur_small = flow_input(cur.image[..., py, px], (side, side), fd)
+                ref_small = cur_small if ref is cur else flow_input(ref.image[..., py, px], (side, side), fd)
+            z_new, eps = self._latent_tile(cur_small, ref_small, cur.latent[..., ys, xs], ref.latent[..., ys, xs],
+                                           cfr_kw)
+            eps_acc[..., ys, xs] += eps.float() * weight
+            z_acc[..., ys, xs] += z_new.float() * weight
+            norm[ys, xs] += weight
+        return (z_acc / norm - eps_acc / norm).to(cur.latent.dtype)
+
+    def _latent_tile(self, cur_small: torch.Tensor, ref_small: torch.Tensor, z_cur: torch.Tensor,
+                     z_ref: torch.Tensor, cfr_kw: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """One latent tile (or the whole latent): flow n -> n-1 and the warp, CFR, the UNet.
+        Returns the CFR-updated latent ``z'`` and the UNet output ``eps``."""
+        with self._stage("flow"):  # SPyNet in fp32, then the warp (zero padding at the tile's edge)
+            z_ref_w = warp_reference(self.spynet, cur_small, ref_small, z_ref)
+        with self._stage("cfr"):
+            mode = cfr_kw["mode"]
+            z_new = z_cur + self.cfr(z_cur, z_ref_w, mode, window=cfr_kw["window"], topk=cfr_kw["topk"])
+        with self._stage("unet"):
+            eps = self._unet(torch.cat([z_ref_w, z_new], dim=1))
+        self.stats["unet_calls"] += 1
+        return z_new, eps
 
     def _unet(self, x: torch.Tensor) -> torch.Tensor:
         prompt = self.prompt_embeds.expand(x.shape[0], -1, -1)

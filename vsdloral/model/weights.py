@@ -40,12 +40,39 @@ class ModelMeta:
     prompt: str = ""
     preset: str | None = None
     provenance: dict = field(default_factory=dict)
-    #: inference tile (output pixels) the model works best with, used when the caller gives none:
-    #: GroupNorm statistics of a model trained on small crops do not carry over to whole large frames
+    #: default latent tiles (output pixels; SPEC section 1b), used when the caller gives none;
+    #: 0: dense; None (absent, files written before tiles were recorded): see inference_tiling
     tile: int | None = None
     tile_overlap: int | None = None
     #: colour fix the model was validated with, used when the caller gives none (None: adain)
     color_fix: str | None = None
+    #: LQ upscaling kernel the model expects (vsdloral.model.kernels); None: see inference_kernel
+    kernel: str | None = None
+
+    @property
+    def converted(self) -> bool:
+        """True for weights converted from the authors' released checkpoint (``vsdloral convert``)."""
+        return self.provenance.get("source") == "vsdloral convert"
+
+    def inference_tiling(self) -> tuple[int, int | None]:
+        """The model's own latent tiling ``(tile, overlap)`` in output pixels (``tile=0``: dense).
+        A file that records none (written before tiles were recorded): the authors' 96/32 latent
+        positions if it was converted from their checkpoint (logged once), dense otherwise."""
+        if self.tile is not None:
+            return self.tile, self.tile_overlap
+        if self.converted:
+            from .latent_tiles import AUTHORS_OVERLAP, AUTHORS_TILE
+
+            f = self.vae_factor
+            _note_once("absent-tile", "converted weights without recorded tiles: using the authors' latent tiles "
+                       f"({AUTHORS_TILE * f}/{AUTHORS_OVERLAP * f} px; re-convert to record them)")
+            return AUTHORS_TILE * f, AUTHORS_OVERLAP * f
+        return 0, self.tile_overlap
+
+    def inference_kernel(self) -> str:
+        """The LQ upscaling kernel: the recorded one; for a file without one, ``pil`` (the authors'
+        inference) if converted from their checkpoint, else ``torch`` (what training here uses)."""
+        return self.kernel or ("pil" if self.converted else "torch")
 
     @property
     def scaling_factor(self) -> float:
@@ -75,6 +102,7 @@ class ModelMeta:
             "tile": "" if self.tile is None else str(self.tile),
             "tile_overlap": "" if self.tile_overlap is None else str(self.tile_overlap),
             "color_fix": self.color_fix or "",
+            "kernel": self.kernel or "",
             "dtype": dtype,
         }
 
@@ -103,6 +131,7 @@ class ModelMeta:
                 tile=int(md["tile"]) if md.get("tile") else None,
                 tile_overlap=int(md["tile_overlap"]) if md.get("tile_overlap") else None,
                 color_fix=md.get("color_fix") or None,
+                kernel=md.get("kernel") or None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise WeightsError(f"{where}: corrupt metadata ({type(exc).__name__}: {exc})") from None
@@ -114,6 +143,10 @@ class ModelMeta:
 
         if meta.color_fix is not None and meta.color_fix not in COLOR_FIXES:
             raise WeightsError(f"{where}: unknown color_fix {meta.color_fix!r} in metadata (known: {', '.join(COLOR_FIXES)})")
+        from .kernels import KERNELS
+
+        if meta.kernel is not None and meta.kernel not in KERNELS:
+            raise WeightsError(f"{where}: unknown kernel {meta.kernel!r} in metadata (known: {', '.join(KERNELS)})")
         return meta
 
 
@@ -224,7 +257,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
     for k, v in md.items():
         if k in ("tile", "tile_overlap"):
             out[k] = int(v) if v else None
-        elif k == "color_fix":
+        elif k in ("color_fix", "kernel"):
             out[k] = v or None
         elif k.endswith("_config") or k == "provenance":
             out[k] = json.loads(v)
@@ -234,6 +267,18 @@ def read_metadata(path: str | os.PathLike) -> dict:
     out["parameters"] = n_params
     out["file_bytes"] = Path(path).stat().st_size
     return out
+
+
+_NOTED: set[str] = set()
+
+
+def _note_once(key: str, message: str) -> None:
+    """Log ``message`` on stderr the first time ``key`` is seen in this process."""
+    if key not in _NOTED:
+        _NOTED.add(key)
+        from ..utils.log import get_logger
+
+        get_logger("vsdloral.weights").info(message)
 
 
 def _numel(shape) -> int:
