@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .model.restorer import Restorer
+from .model.threads import resolve_threads
 from .model.weights import DLoRALModel, WeightsError
 
 DEFAULT_MODEL_PATH = Path(__file__).parent / "data" / "default.safetensors"
@@ -87,12 +88,17 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     compile: bool = False,
+    threads: int | None = None,
 ) -> Restorer:
     """Load a vsdloral weights file (``None``: the bundled default model) and return a
     :class:`~vsdloral.model.restorer.Restorer` on ``device`` in ``dtype``.
 
     ``compile=True`` wraps the UNet and the VAE encoder/decoder in ``torch.compile`` (the first
-    frames of each new shape pay the compile time; ``benchmarks.compile`` measures both)."""
+    frames of each new shape pay the compile time; ``benchmarks.compile`` measures both).
+
+    ``threads``: torch's intra-op thread count used for every frame, whichever thread asks for it
+    (``None``: this thread's ``torch.get_num_threads()`` now). CPU results are bit-identical for a
+    given device, dtype, torch version and thread count, and differ in the last bits between counts."""
     if path is None:
         path = DEFAULT_MODEL_PATH
         if not path.is_file():
@@ -102,4 +108,5 @@ def load_model(
             )
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    return Restorer(DLoRALModel.load(path), dev, dt, compile=compile)
+    n = resolve_threads(threads)  # checked before the (slow) weights load
+    return Restorer(DLoRALModel.load(path), dev, dt, compile=compile, threads=n)

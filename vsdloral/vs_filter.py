@@ -42,16 +42,17 @@ def _err(msg: str) -> vs.Error:
     return vs.Error(f"upscale: {msg}")
 
 
-def _load_restorer(model, device, dtype, compile=False):
+def _load_restorer(model, device, dtype, compile=False, threads=None):
     """``model`` (path / Restorer / None) -> Restorer; path-loaded models are shared per
-    (file, mtime, device, dtype) so several calls in one script load the weights once."""
+    (file, mtime, device, dtype, compile, threads) so several calls in one script load the weights once."""
     from .model.restorer import Restorer
+    from .model.threads import resolve_threads
     from .model.weights import WeightsError
 
     if isinstance(model, Restorer):
-        if device is not None or dtype is not None or compile:
-            raise _err("device/dtype/compile apply only when model is a path or None; load the Restorer with "
-                       "vsdloral.load_model(path, device=..., dtype=..., compile=...) instead")
+        if device is not None or dtype is not None or compile or threads is not None:
+            raise _err("device/dtype/compile/threads apply only when model is a path or None; load the Restorer with "
+                       "vsdloral.load_model(path, device=..., dtype=..., compile=..., threads=...) instead")
         return model
     if model is not None and not isinstance(model, (str, os.PathLike)):
         raise _err(f"model must be a weights-file path, a vsdloral Restorer or None, got {type(model).__name__}")
@@ -62,12 +63,16 @@ def _load_restorer(model, device, dtype, compile=False):
         mtime = os.stat(path).st_mtime_ns
     except OSError:
         mtime = None
-    key = (path, mtime, str(device), str(dtype), bool(compile))
+    try:
+        threads = resolve_threads(threads)
+    except ValueError as exc:
+        raise _err(f"{exc}") from None
+    key = (path, mtime, str(device), str(dtype), bool(compile), threads)
     with _MODELS_LOCK:
         if mtime is not None and key in _MODELS:
             return _MODELS[key]
         try:
-            restorer = load_model(model, device=device, dtype=dtype, compile=compile)
+            restorer = load_model(model, device=device, dtype=dtype, compile=compile, threads=threads)
         except WeightsError as exc:
             raise _err(f"{exc}") from None
         except ValueError as exc:  # bad device / dtype
@@ -189,6 +194,7 @@ def upscale(
     matrix_in: int | str | None = None,
     cfr_window: int | None = None,
     compile: bool = False,
+    threads: int | None = None,
 ) -> vs.VideoNode:
     """Upscale ``clip`` with DLoRAL (one-step diffusion VSR, SPEC section 1).
 
@@ -204,7 +210,10 @@ def upscale(
     retrieval the model was trained with (dense for converted released weights); ``color_fix``
     ``None``: the model's own (adain unless its metadata says otherwise). ``compile=True``:
     ``torch.compile`` the UNet and VAE (first frames are slow while it compiles; measure with
-    ``python -m benchmarks.compile`` before relying on it)."""
+    ``python -m benchmarks.compile`` before relying on it). ``threads``: torch's intra-op thread
+    count for every frame, whichever VapourSynth thread computes it (``None``: this thread's
+    ``torch.get_num_threads()`` when the model loads); the output is bit-identical for a given
+    device, dtype, torch version and thread count, whatever ``core.num_threads`` and the request order."""
     from .model.cfr import CFR_MODES
     from .model.colorfix import COLOR_FIXES
 
@@ -231,7 +240,7 @@ def upscale(
 
     if not isinstance(compile, bool):
         raise _err(f"compile must be True or False, got {compile!r}")
-    restorer = _load_restorer(model, device, dtype, compile)
+    restorer = _load_restorer(model, device, dtype, compile, threads)
     if tile is not None:
         tile = _check_positive_int("tile", tile, 0, MAX_DIM)
     try:

@@ -17,6 +17,7 @@ from .cfr import CFR_MODES
 from .colorfix import COLOR_FIXES, apply_color_fix
 from .oom import oom_hint
 from .temporal import flow_input, warp_reference
+from .threads import resolve_threads, with_own_threads
 from .weights import DLoRALModel
 
 log = get_logger("vsdloral.restorer")
@@ -72,10 +73,14 @@ class Restorer:
 
     ``stats`` counts ``vae_encodes`` (frames encoded), ``vae_decodes``, ``frames`` restored and
     ``unet_calls`` (one per latent tile, or per frame batch when untiled).
+    ``threads``: torch's intra-op thread count for every compute call, whichever thread makes it
+    (:mod:`vsdloral.model.threads`); ``None``: the creating thread's ``torch.get_num_threads()``.
     """
 
-    def __init__(self, model: DLoRALModel, device: torch.device | str, dtype: torch.dtype, *, compile: bool = False) -> None:
+    def __init__(self, model: DLoRALModel, device: torch.device | str, dtype: torch.dtype, *, compile: bool = False,
+                 threads: int | None = None) -> None:
         self.device = torch.device(device)
+        self.threads = resolve_threads(threads)
         self.dtype = dtype
         self.meta = model.meta
         # channels-last: measured 1.7x faster VAE decode on CPU (benchmarks/README.md); convs prefer it on GPUs too
@@ -186,6 +191,7 @@ class Restorer:
         return x.clamp(0, 1)
 
     # -- public API ------------------------------------------------------------------------
+    @with_own_threads  # the same intra-op thread count in every calling thread: the same bits
     @oom_hint  # OOM -> RestoreOutOfMemoryError naming the size and a tile= to try
     @torch.inference_mode()
     def prepare(self, frames: torch.Tensor, *, tile: int | None = None, tile_overlap: int | None = None) -> PreparedFrame:
@@ -210,6 +216,7 @@ class Restorer:
             self.stats["vae_encodes"] += img.shape[0]
         return PreparedFrame(img, small, latent, (h, w))
 
+    @with_own_threads
     @oom_hint
     @torch.inference_mode()
     def restore_prepared(
