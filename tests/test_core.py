@@ -155,6 +155,155 @@ def test_tiled_restore_of_a_trained_model_is_close_to_untiled_without_seams():
     assert _seam_ratio(tiled, plain) < 2.0
 
 
+def test_color_fixes():
+    torch.manual_seed(0)
+    src = torch.rand(1, 3, 32, 32)
+    out = torch.rand(1, 3, 32, 32) * 0.3 + 0.6
+    a = adain_color_fix(out, src)
+    assert torch.allclose(a.mean((2, 3)), src.mean((2, 3)), atol=1e-5)
+    assert torch.allclose(a.std((2, 3)), src.std((2, 3)), atol=1e-3)
+    # the authors' form: eps inside both square roots, so a near-flat output (a fade) is not blown up
+    # to the source's contrast: output std 1e-4 against sqrt(1e-4^2 + 1e-5) = 3.2e-3 -> gain 0.03
+    flat = 0.5 + 1e-4 * torch.randn(1, 3, 32, 32)
+    gain = (adain_color_fix(flat, src).std((2, 3)) / src.std((2, 3)))
+    want = flat.std((2, 3)) / (flat.var((2, 3)) + 1e-5).sqrt() * (src.var((2, 3)) + 1e-5).sqrt() / src.std((2, 3))
+    assert torch.allclose(gain, want, rtol=1e-3) and gain.max() < 0.05
+    # wavelet: a flat colour shift of the output is removed (low frequencies come from src)
+    w = wavelet_color_fix(src + 0.2, src)
+    assert torch.allclose(w, src, atol=1e-4)
+    assert torch.equal(apply_color_fix("none", out, src), out)
+    with pytest.raises(ValueError, match="unknown color_fix"):
+        apply_color_fix("histogram", out, src)
+
+
+def test_vae_factor_comes_from_config(tmp_path):
+    """A 3-level VAE (factor 4) works through the same code: nothing hard-codes 8."""
+    m = init_model("tiny", seed=1)
+    m.meta.vae_config = dict(m.meta.vae_config, down_block_types=["DownEncoderBlock2D"] * 3,
+                             up_block_types=["UpDecoderBlock2D"] * 3, block_out_channels=[16, 32, 32])
+    m = DLoRALModel.build(m.meta)
+    path = tmp_path / "f4.safetensors"
+    m.save(path)
+    r = vsdloral.load_model(path, device="cpu")
+    assert r.factor == 4
+    x = frames(1, 20, 28)
+    assert r.restore(x, x).shape == x.shape
+    assert r.prepare(x).latent.shape[-2:] == (5, 7)
+
+
+# -- the weights file -----------------------------------------------------------------------
+def _rewrite(src, dst, *, drop=None, reshape=None, meta=None):
+    with safe_open(str(src), framework="pt") as f:
+        md = dict(f.metadata())
+        t = {k: f.get_tensor(k) for k in f.keys()}
+    if drop:
+        del t[drop]
+    if reshape:
+        t[reshape] = torch.zeros(3, 3)
+    md.update(meta or {})
+    save_file(t, str(dst), metadata=md)
+    return dst
+
+
+def test_weights_roundtrip_and_dtype(tiny_model_path, tmp_path):
+    m = DLoRALModel.load(tiny_model_path)
+    m.save(tmp_path / "h.safetensors", dtype="fp16")
+    m16 = DLoRALModel.load(tmp_path / "h.safetensors")
+    assert m16.unet.conv_in.weight.dtype == torch.float16
+    assert m16.unet.conv_in.weight.shape[1] == 8
+    r = vsdloral.load_model(tmp_path / "h.safetensors", device="cpu", dtype="bf16")
+    assert r.unet.conv_in.weight.dtype == torch.bfloat16
+    assert r.restore(frames(1, 16, 16)).dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "kind, match",
+    [
+        ("missing", "missing tensors"),
+        ("shape", "has shape"),
+        ("version", "format version"),
+        ("foreign", "not a vsdloral model"),
+        ("garbage", "not a readable safetensors"),
+        ("absent", "no weights file"),
+    ],
+)
+def test_bad_weights_files_are_rejected_clearly(tiny_model_path, tmp_path, kind, match):
+    p = tmp_path / f"{kind}.safetensors"
+    if kind == "missing":
+        _rewrite(tiny_model_path, p, drop="cfr.key_conv.weight")
+    elif kind == "shape":
+        _rewrite(tiny_model_path, p, reshape="unet.conv_in.weight")
+    elif kind == "version":
+        _rewrite(tiny_model_path, p, meta={"format_version": str(FORMAT_VERSION + 1)})
+    elif kind == "foreign":
+        save_file({"w": torch.zeros(2)}, str(p), metadata={"format": "something-else"})
+    elif kind == "garbage":
+        p.write_bytes(b"\x00" * 10 + b"not a safetensors file at all")
+    with pytest.raises(WeightsError, match=match):
+        vsdloral.load_model(p, device="cpu")
+
+
+def test_truncated_file_is_rejected(tiny_model_path, tmp_path):
+    data = tiny_model_path.read_bytes()
+    p = tmp_path / "trunc.safetensors"
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError):
+        vsdloral.load_model(p, device="cpu")
+
+
+def test_bad_device_and_dtype_are_clear():
+    from vsdloral.loading import resolve_device, resolve_dtype
+
+    with pytest.raises(ValueError, match="device"):
+        resolve_device("tpu:3")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError, match="dtype"):
+        resolve_dtype("int8", torch.device("cpu"))
+    assert resolve_dtype(None, torch.device("cuda")) == torch.float16
+    assert resolve_dtype("fp32", torch.device("cpu")) == torch.float32
+
+
+def test_default_cpu_dtype_follows_native_bf16(monkeypatch):
+    from vsdloral import loading
+
+    assert loading.bf16_flags_in_cpuinfo("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 amx_tile\n")
+    assert loading.bf16_flags_in_cpuinfo("flags\t\t: fpu amx_bf16 amx_tile\n")
+    assert not loading.bf16_flags_in_cpuinfo("flags\t\t: fpu sse avx2 avx512f avx512bw\n")
+    assert not loading.bf16_flags_in_cpuinfo("Features\t: fp asimd bf16\n")  # aarch64: not measured, stays fp32
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: True)
+    assert loading.resolve_dtype(None, cpu) == torch.bfloat16
+    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: False)
+    assert loading.resolve_dtype(None, cpu) == torch.float32
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "vsdloral", *args], capture_output=True, text=True)
+
+
+def test_cli_init_and_info(tmp_path):
+    out = tmp_path / "m.safetensors"
+    r = _cli("init", "--preset", "tiny", "--seed", "3", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    r2 = _cli("init", "--preset", "tiny", "--seed", "3", "-o", str(out))
+    assert r2.returncode != 0 and "--force" in r2.stderr and r2.stderr.count("\n") == 1
+    info = _cli("info", str(out))
+    assert info.returncode == 0, info.stderr
+    md = json.loads(info.stdout)
+    assert md["format_version"] == str(FORMAT_VERSION) and md["preset"] == "tiny"
+    assert md["provenance"]["seed"] == 3 and md["unet_config"]["in_channels"] == 8
+    bad = _cli("init", "--preset", "huge", "-o", str(tmp_path / "x.safetensors"))
+    assert bad.returncode == 2 and "unknown preset" in bad.stderr
+    assert not (tmp_path / "x.safetensors").exists()
+    # same seed, same weights
+    out2 = tmp_path / "m2.safetensors"
+    assert _cli("init", "--preset", "tiny", "--seed", "3", "-o", str(out2)).returncode == 0
+    a, b = DLoRALModel.load(out), DLoRALModel.load(out2)
+    assert torch.equal(a.unet.conv_in.weight, b.unet.conv_in.weight)
+
+
 def test_missing_default_model_is_a_clear_error(monkeypatch, tmp_path):
     import vsdloral.loading as loading
 
