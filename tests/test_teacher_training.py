@@ -204,18 +204,73 @@ def test_corrupt_cache_entries_are_recomputed(teacher_dir, tmp_path, caplog):
     assert not list(tmp_path.rglob("*.part"))
 
 
-def test_a_failed_cache_write_leaves_no_file(teacher_dir, tmp_path, monkeypatch):
-    import safetensors.torch
+def test_a_failed_cache_write_warns_once_and_training_goes_on(teacher_dir, tmp_path, monkeypatch, caplog):
+    """A full disk: the half-written file is removed, one warning, the outputs are still returned
+    (the same as cached ones), and no further write is tried."""
+    import errno
 
-    def broken(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"half")
-        raise OSError("disk full")
+    tries = []
 
-    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    def full_disk(self, data):
+        tries.append(self)
+        with open(self, "wb") as f:
+            f.write(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    net = load_x4plus(teacher_dir)
+    lq = torch.rand(3, 3, 4, 4)
+    want = SRTeacher(net, None)(lq)
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
     cache = TeacherCache(tmp_path / "cache", "t" * 64)
-    with pytest.raises(OSError):
-        SRTeacher(load_x4plus(teacher_dir), cache)(torch.rand(1, 3, 4, 4))
+    teacher = SRTeacher(net, cache)
+    with caplog.at_level("WARNING", logger="vsdloral.train.teacher"):
+        assert torch.equal(teacher(lq), want)
+        assert torch.equal(teacher(lq[:1] + 0.5), SRTeacher(net, None)(lq[:1] + 0.5))
+    assert [r.message for r in caplog.records if "cannot write" in r.message] and len(caplog.records) == 1
+    assert "No space left on device" in caplog.records[0].message
+    assert len(tries) == 1 and cache.write_error is not None and teacher.computed == 4
     assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
+
+
+def test_precompute_stops_when_the_cache_cannot_be_written(teacher_dir, sample_clip, tiny_model_path, tmp_path,
+                                                          monkeypatch, capsys):
+    """``vsdloral-train teacher`` exists to fill the cache: a full disk ends it with one line."""
+    import errno
+
+    from training.cli import main
+
+    def full_disk(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    cfg = dl_cfg(sample_clip, tiny_model_path, teacher_dir, tmp_path / "cache")
+    (tmp_path / "run.yaml").write_text(config_mod.dump(cfg))
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    assert main(["teacher", "--config", str(tmp_path / "run.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("vsdloral-train teacher: error: teacher precompute: cannot write to the cache") and \
+        "No space left on device" in err
+
+
+def test_an_unwritable_cache_fails_at_start_in_one_line(teacher_dir, tmp_path, monkeypatch):
+    """A cache folder under a regular file (unwritable even for root), and one whose test write is
+    refused: a one-line error naming teacher.cache before any step."""
+    (tmp_path / "file").write_text("x")
+    cfg = {"scale": 4, "loss": {"teacher": 1.0}, "teacher": {"kind": "realesrgan-x4plus", "path": str(teacher_dir),
+                                                             "cache": str(tmp_path / "file" / "cache")}}
+    net = load_x4plus(teacher_dir)
+    with pytest.raises(ValueError, match=r"^teacher.cache: cannot write to .*file/cache/.*teacher.cache=false") as exc:
+        teacher_mod.build_teacher(cfg, net)
+    assert "\n" not in str(exc.value)
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    cfg["teacher"]["cache"] = str(tmp_path / "cache")
+    monkeypatch.setattr(teacher_mod.tempfile, "NamedTemporaryFile", refuse)
+    with pytest.raises(ValueError, match=r"^teacher.cache: cannot write to .*\(Permission denied\)"):
+        teacher_mod.build_teacher(cfg, net)
+    cfg["teacher"]["cache"] = False
+    assert teacher_mod.build_teacher(cfg, net).cache is None  # no cache: nothing to check
 
 
 def test_cache_prune_deletes_least_recently_used(tmp_path):
@@ -243,6 +298,11 @@ def _truncate_bin(folder: Path) -> None:
     (["teacher.path=/nonexistent/x4plus.param"], None, "teacher.path"),
     (["loss.teacher_distance=l3"], None, "loss.teacher_distance"),
     (["teacher.tile=-1"], None, "teacher.tile"),
+    (["teacher.cache=true"], None, "teacher.cache"),
+    (["teacher.cache=[a]"], None, "teacher.cache"),
+    (["teacher.cache_max_gb=lots"], None, "teacher.cache_max_gb"),
+    (["teacher.cache_max_gb=-1"], None, "teacher.cache_max_gb"),
+    (["teacher.cache=FILE/cache"], None, "teacher.cache"),                                   # unwritable
     ([], _truncate_bin, "realesrgan-x4plus.bin"),                                        # corrupt .bin
     ([], lambda d: (d / "realesrgan-x4plus.bin").unlink(), "realesrgan-x4plus.bin"),     # missing .bin
     ([], lambda d: (d / "realesrgan-x4plus.param").write_text("garbage"), "realesrgan-x4plus.param"),
@@ -256,8 +316,9 @@ def test_bad_teacher_settings_fail_at_start_in_one_line(sets, damage, key, teach
     argv = ["dloral", "--out", str(tmp_path / "run"), "--data", str(sample_clip), "--init", str(tiny_model_path),
             "--steps", "1", "--set", "loss.teacher=1", "--set", "teacher.kind=realesrgan-x4plus", "--set", f"teacher.path={teacher_dir}",
             "--set", f"teacher.cache={tmp_path / 'cache'}", "--set", "train.device=cpu"]
+    (tmp_path / "file").write_text("x")
     for s in sets:
-        argv += ["--set", s]
+        argv += ["--set", s.replace("FILE", str(tmp_path / "file"))]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("vsdloral-train dloral: error: ") and key in err and "Traceback" not in err, err

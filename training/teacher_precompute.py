@@ -13,7 +13,7 @@ from vsdloral.utils.log import get_logger
 
 from .data import build_data, step_indices
 from .schedule import from_config
-from .teacher import build_teacher, teacher_weight, validate_config
+from .teacher import build_teacher, cache_folder, teacher_weight, validate_config
 
 log = get_logger("vsdloral.train.teacher")
 
@@ -29,7 +29,7 @@ def precompute(cfg: dict, *, world: int = 1, chunk: int = 16, device: str | None
     validate_config(cfg)
     if teacher_weight(cfg) <= 0:
         raise ValueError("teacher precompute: loss.teacher is 0, so the run needs no teacher outputs")
-    if (cfg.get("teacher") or {}).get("cache", None) is False:
+    if cache_folder(cfg) is None:
         raise ValueError("teacher precompute: teacher.cache is false; give a cache folder (or null for the default)")
     index, count = shard
     if not 0 <= index < count:
@@ -57,6 +57,10 @@ def precompute(cfg: dict, *, world: int = 1, chunk: int = 16, device: str | None
         if sum(x.shape[0] for x in pending) >= chunk or n == len(mine) - 1:
             teacher(torch.cat(pending))
             pending = []
+            if teacher.cache.write_error is not None:  # filling the cache is this command's only purpose
+                err = teacher.cache.write_error
+                raise ValueError(f"teacher precompute: cannot write to the cache {teacher.cache.folder} "
+                                 f"({err.strerror or err}); free space or give another teacher.cache folder")
     cache = teacher.cache
     out = {"steps": len(todo), "windows": len(mine), "frames": frames, "computed": teacher.computed,
            "cached": cache.hits, "folder": str(cache.folder)}
