@@ -102,7 +102,10 @@ def test_info_shows_provenance(converted, ckpt, sd_base, capsys):
     assert prov["lora_rank_unet_quality"] == 4 and prov["lora_rank_unet_consistency"] == 2
     assert info["unet_config"]["in_channels"] == 8
     assert info["vae_config"]["scaling_factor"] == pytest.approx(0.18215)
-    assert info["scale"] == "4" and info["prompt"] == ""
+    assert info["scale"] == "4" and info["prompt"] == ", ,"  # the authors' string with no tags, no prompt
+    # what inference needs to compute as the authors: their latent tiles and their input kernel
+    assert (info["tile"], info["tile_overlap"], info["kernel"]) == (768, 256, "pil")
+    assert info["branches"] == ["quality", "consistency"] and prov["branches"] == info["branches"]
 
 
 def test_prompt_and_dtype(sd_base, ckpt, tmp_path):
@@ -112,10 +115,67 @@ def test_prompt_and_dtype(sd_base, ckpt, tmp_path):
     convert(sd_base, ckpt, a, prompt="hello dog", dtype="fp16", scale=2)
     convert(sd_base, ckpt, b, prompt="")
     ma, mb = DLoRALModel.load(a), DLoRALModel.load(b)
-    assert ma.meta.prompt == "hello dog" and ma.meta.scale == 2
+    assert ma.meta.prompt == ", hello dog," and ma.meta.scale == 2
     assert ma.unet.conv_in.weight.dtype == torch.float16
     assert ma.prompt_embeds.shape == mb.prompt_embeds.shape == (1, 77, 32)
     assert (ma.prompt_embeds.float() - mb.prompt_embeds).abs().max() > 1e-3
+
+
+def test_prompt_is_composed_as_the_authors(sd_base, ckpt, tmp_path, monkeypatch):
+    """``--tags T --prompt P`` encodes the authors' ``f"{T}, {P},"`` (their DAPE tags, then the user
+    prompt), and that exact string reaches the text encoder."""
+    import vsdloral.convert as conv
+    from vsdloral.model.weights import read_metadata
+
+    seen = []
+    encode = conv.encode_prompt
+    monkeypatch.setattr(conv, "encode_prompt", lambda sd, text: seen.append(text) or encode(sd, text))
+    out = tmp_path / "t.safetensors"
+    assert main(_argv(sd_base, ckpt, out, "--tags", "cat, dog", "--prompt", "hello")) == 0
+    assert seen == ["cat, dog, hello,"]
+    md = read_metadata(out)
+    assert md["prompt"] == "cat, dog, hello,"
+    assert md["provenance"]["tags"] == "cat, dog" and md["provenance"]["user_prompt"] == "hello"
+    assert conv.compose_prompt() == ", ," and conv.compose_prompt("a", "") == "a, ,"
+
+
+def _authors_unet(ckpt, weights):
+    """The authors' UNet from the checkpoint with the six adapters at ``weights`` (their order:
+    consistency encoder/decoder/others, then quality), as ``set_weights_and_activate_adapters``."""
+    from diffusers.utils.peft_utils import set_weights_and_activate_adapters
+
+    from authors_format import dlora_unet_config
+    from vsdloral.convert import build_lora_unet
+
+    unet = build_lora_unet(dlora_unet_config(), torch.load(ckpt, map_location="cpu", weights_only=True))
+    names = [f"default_{g}_{b}" for b in ("consistency", "quality") for g in ("encoder", "decoder", "others")]
+    set_weights_and_activate_adapters(unet, names, weights)
+    return unet
+
+
+@torch.no_grad()
+def test_branches_consistency_is_the_authors_stage_0(sd_base, ckpt, converted, tmp_path, capsys):
+    """``--branches consistency``: the merged UNet computes what the authors' UNet computes with
+    adapter weights 1, 1, 1, 0, 0, 0 (their ``--stages 0``), and differs from both branches merged;
+    the metadata and ``vsdloral info`` say which branches the file holds."""
+    from vsdloral.model.weights import DLoRALModel
+
+    out = tmp_path / "c.safetensors"
+    assert main(_argv(sd_base, ckpt, out, "--branches", "consistency")) == 0
+    assert main(["info", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["branches"] == ["consistency"]
+    assert info["provenance"]["adapters_merged"] == [f"default_{g}_consistency" for g in ("encoder", "decoder", "others")]
+    g = torch.Generator().manual_seed(0)
+    x, emb = torch.randn(1, 8, 8, 12, generator=g), torch.randn(1, 77, 32, generator=g)
+    t = torch.tensor([1])
+    ours = DLoRALModel.load(out).unet.eval()(x, t, encoder_hidden_states=emb).sample
+    stage0 = _authors_unet(ckpt, [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]).eval()(x, t, encoder_hidden_states=emb).sample
+    both = DLoRALModel.load(converted).unet.eval()(x, t, encoder_hidden_states=emb).sample
+    assert (ours - stage0).abs().max() < 1e-5
+    assert (both - stage0).abs().max() > 1e-3  # the quality adapters do contribute: the test sees them
+    assert "unknown branch detail" in _run_err(capsys, _argv(sd_base, ckpt, tmp_path / "x.safetensors",
+                                                          "--branches", "detail"))
 
 
 # -- errors ----------------------------------------------------------------------------------------

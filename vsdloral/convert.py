@@ -206,17 +206,20 @@ def build_lora_unet(unet_config: dict, ckpt: dict) -> nn.Module:
     return unet.eval().requires_grad_(False)
 
 
-def merge_lora_unet(unet: nn.Module, unet_config: dict) -> dict[str, torch.Tensor]:
-    """Merge every LoRA adapter into its base layer with PEFT (``LoraLayer.merge``), swap each
-    LoRA layer for its base layer and return the plain UNet state dict. Its keys and shapes are
-    checked against a plain ``UNet2DConditionModel.from_config(unet_config)``."""
+def merge_lora_unet(unet: nn.Module, unet_config: dict, branches: tuple[str, ...] = BRANCHES) -> dict[str, torch.Tensor]:
+    """Merge the LoRA adapters of ``branches`` into their base layers with PEFT
+    (``LoraLayer.merge``; the other branch's adapters are dropped, as weight 0), swap each LoRA layer
+    for its base layer and return the plain UNet state dict. Its keys and shapes are checked against
+    a plain ``UNet2DConditionModel.from_config(unet_config)``."""
     from diffusers import UNet2DConditionModel
     from peft.tuners.lora import LoraLayer
 
+    keep = {adapter_name(g, b) for b in branches for g in GROUPS}
     layers = [(name, m) for name, m in unet.named_modules() if isinstance(m, LoraLayer)]
     for name, layer in layers:
-        adapters = [a for a in layer.lora_A.keys()]
-        layer.merge(safe_merge=True, adapter_names=adapters)
+        adapters = [a for a in layer.lora_A.keys() if a in keep]
+        if adapters:
+            layer.merge(safe_merge=True, adapter_names=adapters)
         parent_name, _, child = name.rpartition(".")
         parent = unet.get_submodule(parent_name) if parent_name else unet
         setattr(parent, child, layer.get_base_layer())
@@ -288,6 +291,12 @@ def _check_shapes(what: str, module: nn.Module, sd: dict, prefix: str) -> None:
 
 
 # -- prompt --------------------------------------------------------------------------------------
+def compose_prompt(tags: str = "", prompt: str = "") -> str:
+    """The authors' prompt string (``test_DLoRAL.py``): ``f"{tags}, {prompt},"``, where ``tags`` are
+    the DAPE/RAM image tags of the first frame; with neither it is ``", ,"``."""
+    return f"{tags}, {prompt},"
+
+
 def encode_prompt(sd: SDBase, prompt: str) -> torch.Tensor:
     """Encode ``prompt`` with the SD text encoder: padded to the tokenizer's max length (77),
     ``text_encoder(ids)[0]`` -> (1, 77, D) float32."""
@@ -310,13 +319,25 @@ def convert_checkpoint(
     checkpoint: str | os.PathLike,
     *,
     prompt: str = "",
+    tags: str = "",
     scale: int = 4,
+    branches: tuple[str, ...] = BRANCHES,
 ) -> DLoRALModel:
-    """Build a :class:`DLoRALModel` (LoRA merged) from the authors' checkpoint and an SD folder."""
+    """Build a :class:`DLoRALModel` (LoRA merged) from the authors' checkpoint and an SD folder.
+
+    The text conditioning is the authors' :func:`compose_prompt` of ``tags`` and ``prompt``.
+    ``branches=("consistency",)`` merges only the three consistency adapters (C-LoRA): the
+    authors' ``--stages 0`` (adapter weights 1, 1, 1 for consistency, 0 for quality). The metadata
+    records the authors' latent tiles (96/32 positions) and their inference kernel (``pil``)."""
     from diffusers import AutoencoderKL
+
+    from .model.latent_tiles import AUTHORS_OVERLAP, AUTHORS_TILE
 
     if scale < 1:
         raise ConvertError("scale must be a positive integer")
+    branches = tuple(b for b in BRANCHES if b in branches)  # the checkpoint's order, no repeats
+    if not branches:
+        raise ConvertError(f"branches must name some of {', '.join(BRANCHES)}")
     sd = check_sd_base(sd_base)
     ckpt_path = Path(checkpoint)
     ckpt = load_checkpoint(ckpt_path)
@@ -338,11 +359,12 @@ def convert_checkpoint(
 
     log.info("rebuilding the UNet with six LoRA adapters and merging them")
     unet = build_lora_unet(unet_config, ckpt)
-    merged = merge_lora_unet(unet, unet_config)
+    merged = merge_lora_unet(unet, unet_config, branches)
     del unet
 
-    log.info("encoding the prompt %r", prompt)
-    prompt_embeds = encode_prompt(sd, prompt)
+    text = compose_prompt(tags, prompt)
+    log.info("encoding the prompt %r", text)
+    prompt_embeds = encode_prompt(sd, text)
     if prompt_embeds.shape[-1] != unet_config.get("cross_attention_dim"):
         raise ConvertError(
             f"the text encoder's width {prompt_embeds.shape[-1]} differs from the UNet's cross_attention_dim "
@@ -358,9 +380,14 @@ def convert_checkpoint(
         "lora_rank_unet_quality": ckpt[RANK_KEYS["quality"]],
         "lora_rank_unet_consistency": ckpt[RANK_KEYS["consistency"]],
         "lora_alpha": 8,
-        "adapters_merged": list(ADAPTER_NAMES),
+        "adapters_merged": [adapter_name(g, b) for b in branches for g in GROUPS],
+        "branches": list(branches),
+        "tags": tags,
+        "user_prompt": prompt,
     }
-    meta = ModelMeta(unet_config, vae_config, cfr_cfg, scale=scale, prompt=prompt, provenance=provenance)
+    f = 2 ** (len(vae_config["block_out_channels"]) - 1)
+    meta = ModelMeta(unet_config, vae_config, cfr_cfg, scale=scale, prompt=text, provenance=provenance,
+                     tile=AUTHORS_TILE * f, tile_overlap=AUTHORS_OVERLAP * f, kernel="pil")
     model = DLoRALModel.build(meta, empty=True)
     model.unet.load_state_dict(merged, strict=True, assign=True)
     model.vae = vae.eval()
@@ -376,8 +403,10 @@ def convert(
     output: str | os.PathLike,
     *,
     prompt: str = "",
+    tags: str = "",
     dtype: str = "fp32",
     scale: int = 4,
+    branches: tuple[str, ...] = BRANCHES,
     force: bool = False,
 ) -> Path:
     """Convert and write ``output`` atomically. Refuses to overwrite unless ``force``."""
@@ -395,7 +424,7 @@ def convert(
         raise ConvertError(f"cannot write {out} ({parent} is not a folder)")
     if not os.access(parent, os.W_OK):
         raise ConvertError(f"cannot write {out} ({parent} is not writable)")
-    model = convert_checkpoint(sd_base, checkpoint, prompt=prompt, scale=scale)
+    model = convert_checkpoint(sd_base, checkpoint, prompt=prompt, tags=tags, scale=scale, branches=branches)
     try:
         model.save(out, dtype=dtype)
     except OSError as exc:

@@ -14,7 +14,13 @@ def register(sub) -> None:
                    help="Stable Diffusion 2.1-base folder in diffusers layout (vae/, unet/, text_encoder/, tokenizer/)")
     p.add_argument("--checkpoint", required=True, metavar="PKL", help="the authors' model.pkl")
     p.add_argument("-o", "--output", required=True, help="output .safetensors path")
-    p.add_argument("--prompt", default="", help="text prompt encoded once into the model (default: empty)")
+    p.add_argument("--tags", default="", help="image tags of the video's first frame, as the authors' DAPE/RAM "
+                   "gives them (e.g. 'street, car, building'); the prompt encoded once into the model is the "
+                   "authors' f'{tags}, {prompt},' (default: none, so ', ,')")
+    p.add_argument("--prompt", default="", help="user prompt after the tags (the authors' --prompt; default: empty)")
+    p.add_argument("--branches", default="quality,consistency",
+                   help="LoRA branches to merge: 'quality,consistency' (default, both) or 'consistency' (C-LoRA "
+                   "alone: the authors' --stages 0, steadier and less detailed)")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"), help="stored tensor dtype")
     p.add_argument("--scale", type=int, default=4, help="upscaling factor the model was trained for (default 4)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
@@ -24,6 +30,12 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..convert import convert
 
-    convert(args.sd_base, args.checkpoint, args.output, prompt=args.prompt, dtype=args.dtype,
-            scale=args.scale, force=args.force)
+    from ..convert import BRANCHES, ConvertError
+
+    branches = tuple(b.strip() for b in args.branches.split(",") if b.strip())
+    bad = [b for b in branches if b not in BRANCHES]
+    if bad or not branches:
+        raise ConvertError(f"--branches: unknown branch {', '.join(bad) or '(none)'}; use some of {', '.join(BRANCHES)}")
+    convert(args.sd_base, args.checkpoint, args.output, prompt=args.prompt, tags=args.tags, dtype=args.dtype,
+            scale=args.scale, branches=branches, force=args.force)
     return 0

@@ -263,6 +263,10 @@ def read_metadata(path: str | os.PathLike) -> dict:
             out[k] = json.loads(v)
         else:
             out[k] = v
+    prov = out.get("provenance") or {}
+    merged = prov.get("adapters_merged")  # converted before branches were recorded: all six adapters
+    out["branches"] = prov.get("branches") or ([b for b in ("quality", "consistency") if any(
+        str(n).endswith("_" + b) for n in merged)] if merged else None)
     out["tensors"] = n_tensors
     out["parameters"] = n_params
     out["file_bytes"] = Path(path).stat().st_size
