@@ -91,7 +91,7 @@ def test_epe_goes_down_on_a_panning_batch(sample_clip):
 
 
 def test_flow_run_resumes_and_feeds_dloral_spynet_weights(sample_clip, tiny_model_path, tmp_path, capsys):
-    from training.bases import _spynet
+    from training.bases import load_spynet
     from training.checkpoint import load_checkpoint
     from training.cli import main
     from training.tasks import DLoRALTask
@@ -113,7 +113,7 @@ def test_flow_run_resumes_and_feeds_dloral_spynet_weights(sample_clip, tiny_mode
     learned = load_checkpoint(tmp_path / "a")["task"]["spynet"]
     assert any(v.abs().sum() > 0 for k, v in learned.items() if k.startswith("basic_module.0.basic_module.4"))
     for source in (tmp_path / "a", tmp_path / "a" / "checkpoints" / "step-00000004.pt"):
-        sd = _spynet(str(source)).state_dict()
+        sd = load_spynet(str(source)).state_dict()
         assert all(torch.equal(sd[k], learned[k]) for k in learned)
     dl = config_mod.build_config("tiny", None, None)
     config_mod.set_dotted(dl, "dloral.init", str(tiny_model_path))
@@ -122,7 +122,7 @@ def test_flow_run_resumes_and_feeds_dloral_spynet_weights(sample_clip, tiny_mode
     assert all(torch.equal(task.net.spynet.state_dict()[k], learned[k]) for k in learned)
     assert not task.flow_inert  # a trained SPyNet switches the flow loss on
     with pytest.raises(ValueError, match="not a 'flow' run"):
-        _spynet(str(_other_checkpoint(tmp_path)))
+        load_spynet(str(_other_checkpoint(tmp_path)))
 
 
 def _other_checkpoint(tmp_path: Path) -> Path:
@@ -130,3 +130,45 @@ def _other_checkpoint(tmp_path: Path) -> Path:
     path = tmp_path / "vae-step.pt"
     torch.save({"task_name": "vae", "task": {}}, path)
     return path
+
+
+def _not_weights(tmp_path: Path, kind: str) -> Path:
+    import argparse
+
+    if kind == "pickle":  # a torch file holding an object weights_only=True refuses to unpickle
+        torch.save({"spynet": argparse.Namespace(a=1)}, tmp_path / "obj.pt")
+        return tmp_path / "obj.pt"
+    if kind == "garbage.pt":
+        (tmp_path / "g.pt").write_bytes(b"not a torch file at all" * 10)
+        return tmp_path / "g.pt"
+    if kind == "garbage.safetensors":
+        (tmp_path / "g.safetensors").write_bytes(b"\xff" * 64)
+        return tmp_path / "g.safetensors"
+    if kind == "tensor":
+        torch.save(torch.zeros(3), tmp_path / "t.pt")
+        return tmp_path / "t.pt"
+    if kind == "other-dict":
+        torch.save({"basic_module.0.weight": torch.zeros(2)}, tmp_path / "d.pt")
+        return tmp_path / "d.pt"
+    if kind == "empty-folder":
+        (tmp_path / "empty").mkdir()
+        return tmp_path / "empty"
+    return tmp_path / "missing.pt"
+
+
+@pytest.mark.parametrize("kind", ["pickle", "garbage.pt", "garbage.safetensors", "tensor", "other-dict",
+                                  "empty-folder", "missing"])
+@pytest.mark.parametrize("key", ["flow.init", "dloral.spynet_weights"])
+def test_bad_spynet_weights_are_one_line_errors(key, kind, sample_clip, tiny_model_path, tmp_path, capsys):
+    from training.cli import main
+
+    path = _not_weights(tmp_path, kind)
+    cmd = key.split(".")[0]
+    argv = [cmd, "--out", str(tmp_path / "run"), "--data", str(sample_clip), "--steps", "1", "--set",
+            f"{key}={path}", "--set", "train.device=cpu"]
+    if cmd == "dloral":
+        argv += ["--init", str(tiny_model_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"vsdloral-train {cmd}: error: {key}") and str(path) in err and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists()

@@ -17,8 +17,7 @@ from vsdloral.model.spynet import SPyNet
 from vsdloral.model.weights import DLoRALModel
 from vsdloral.utils.log import get_logger
 
-from .checkpoint import load_checkpoint
-from .losses import _load_state
+from .checkpoint import load_checkpoint, load_state_file
 from .nets import identity_cfr, widen_conv_in, zero_flow_spynet
 
 log = get_logger("vsdloral.train.bases")
@@ -60,26 +59,37 @@ def encode_prompt(folder: Path, prompt: str) -> torch.Tensor:
         return enc(ids.input_ids)[0].float()
 
 
-def _spynet(weights: str | None) -> SPyNet:
+def load_spynet(weights: str | None, what: str = "dloral.spynet_weights") -> SPyNet:
     """SPyNet from a state dict file (``.pt``/``.pth``/``.safetensors``, optional ``spynet.``
-    prefix), or from a ``vsdloral-train flow`` run folder or checkpoint; ``None``: zero flow."""
+    prefix), or from a ``vsdloral-train flow`` run folder or checkpoint; ``None``: zero flow.
+    ``what`` (the config key) is named in the one-line ``ValueError`` for anything else."""
     if not weights:
         log.info("SPyNet starts untrained (zero flow); give dloral.spynet_weights for a pretrained one")
         return zero_flow_spynet()
     path = Path(weights)
-    sd = load_checkpoint(path) if path.is_dir() else _load_state(path)  # a folder: the run's latest checkpoint
+    if path.is_dir():  # a folder: the run's latest checkpoint
+        try:
+            sd = load_checkpoint(path)
+        except ValueError as exc:
+            raise ValueError(f"{what}: {exc}") from None
+    else:
+        sd = load_state_file(path, what)
     if "task_name" in sd:  # a training checkpoint: only a 'flow' run's holds a SPyNet of its own
         if sd["task_name"] != "flow":
-            raise ValueError(f"dloral.spynet_weights {weights} is a {sd['task_name']!r} training checkpoint, "
+            raise ValueError(f"{what} {weights} is a {sd['task_name']!r} training checkpoint, "
                              "not a 'flow' run's (vsdloral-train flow) nor a SPyNet state dict")
         sd = sd["task"]["spynet"]
-    sd = {k[len("spynet."):] if k.startswith("spynet.") else k: v for k, v in sd.items()}
+    sd = {k[len("spynet."):] if k.startswith("spynet.") else k: v for k, v in sd.items() if isinstance(k, str)}
     sd = {k: v for k, v in sd.items() if k.startswith("basic_module.")}
     net = SPyNet()
-    try:
-        net.load_state_dict(sd, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"dloral.spynet_weights {weights} is not a SPyNet state dict: {exc}") from None
+    want = net.state_dict()
+    missing = [k for k in want if k not in sd]
+    wrong = [k for k in want if k in sd and (not isinstance(sd[k], torch.Tensor) or sd[k].shape != want[k].shape)]
+    if missing or wrong or len(sd) != len(want):
+        detail = (f"{len(missing)} of its {len(want)} tensors missing (e.g. {missing[0]})" if missing else
+                  f"{wrong[0]} has another shape" if wrong else f"{len(sd) - len(want)} unexpected tensors")
+        raise ValueError(f"{what} {weights} is not a SPyNet state dict ({detail})")
+    net.load_state_dict(sd, strict=True)
     return net
 
 
@@ -158,7 +168,7 @@ def load_start(cfg: dict) -> Start:
             prompt = t["prompt_embeds"].float()
         unet = widen_conv_in(unet4, cfg4)
         unet_config = dict(cfg4, in_channels=2 * cfg4["in_channels"])
-        spynet = _spynet(d.get("spynet_weights"))
+        spynet = load_spynet(d.get("spynet_weights"))
         from dataclasses import replace
 
         m = (cfg.get("model") or {}).get("cfr") or {}
@@ -170,7 +180,7 @@ def load_start(cfg: dict) -> Start:
         unet, unet_config, vae, vae_config = m.unet.float(), dict(m.meta.unet_config), m.vae.float(), dict(m.meta.vae_config)
         spynet, cfr, prompt = m.spynet.float(), m.cfr.float(), m.prompt_embeds.float()
         if d.get("spynet_weights"):
-            spynet = _spynet(d["spynet_weights"])
+            spynet = load_spynet(d["spynet_weights"])
         if not base:
             kind = "weights"
     return Start(unet, unet_config, vae, vae_config, spynet, cfr, prompt, kind, teacher, alphas, neg)

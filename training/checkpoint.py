@@ -1,5 +1,6 @@
 """Checkpoints: ``torch.save`` of plain tensors/dicts/lists, written atomically, last K kept,
-loaded with ``weights_only=True``. RNG states are stored as tensors and lists for that reason."""
+loaded with ``weights_only=True``. RNG states are stored as tensors and lists for that reason.
+Also the loader of state-dict files named in a config (:func:`load_state_file`)."""
 
 from __future__ import annotations
 
@@ -90,3 +91,35 @@ def load_checkpoint(path: str | Path) -> dict:
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [""])[0]
         raise ValueError(f"{p} is not a readable training checkpoint ({type(exc).__name__}: {first})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0]
+
+
+def load_state_file(path: str | Path, what: str) -> dict:
+    """The state dict in a ``.safetensors`` file or a torch file (``weights_only=True``; a
+    ``{"state_dict": ...}`` wrapper is unwrapped). A missing file, garbage, or a pickle holding
+    objects other than tensors and plain data is a one-line ``ValueError`` naming ``what`` (the
+    config key) and the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{what}: no file at {p}")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(p))
+        else:
+            sd = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False, which would run arbitrary code: never
+        raise ValueError(f"{what}: {p} is not a weights file (neither safetensors nor a torch file of tensors and "
+                         "plain data; other pickled objects are never loaded)") from None
+    except Exception as exc:  # safetensors and torch raise several types for a damaged file
+        raise ValueError(f"{what}: {p} is not a readable weights file ({type(exc).__name__}: {_first_line(exc)})") from None
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise ValueError(f"{what}: {p} holds a {type(sd).__name__}, not a state dict")
+    return sd

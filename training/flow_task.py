@@ -22,6 +22,7 @@ from torch import nn
 from vsdloral.model.spynet import SPyNet, flow_warp
 from vsdloral.model.temporal import flow_input
 
+from .bases import load_spynet
 from .nets import upscale, zero_flow_spynet
 from .task import Task, arch, register
 
@@ -91,13 +92,6 @@ def warp_error(hq: torch.Tensor, flow: torch.Tensor, grid: tuple[int, int]) -> f
     return (flow_warp(ref, flow.float().to(ref.device), padding_mode="border") - cur).abs().mean().item()
 
 
-def load_spynet(path: str) -> SPyNet:
-    """SPyNet from a state-dict file or a 'flow' run/checkpoint (via training.bases)."""
-    from .bases import _spynet
-
-    return _spynet(path)
-
-
 @register
 class FlowTask(Task):
     """SPyNet on (degraded LQ input, DIS-on-HQ label) pairs; EPE loss. ``flow.init``: a SPyNet
@@ -120,7 +114,7 @@ class FlowTask(Task):
         _, vae, cfr = arch(cfg)
         factor = 2 ** (len(vae["block_out_channels"]) - 1)
         torch.manual_seed(int(cfg.get("seed", 0)))
-        spynet = load_spynet(self.c["init"]) if self.c.get("init") else zero_flow_spynet()
+        spynet = load_spynet(self.c["init"], "flow.init") if self.c.get("init") else zero_flow_spynet()
         self.net = FlowNet(spynet, self.scale, factor, int(cfr.flow_downscale))
 
     def forward(self, model, batch):

@@ -10,18 +10,11 @@ from torch import nn
 
 from vsdloral.model.spynet import SPyNet
 
+from .checkpoint import load_state_file
+
 
 def l2(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(pred.float(), target.float())
-
-
-def _load_state(path: Path) -> dict:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
 
 
 def build_lpips(weights: str | None, net: str = "alex") -> nn.Module:
@@ -32,13 +25,12 @@ def build_lpips(weights: str | None, net: str = "alex") -> nn.Module:
             "loss.lpips > 0 needs loss.lpips_weights: a local file with a full lpips.LPIPS state dict "
             "(backbone + linear layers); no weights are downloaded. Set loss.lpips=0 to train without LPIPS")
     path = Path(weights)
-    if not path.is_file():
-        raise ValueError(f"loss.lpips_weights: no file at {path}")
+    state = load_state_file(path, "loss.lpips_weights")
     import lpips
 
     model = lpips.LPIPS(pretrained=False, net=net, pnet_rand=True, verbose=False)
     try:
-        missing, unexpected = model.load_state_dict(_load_state(path), strict=False)
+        missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:
         raise ValueError(f"loss.lpips_weights {path} does not fit lpips net {net!r}: {exc}") from None
     if missing:
