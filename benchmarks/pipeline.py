@@ -22,7 +22,7 @@ from .common import dtype_name, emit, matmul_peak_flops, model_file, parse_size,
 
 STAGES = ("vae_encode", "flow", "cfr", "unet", "vae_decode", "color_fix")
 FLOP_MODULES = {"Encoder": "vae_encode", "SPyNet": "flow", "CrossFrameRetrieval": "cfr",
-                "UNet2DConditionModel": "unet", "Decoder": "vae_decode"}
+                "UNet2DConditionModel": "unet", "Decoder": "vae_decode", "LatentSRDecoder": "vae_decode"}
 
 
 def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *_args, out_shape=None, **_kwargs) -> int:

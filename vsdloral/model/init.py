@@ -16,7 +16,8 @@ def init_model(preset: str, *, seed: int = 0, scale: int = 4) -> DLoRALModel:
     p = get_preset(preset)
     torch.manual_seed(seed)
     meta = ModelMeta(dict(p.unet), dict(p.vae), p.cfr, scale=scale, preset=p.name,
-                     provenance={"source": "vsdloral init", "preset": p.name, "seed": seed})
+                     provenance={"source": "vsdloral init", "preset": p.name, "seed": seed},
+                     decoder_config=dict(p.decoder) if p.decoder else None)
     model = DLoRALModel.build(meta)
     model.prompt_embeds = torch.randn_like(model.prompt_embeds)
     return model

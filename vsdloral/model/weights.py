@@ -46,6 +46,9 @@ class ModelMeta:
     tile_overlap: int | None = None
     #: colour fix the model was validated with, used when the caller gives none (None: adain)
     color_fix: str | None = None
+    #: a VAE decoder other than diffusers' ``Decoder`` (:mod:`vsdloral.model.decoders`); None: the
+    #: ``Decoder`` of ``vae_config`` (every file written before decoders existed)
+    decoder_config: dict | None = None
     #: LQ upscaling kernel the model expects (vsdloral.model.kernels); None: see inference_kernel
     kernel: str | None = None
 
@@ -88,7 +91,7 @@ class ModelMeta:
         return int(self.vae_config.get("latent_channels", 4))
 
     def to_metadata(self, dtype: str) -> dict[str, str]:
-        return {
+        md = {
             "format": FORMAT_NAME,
             "format_version": str(FORMAT_VERSION),
             "unet_config": json.dumps(self.unet_config),
@@ -105,6 +108,9 @@ class ModelMeta:
             "kernel": self.kernel or "",
             "dtype": dtype,
         }
+        if self.decoder_config is not None:  # absent, not empty: older readers and files stay as they were
+            md["decoder_config"] = json.dumps(self.decoder_config)
+        return md
 
     @classmethod
     def from_metadata(cls, md: dict[str, str] | None, where: str) -> "ModelMeta":
@@ -132,6 +138,7 @@ class ModelMeta:
                 tile_overlap=int(md["tile_overlap"]) if md.get("tile_overlap") else None,
                 color_fix=md.get("color_fix") or None,
                 kernel=md.get("kernel") or None,
+                decoder_config=json.loads(md["decoder_config"]) if md.get("decoder_config") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise WeightsError(f"{where}: corrupt metadata ({type(exc).__name__}: {exc})") from None
@@ -139,6 +146,14 @@ class ModelMeta:
             raise WeightsError(f"{where}: UNet in_channels must be 2 x latent channels ({2 * meta.latent_channels})")
         if meta.cfr.latent_channels != meta.latent_channels:
             raise WeightsError(f"{where}: CFR latent_channels does not match the VAE's")
+        if meta.decoder_config is not None:
+            from .decoders import check_decoder_config
+
+            try:
+                meta.decoder_config = check_decoder_config(meta.decoder_config, latent_channels=meta.latent_channels,
+                                                           factor=meta.vae_factor)
+            except ValueError as exc:
+                raise WeightsError(f"{where}: {exc}") from None
         from .colorfix import COLOR_FIXES
 
         if meta.color_fix is not None and meta.color_fix not in COLOR_FIXES:
@@ -171,6 +186,10 @@ class DLoRALModel:
         with device:
             unet = UNet2DConditionModel.from_config(meta.unet_config)
             vae = AutoencoderKL.from_config(meta.vae_config)
+            if meta.decoder_config is not None:  # tensors stay under vae.decoder.
+                from .decoders import swap_decoder
+
+                swap_decoder(vae, meta.decoder_config)
         spynet, cfr = SPyNet(), CrossFrameRetrieval(meta.cfr)
         tokens = 77
         prompt = torch.zeros(1, tokens, meta.unet_config["cross_attention_dim"])

@@ -1,0 +1,108 @@
+"""VAE decoders other than diffusers' ``Decoder``, swapped in as ``AutoencoderKL.decoder``.
+
+:class:`LatentSRDecoder` spends its FLOPs on the latent grid: a trunk of residual 3x3 conv blocks
+at latent resolution, then one sub-pixel (pixel-shuffle) output to full resolution, plus a linear
+latent -> pixels path (a 1x1 conv, also pixel-shuffled) that the trunk adds its residual to. It
+is the shape of Real-ESRGAN's compact model (SRVGGNetCompact) with a latent in place of the LQ
+image: texture is drawn by wide convolutions on the small grid, never by narrow full-resolution
+levels. It has no normalisation layers, so a tile decodes as the whole frame does away from the
+tile's border (no GroupNorm statistics over the frame).
+
+A weights file records such a decoder in its ``decoder_config`` metadata (absent: diffusers'
+``Decoder`` from ``vae_config``); its tensors stay under ``vae.decoder.``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+KINDS = ("latent-sr",)
+
+
+class _ResBlock(nn.Module):
+    """conv3x3 -> LeakyReLU -> conv3x3, added to the input (EDSR's block, no normalisation)."""
+
+    def __init__(self, channels: int, slope: float) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.act = nn.LeakyReLU(slope, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(self.act(self.conv1(x)))
+
+
+class LatentSRDecoder(nn.Module):
+    """Latent (N, latent_channels, h, w) -> image (N, out_channels, scale*h, scale*w) in about
+    [-1,1]. ``channels`` wide, ``blocks`` residual blocks (2 convs each) on the latent grid."""
+
+    def __init__(self, latent_channels: int, *, out_channels: int = 3, channels: int = 64, blocks: int = 6,
+                 scale: int = 4, slope: float = 0.2) -> None:
+        super().__init__()
+        self.config = {"kind": "latent-sr", "latent_channels": int(latent_channels), "out_channels": int(out_channels),
+                       "channels": int(channels), "blocks": int(blocks), "scale": int(scale), "slope": float(slope)}
+        sub = out_channels * scale * scale
+        self.conv_in = nn.Conv2d(latent_channels, channels, 3, padding=1)
+        self.act = nn.LeakyReLU(slope, inplace=True)
+        self.blocks = nn.Sequential(*[_ResBlock(channels, slope) for _ in range(blocks)])
+        self.conv_out = nn.Conv2d(channels, sub, 3, padding=1)
+        self.skip = nn.Conv2d(latent_channels, sub, 1)  # the linear latent -> pixels path
+        self.shuffle = nn.PixelShuffle(scale)
+        nn.init.zeros_(self.conv_out.weight)  # starts as the linear path; the trunk learns the residual
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, z: torch.Tensor, latent_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """What ``AutoencoderKL._decode`` passes (the post-quant latent; ``latent_embeds`` is
+        diffusers' spatial-norm input, which this decoder has no use for)."""
+        h = self.act(self.conv_in(z))
+        h = self.conv_out(self.blocks(h))
+        return self.shuffle(h + self.skip(z))
+
+
+def check_decoder_config(config: dict, *, latent_channels: int, factor: int) -> dict:
+    """Return ``config`` with defaults filled in, or raise ``ValueError`` naming the problem
+    (unknown kind, a latent width or scale that does not match the VAE's)."""
+    if not isinstance(config, dict):
+        raise ValueError(f"decoder_config must be a JSON object, not {type(config).__name__}")
+    kind = config.get("kind")
+    if kind not in KINDS:
+        raise ValueError(f"decoder_config kind {kind!r} is unknown (known: {', '.join(KINDS)})")
+    out = {"kind": kind, "latent_channels": int(config.get("latent_channels", latent_channels)),
+           "out_channels": int(config.get("out_channels", 3)), "channels": int(config.get("channels", 64)),
+           "blocks": int(config.get("blocks", 6)), "scale": int(config.get("scale", factor)),
+           "slope": float(config.get("slope", 0.2))}
+    if out["latent_channels"] != latent_channels:
+        raise ValueError(f"decoder_config latent_channels {out['latent_channels']} != the VAE's {latent_channels}")
+    if out["scale"] != factor:
+        raise ValueError(f"decoder_config scale {out['scale']} != the VAE's factor {factor} (its encoder's)")
+    if out["channels"] < 1 or out["blocks"] < 0 or out["out_channels"] < 1:
+        raise ValueError(f"decoder_config needs channels >= 1, blocks >= 0, out_channels >= 1: {config}")
+    return out
+
+
+def build_decoder(config: dict) -> nn.Module:
+    """The decoder module of a checked ``decoder_config``."""
+    c = dict(config)
+    kind = c.pop("kind")
+    if kind == "latent-sr":
+        return LatentSRDecoder(c.pop("latent_channels"), **c)
+    raise ValueError(f"decoder_config kind {kind!r} is unknown (known: {', '.join(KINDS)})")
+
+
+def decoder_config_of(vae: nn.Module) -> dict | None:
+    """The ``decoder_config`` of a VAE's decoder (``None``: diffusers' own ``Decoder``). Looks
+    through a ``torch.compile`` wrapper."""
+    dec = getattr(vae.decoder, "_orig_mod", vae.decoder)
+    cfg = getattr(dec, "config", None)
+    return dict(cfg) if isinstance(cfg, dict) and cfg.get("kind") in KINDS else None
+
+
+def swap_decoder(vae: nn.Module, config: dict) -> nn.Module:
+    """Replace ``vae.decoder`` by the decoder of ``config`` (built on the current default device);
+    returns the VAE."""
+    vae.decoder = build_decoder(config)
+    return vae
+
+
+__all__ = ["KINDS", "LatentSRDecoder", "build_decoder", "check_decoder_config", "decoder_config_of", "swap_decoder"]
