@@ -51,6 +51,24 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--base", default=None, help="Stable Diffusion 2.1-base folder, or a 'base' run folder/checkpoint")
     p.add_argument("--init", default=None, help="vsdloral weights file to continue training from")
+    p = sub.add_parser("decoder", help="train a new VAE decoder alone from precomputed latents to the SR teacher's "
+                       "outputs (training/decoder_task.py; --preset lite2)")
+    _common(p)
+    p.add_argument("--init", default=None, help="weights file whose encoder, UNet, flow and CFR make the latents")
+    p.add_argument("--store", default=None, help="folder of precomputed latents and teacher outputs (decoder-data)")
+    p = sub.add_parser("decoder-data", help="precompute the decoder stage's latents and teacher outputs into a store")
+    p.add_argument("--preset", default=None, help="training preset (lite2)")
+    p.add_argument("--config", default=None, help="YAML config merged over the preset")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config entry (dotted key, YAML value); repeatable")
+    p.add_argument("--data", action="append", default=None, metavar="PATH", help="as for decoder (repeatable)")
+    p.add_argument("--images", action="append", default=None, metavar="FOLDER", help="as for decoder (repeatable)")
+    p.add_argument("--windows", type=int, default=None, help="windows in the store (decoder.windows)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--init", default=None, help="weights file whose encoder, UNet, flow and CFR make the latents")
+    p.add_argument("--store", required=True, help="folder of the store (chunks already there are kept)")
+    p.add_argument("--shard", default="0/1", metavar="I/N",
+                   help="compute every N-th chunk from the I-th (run N of these, e.g. one per core; default 0/1)")
     p = sub.add_parser("flow", help="train the model's SPyNet on real frame pairs with OpenCV DIS flow as pseudo-labels")
     _common(p)
     p = sub.add_parser("export", help="dloral checkpoint -> vsdloral weights file")
@@ -109,7 +127,9 @@ def _train(args: argparse.Namespace) -> int:
         f"{cmd}.batch_size": args.batch_size, f"{cmd}.crop": args.crop, f"{cmd}.lr": args.lr,
         "seed": args.seed, "train.device": args.device,
         "base.vae": getattr(args, "vae", None), "dloral.base": getattr(args, "base", None),
-        "dloral.init": getattr(args, "init", None),
+        "dloral.init": getattr(args, "init", None) if cmd == "dloral" else None,
+        "decoder.init": getattr(args, "init", None) if cmd == "decoder" else None,
+        "decoder.store": getattr(args, "store", None),
     }
     cfg = config_mod.build_config(args.preset, args.config, args.overrides, explicit)
     print(f"vsdloral-train {cmd}: effective config\n{config_mod.dump(cfg)}", file=sys.stderr, flush=True)
@@ -129,19 +149,35 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _decoder_data(args: argparse.Namespace) -> int:
+    from .decoder_data import precompute
+
+    explicit = {"data.videos": args.data, "data.images": args.images, "decoder.windows": args.windows,
+                "seed": args.seed, "decoder.init": args.init}
+    cfg = config_mod.build_config(args.preset, args.config, args.overrides, explicit)
+    res = precompute(cfg, args.store, shard=_shard(args.shard))
+    print(f"decoder store {res['store']}: {res['computed']} of this shard's {res['chunks']} chunks computed "
+          f"({res['teacher_frames']} teacher frames computed, {res['teacher_cached']} cached)", file=sys.stderr)
+    return 0
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        shard = tuple(int(x) for x in text.split("/"))
+        if len(shard) != 2:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"--shard must be I/N (e.g. 0/2), not {text!r}") from None
+    return shard
+
+
 def _teacher(args: argparse.Namespace) -> int:
     from .teacher_precompute import precompute
 
     explicit = {"data.videos": args.data, "data.images": args.images, "dloral.steps": args.steps,
                 "dloral.batch_size": args.batch_size, "dloral.crop": args.crop, "seed": args.seed}
     cfg = config_mod.build_config(args.preset, args.config, args.overrides, explicit)
-    try:
-        shard = tuple(int(x) for x in args.shard.split("/"))
-        if len(shard) != 2:
-            raise ValueError
-    except ValueError:
-        raise ValueError(f"--shard must be I/N (e.g. 0/2), not {args.shard!r}") from None
-    res = precompute(cfg, world=args.world, device=args.device, shard=shard)
+    res = precompute(cfg, world=args.world, device=args.device, shard=_shard(args.shard))
     print(f"teacher outputs of {res['steps']} steps, {res['windows']} windows: {res['frames']} frames ({res['computed']} computed, "
           f"{res['cached']} already cached) in {res['folder']}", file=sys.stderr)
     return 0
@@ -171,7 +207,8 @@ def _data(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"export": _export, "degrade": _degrade, "data": _data, "teacher": _teacher}.get(args.command, _train)
+    handler = {"export": _export, "degrade": _degrade, "data": _data, "teacher": _teacher,
+               "decoder-data": _decoder_data}.get(args.command, _train)
     try:
         return handler(args)
     except KeyboardInterrupt:

@@ -37,6 +37,16 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
+def load_preset(name: str, _seen: tuple[str, ...] = ()) -> dict:
+    """A bundled preset config; one whose YAML says ``extends: OTHER`` is merged over OTHER's
+    (so a variant preset lists only what it changes)."""
+    if name in _seen:
+        raise ValueError(f"training preset {name!r} extends itself ({' -> '.join(_seen + (name,))})")
+    cfg = load_yaml(preset_path(name))
+    parent = cfg.pop("extends", None)
+    return merge(load_preset(str(parent), _seen + (name,)), cfg) if parent else cfg
+
+
 def merge(base: dict, over: dict) -> dict:
     """Recursively merge ``over`` into a copy of ``base``."""
     out = copy.deepcopy(base)
@@ -83,7 +93,7 @@ def build_config(preset: str | None, config_file: str | None, overrides: list[st
     """Preset YAML < user YAML < ``--set`` overrides < explicit flags (non-``None`` values)."""
     user = load_yaml(config_file) if config_file else {}
     name = preset or user.get("preset") or "tiny"
-    cfg = merge(load_yaml(preset_path(name)), user)
+    cfg = merge(load_preset(name), user)
     cfg["preset"] = name
     for item in overrides or []:
         set_dotted(cfg, *parse_override(item))

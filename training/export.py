@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from vsdloral.model.decoders import decoder_config_of
 from vsdloral.model.presets import PRESETS, get_preset
 from vsdloral.model.weights import DLoRALModel, ModelMeta, read_metadata
 
@@ -57,6 +58,10 @@ def export(checkpoint: str | Path, output: str | Path, dtype: str = "fp32", prom
     if not branches or any(b not in lora.BRANCHES for b in branches):
         raise ValueError(f"export: branches must be some of {', '.join(lora.BRANCHES)}, not {branches!r}")
     state = load_checkpoint(checkpoint)
+    if state.get("task_name") == "decoder":  # the init model with the trained decoder (training/decoder_task.py)
+        from .decoder_task import export_decoder
+
+        return export_decoder(state, output, dtype)
     if state.get("task_name") != "dloral":
         raise ValueError(f"export needs a 'dloral' checkpoint; {checkpoint} is {state.get('task_name')!r}")
     cfg = state["config"]
@@ -102,6 +107,7 @@ def export(checkpoint: str | Path, output: str | Path, dtype: str = "fp32", prom
             if bc.get(key) and is_weights_file(bc[key]) and Path(bc[key]).is_file():
                 provenance["base_stage"][f"{key}_provenance"] = read_metadata(bc[key]).get("provenance", {})
     meta = ModelMeta(dict(s.unet_config), dict(s.vae_config), net.cfr.config, scale=int(cfg.get("scale", 4)),
+                     decoder_config=decoder_config_of(vae),  # a lite2 init's decoder (None: diffusers' Decoder)
                      prompt=d.get("prompt", "") if prompt is None else prompt,
                      preset=cfg.get("arch"), provenance=provenance,
                      tile=(tile if tile is not None else (cfg.get("model") or {}).get("inference_tile")) or None,

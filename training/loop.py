@@ -25,7 +25,7 @@ from vsdloral.utils.dicts import changed_keys
 from vsdloral.utils.log import get_logger
 
 from . import config as config_mod
-from . import flow_task, tasks  # noqa: F401  the task modules register their tasks; a new task's module goes here
+from . import decoder_task, flow_task, tasks  # noqa: F401  the task modules register their tasks; a new task's module goes here
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .data import build_data, step_batch
 from .task import task_class
@@ -93,7 +93,9 @@ def train(task_name: str, cfg: dict, out_dir: str | Path, resume: str | bool | N
     seed = int(cfg.get("seed", 0))
 
     task = task_class(task_name)(cfg)
-    src, dataset, val = build_data(cfg, task_name, task.frames)
+    own_data = getattr(task, "build_data", None)  # a task with data of its own (decoder: a precomputed store)
+    src, dataset, val = own_data() if own_data is not None else build_data(cfg, task_name, task.frames)
+    draw = getattr(task, "batch", None) or step_batch
     data_files = src.file_records() if accelerator.is_main_process else []  # name + sha256: the model's metadata
     params = task.trainable()
     optimizer = torch.optim.AdamW(params, lr=float(c["lr"]), weight_decay=float(c.get("weight_decay", 1e-2)))
@@ -169,7 +171,7 @@ def train(task_name: str, cfg: dict, out_dir: str | Path, resume: str | bool | N
                 g["lr"] = lr
             logs: dict[str, float] = {}
             for micro in range(accum):
-                batch = step_batch(dataset, step * accum + micro, bs, accelerator.process_index, accelerator.num_processes)
+                batch = draw(dataset, step * accum + micro, bs, accelerator.process_index, accelerator.num_processes)
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 with accelerator.accumulate(model):
                     with accelerator.autocast():

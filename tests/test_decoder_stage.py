@@ -1,0 +1,167 @@
+"""lite2's latent-grid decoder (vsdloral/model/decoders.py) in the weights file, and the stand-alone
+decoder stage (training/decoder_data.py, training/decoder_task.py): the store, exact resume, export."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import cv2
+import pytest
+import torch
+from ncnn_format import random_rrdbnet, write_rrdbnet_ncnn
+
+from training import config as config_mod
+from training.checkpoint import load_checkpoint
+from training.loop import train
+from vsdloral.model.decoders import LatentSRDecoder, check_decoder_config
+from vsdloral.model.errors import WeightsError
+from vsdloral.model.init import init_model
+from vsdloral.model.presets import get_preset
+from vsdloral.model.weights import DLoRALModel, read_metadata
+
+TINY_DECODER = {"kind": "latent-sr", "channels": 8, "blocks": 1}
+
+
+def test_lite2_preset_shapes():
+    """lite2 is lite with a latent-grid decoder: same encoder, UNet and CFR; the decoder maps the
+    8-channel latent to x4 RGB, and starts as its linear path (zero trunk output)."""
+    lite, lite2 = get_preset("lite"), get_preset("lite2")
+    assert lite2.unet == lite.unet and lite2.vae == lite.vae and lite2.cfr == lite.cfr
+    m = init_model("lite2", seed=0)
+    dec = m.vae.decoder
+    assert isinstance(dec, LatentSRDecoder)
+    assert m.meta.decoder_config == check_decoder_config(lite2.decoder, latent_channels=8, factor=4)
+    assert dec.conv_in.in_channels == 8 and dec.conv_in.out_channels == 64 and len(dec.blocks) == 6
+    assert dec.conv_out.out_channels == 3 * 16 and dec.skip.out_channels == 3 * 16
+    z = torch.randn(2, 8, 5, 7)
+    with torch.no_grad():
+        y = dec(z)
+        linear = torch.nn.functional.pixel_shuffle(dec.skip(z), 4)
+    assert y.shape == (2, 3, 20, 28)
+    assert torch.equal(y, linear)  # the trunk's output conv starts at zero
+    # what AutoencoderKL.decode passes it (post_quant_conv output), and the image path end to end
+    with torch.no_grad():
+        assert m.vae.decode(z).sample.shape == (2, 3, 20, 28)
+        x = torch.rand(1, 3, 32, 48) * 2 - 1
+        assert m.vae.decode(m.vae.encode(x).latent_dist.mode()).sample.shape == x.shape
+
+
+def test_save_load_with_the_new_decoder_and_old_files_still_load(tmp_path):
+    m = init_model("lite2", seed=1)
+    with torch.no_grad():  # a trained-looking trunk (it starts at zero)
+        m.vae.decoder.conv_out.weight.normal_(0, 0.01)
+    path = tmp_path / "lite2.safetensors"
+    m.save(path)
+    md = read_metadata(path)
+    assert md["decoder_config"] == m.meta.decoder_config and md["preset"] == "lite2"
+    back = DLoRALModel.load(path)
+    assert isinstance(back.vae.decoder, LatentSRDecoder)
+    for k, v in m.vae.decoder.state_dict().items():
+        assert torch.equal(back.vae.decoder.state_dict()[k], v), k
+    z = torch.randn(1, 8, 4, 6)
+    with torch.no_grad():
+        assert torch.equal(back.vae.decode(z).sample, m.vae.decode(z).sample)
+    # a file without decoder_config (every file before decoders existed) keeps diffusers' Decoder
+    old = tmp_path / "lite.safetensors"
+    init_model("lite", seed=0).save(old)
+    assert "decoder_config" not in read_metadata(old)
+    assert type(DLoRALModel.load(old).vae.decoder).__name__ == "Decoder"
+
+
+def test_a_bad_decoder_config_is_a_one_line_error(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = tmp_path / "m.safetensors"
+    init_model("lite2", seed=0).save(path)
+    with safe_open(str(path), framework="pt") as f:
+        md, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    for bad, words in (({**json.loads(md["decoder_config"]), "scale": 8}, "scale 8"),
+                       ({**json.loads(md["decoder_config"]), "kind": "nope"}, "kind 'nope'")):
+        save_file(tensors, str(path), metadata={**md, "decoder_config": json.dumps(bad)})
+        with pytest.raises(WeightsError, match=words) as err:
+            DLoRALModel.load(path)
+        assert "\n" not in str(err.value)
+
+
+# -- the stand-alone decoder stage ----------------------------------------------------------
+
+
+@pytest.fixture
+def stage(tmp_path, sample_clip, tiny_model_path):
+    """A decoder-stage config on the tiny preset (x8 VAE, x4 SR): a tiny ncnn teacher, 6 windows
+    of 64 px in 3 chunks, batch 2 of 4x4 latent windows, checkpoints every 2 steps."""
+    teacher = tmp_path / "teacher"
+    write_rrdbnet_ncnn(random_rrdbnet(seed=0), teacher)
+    stills = tmp_path / "held-out"  # a held-out still for validation: one frame of the clip, mirrored
+    stills.mkdir()
+    from training.data import read_video
+
+    cv2.imwrite(str(stills / "still.png"), read_video(sample_clip, 1)[0, :, ::-1, ::-1])
+    cfg = config_mod.build_config("tiny", None, None)
+    cfg["decoder"] = {"init": str(tiny_model_path), "store": str(tmp_path / "store"), "windows": 6, "chunk": 2,
+                      "frames": 2, "crop": 64, "teacher_runtime": "torch", "steps": 4, "lr": 1e-3, "warmup": 0,
+                      "batch_size": 2, "train_crop": 4, "teacher": 1.0, "gt": 0.5, "autocast": "none",
+                      "val_images": [str(stills)], "val_windows": 1, "val_crop": 64}
+    over = {"data.videos": [str(sample_clip)], "data.max_frames": 12, "data.holdout": 4,
+            "degradation.kind": "bicubic", "model.decoder": TINY_DECODER, "train.device": "cpu",
+            "train.progress": False, "train.val_every": 2, "train.checkpoint_every": 2, "train.log_every": 1,
+            "teacher.kind": "realesrgan-x4plus", "teacher.path": str(teacher), "teacher.cache": str(tmp_path / "cache")}
+    for k, v in over.items():
+        config_mod.set_dotted(cfg, k, v)
+    return cfg
+
+
+def test_store_is_sharded_and_resumable(stage, tmp_path):
+    from training.decoder_data import precompute
+
+    a = precompute(copy.deepcopy(stage), tmp_path / "store", shard=(0, 2))
+    assert (a["chunks"], a["computed"], a["teacher_frames"]) == (2, 2, 4)  # chunks 0 and 2, 2 windows each
+    b = precompute(copy.deepcopy(stage), tmp_path / "store", shard=(1, 2))
+    assert (b["chunks"], b["computed"]) == (1, 1)
+    again = precompute(copy.deepcopy(stage), tmp_path / "store", shard=(0, 1))
+    assert again["computed"] == 0 and again["teacher_frames"] == 0
+    from training.decoder_data import Store, load_sources
+
+    s = Store(stage, tmp_path / "store", load_sources(stage))
+    assert s.z.shape == (6, 4, 8, 8) and s.teacher.shape == (6, 3, 64, 64) and s.hq.shape == (6, 3, 64, 64)
+    batch = s.batch(3, 2, 4, seed=0)
+    assert batch["z"].shape == (2, 4, 4, 4) and batch["teacher"].shape == (2, 3, 32, 32)
+    # another degradation makes another store: refused in one line
+    other = copy.deepcopy(stage)
+    config_mod.set_dotted(other, "degradation.kind", "realistic")
+    with pytest.raises(ValueError, match="other settings"):
+        Store(other, tmp_path / "store", load_sources(other))
+
+
+def test_decoder_stage_resumes_exactly_and_exports(stage, tmp_path):
+    from training.decoder_data import precompute
+
+    precompute(copy.deepcopy(stage), tmp_path / "store")
+    full = train("decoder", copy.deepcopy(stage), tmp_path / "a")
+    assert len(full["losses"]) == 4 and all(x > 0 for x in full["losses"])
+    (tmp_path / "b" / "checkpoints").mkdir(parents=True)
+    ck = tmp_path / "a" / "checkpoints" / "step-00000002.pt"
+    (tmp_path / "b" / "checkpoints" / ck.name).write_bytes(ck.read_bytes())
+    resumed = train("decoder", copy.deepcopy(stage), tmp_path / "b", resume=True)
+    assert resumed["losses"] == full["losses"][2:]
+    val = [[r for r in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())
+            if "val_psnr" in r] for run in ("a", "b")]
+    assert [r["step"] for r in val[0]] == [2, 4] and val[1] == val[0][1:]  # held-out figures of the same weights
+    assert val[0][0]["val_psnr_init"] == val[0][1]["val_psnr_init"] and val[0][0]["val_l1_teacher"] > 0
+    # the export is the init model with the trained decoder, recorded in its metadata
+    from training.export import export
+
+    out = tmp_path / "m.safetensors"
+    export(tmp_path / "a", out)
+    md = read_metadata(out)
+    assert md["decoder_config"]["kind"] == "latent-sr" and md["decoder_config"]["scale"] == 8
+    assert md["provenance"]["stage"] == "decoder" and md["provenance"]["steps"] == 4
+    m, init = DLoRALModel.load(out), DLoRALModel.load(stage["decoder"]["init"])
+    trained = load_checkpoint(tmp_path / "a")["task"]["decoder"]
+    for k, v in m.vae.decoder.state_dict().items():
+        assert torch.equal(v, trained[k]), k
+    for k, v in init.unet.state_dict().items():  # everything but the decoder is the init model's
+        assert torch.equal(m.unet.state_dict()[k], v), k

@@ -1,0 +1,261 @@
+"""The decoder stage's data store: for each of ``decoder.windows`` training windows, the latent the
+decoder sees in the pipeline and the SR teacher's output on the same LQ frame, computed once.
+
+The input is ``z_hat`` of the frozen init model (``decoder.init``, a weights file): the window's
+LQ frames go through the model's whole temporal path (bicubic upscale, encode, flow, warp, CFR,
+UNet), and frame 1 is restored with frame 0 as its reference, exactly what the VAE decoder is
+given at inference. The encoder latent of the bicubic-upscaled LQ would be cheaper but is not what
+the decoder sees: the UNet's residual and CFR change the latent's statistics. The target is the
+teacher's output on the LQ frame (``teacher`` section; ``decoder.teacher_runtime: ncnn`` runs the
+same weights in the ncnn runtime, 2x faster on a CPU). Outputs go through the teacher cache
+(:class:`training.teacher.SRTeacher`), so a store rebuilt over the same windows reads them.
+
+Layout: ``STORE/store.json`` (what the store is: settings, data files, init model, teacher) and
+``STORE/chunk-XXXXX.safetensors``, each holding ``decoder.chunk`` consecutive windows: ``z`` (fp16,
+N x C x h x w), ``teacher`` and ``hq`` (uint8, N x 3 x H x W), written atomically. ``--shard I/N``
+processes split the chunks (chunk ``c`` belongs to shard ``c % N``); chunks already written are
+skipped, so an interrupted precompute continues where it stopped, and a store grows by raising
+``decoder.windows``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vsdloral.model.weights import DLoRALModel
+from vsdloral.utils.atomic import atomic_path
+from vsdloral.utils.hashing import sha256_file
+from vsdloral.utils.log import get_logger
+
+from .data import Sources, WindowDataset
+from .nets import DLoRALNet, LatentCodec
+
+log = get_logger("vsdloral.train.decoder")
+
+STORE_VERSION = 1
+RUNTIMES = ("torch", "ncnn")
+
+
+def section(cfg: dict) -> dict:
+    """The ``decoder`` section of ``cfg`` (a one-line error when it is missing)."""
+    c = cfg.get("decoder")
+    if not isinstance(c, dict):
+        raise ValueError("no 'decoder' section in the config: use --preset lite2 (training/configs/lite2.yaml)")
+    return c
+
+
+def store_settings(cfg: dict, init_sha256: str) -> dict:
+    """Everything that determines the store's contents except the data files and the teacher:
+    two configs with the same settings, data and teacher make the same store."""
+    c, d = section(cfg), cfg["data"]
+    return {"version": STORE_VERSION, "seed": int(cfg.get("seed", 0)), "scale": int(cfg.get("scale", 4)),
+            "crop": int(c["crop"]), "frames": int(c.get("frames", 2)), "chunk": int(c.get("chunk", 50)),
+            "holdout": int(d.get("holdout", 0)), "flip": bool(d.get("flip", True)),
+            "pseudo_shift": int(d.get("pseudo_shift", 4)), "max_frames": int(d.get("max_frames", 0)),
+            "degradation": dict(cfg.get("degradation") or {}), "init_sha256": init_sha256}
+
+
+def settings_key(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def load_sources(cfg: dict) -> Sources:
+    d, c = cfg["data"], section(cfg)
+    if not d.get("videos") and not d.get("images"):
+        raise ValueError("no training data: give videos/frame folders (--data or data.videos) or data.images")
+    src = Sources(d.get("videos"), d.get("images"), min_size=int(c["crop"]), max_frames=int(d.get("max_frames", 0)))
+    if not src.clips:
+        raise ValueError("no usable training clips (all inputs were skipped)")
+    return src
+
+
+def window_dataset(cfg: dict, src: Sources) -> WindowDataset:
+    """The windows of the store: item ``i`` is window ``i`` (no pool: every window is distinct)."""
+    c, d = section(cfg), cfg["data"]
+    frames = int(c.get("frames", 2))
+    if frames < 2:
+        raise ValueError("decoder.frames must be >= 2 (frame 1 is restored with frame 0 as its reference)")
+    return WindowDataset(src.clips, crop=int(c["crop"]), frames=frames, scale=int(cfg.get("scale", 4)),
+                         degradation=dict(cfg.get("degradation") or {}), seed=int(cfg.get("seed", 0)),
+                         holdout=int(d.get("holdout", 0)), flip=bool(d.get("flip", True)),
+                         shift=int(d.get("pseudo_shift", 4)))
+
+
+def init_path(cfg: dict) -> Path:
+    p = section(cfg).get("init")
+    if not p:
+        raise ValueError("decoder.init: give the weights file whose encoder, UNet and CFR make the latents "
+                         "(e.g. --set decoder.init=vsdloral/data/default.safetensors)")
+    if not Path(p).is_file():
+        raise ValueError(f"decoder.init: no weights file at {p}")
+    return Path(p)
+
+
+def pipeline_net(model: DLoRALModel, scale: int) -> DLoRALNet:
+    """The init model's restoration forward (fp32, CPU, frozen): ``z_hat`` is what its decoder gets."""
+    codec = LatentCodec(model.vae.float(), model.meta.scaling_factor)
+    net = DLoRALNet(model.unet.float(), codec, model.spynet.float(), model.cfr.float(),
+                    model.prompt_embeds.float(), scale, model.meta.vae_factor)
+    return net.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def latents(net: DLoRALNet, lq: torch.Tensor) -> torch.Tensor:
+    """``z_hat`` (B*(T-1), C, h, w) of LQ windows (B,T,3,h,w): frames 1..T-1 with their predecessors
+    as references, the decoder's input (before the VAE's 1/scaling_factor and post_quant_conv)."""
+    return net(lq)["z_hat"]
+
+
+def build_store_teacher(cfg: dict):
+    """The SR teacher of the store with its cache: the ``teacher`` section, run by
+    ``decoder.teacher_runtime`` (``torch``: the PyTorch port; ``ncnn``: the ncnn runtime, one thread)."""
+    from .teacher import build_teacher
+
+    runtime = str(section(cfg).get("teacher_runtime", "torch"))
+    if runtime not in RUNTIMES:
+        raise ValueError(f"decoder.teacher_runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
+    if runtime == "torch":
+        return build_teacher(cfg)
+    from vsdloral.realesrgan import TeacherError
+    from vsdloral.realesrgan.ncnn_runtime import NcnnX4
+    from vsdloral.realesrgan.teacher import resolve_files
+
+    try:
+        param, bin_path = resolve_files((cfg.get("teacher") or {}).get("path") or None)
+        net = NcnnX4(param, bin_path, threads=int(section(cfg).get("teacher_threads", 1)))
+    except TeacherError as exc:
+        raise ValueError(f"teacher.path: {exc}") from None
+    return build_teacher(cfg, net=net)
+
+
+def chunk_path(store: Path, index: int) -> Path:
+    return store / f"chunk-{index:05d}.safetensors"
+
+
+def precompute(cfg: dict, store: str | Path, *, shard: tuple[int, int] = (0, 1)) -> dict:
+    """Write the store's missing chunks of shard ``shard=(i, n)``; returns counts."""
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"decoder store: shard {index}/{count} must satisfy 0 <= i < n")
+    c = section(cfg)
+    windows, chunk = int(c["windows"]), int(c.get("chunk", 50))
+    if windows < 1 or chunk < 1:
+        raise ValueError(f"decoder.windows ({windows}) and decoder.chunk ({chunk}) must be >= 1")
+    store = Path(store)
+    ipath = init_path(cfg)
+    init_sha = sha256_file(ipath)
+    settings = store_settings(cfg, init_sha)
+    key = settings_key(settings)
+    src = load_sources(cfg)
+    dataset = window_dataset(cfg, src)
+    teacher = build_store_teacher(cfg)
+    info = {"settings": settings, "key": key, "windows": windows, "init": ipath.name,
+            "data_files": src.file_records(), "teacher": {"kind": teacher.kind, "identity": teacher.identity,
+                                                          "runtime": str(c.get("teacher_runtime", "torch"))}}
+    manifest = store / "store.json"
+    if manifest.is_file():
+        old = json.loads(manifest.read_text())
+        if old.get("key") != key or old.get("data_files") != info["data_files"] \
+                or old.get("teacher", {}).get("identity") != teacher.identity:
+            raise ValueError(f"decoder store {store} was made with other settings, data or teacher; "
+                             "give another folder (decoder.store)")
+        info["windows"] = max(windows, int(old.get("windows", 0)))
+    store.mkdir(parents=True, exist_ok=True)
+    with atomic_path(manifest) as tmp:
+        tmp.write_text(json.dumps(info, indent=1) + "\n")
+    model = DLoRALModel.load(ipath)
+    net = pipeline_net(model, int(cfg.get("scale", 4)))
+    chunks = [k for k in range((windows + chunk - 1) // chunk) if k % count == index]
+    todo = [k for k in chunks if not chunk_path(store, k).is_file()]
+    log.info("decoder store %s: shard %d/%d, %d of its %d chunks to compute (%d windows each)", store, index, count,
+             len(todo), len(chunks), chunk)
+    for k in tqdm(todo, file=sys.stderr, desc=f"decoder store {index}/{count}", dynamic_ncols=True,
+                  disable=not cfg["train"].get("progress", True)):
+        ids = list(range(k * chunk, min((k + 1) * chunk, windows)))
+        zs, ts, hs = [], [], []
+        for i in ids:
+            s = dataset.sample(i)
+            lq = s["lq"][None]
+            zs.append(latents(net, lq).to(torch.float16))
+            ts.append(teacher(s["lq"][1:]).mul(255).round().to(torch.uint8))
+            hs.append(s["hq"][1:].mul(255).round().to(torch.uint8))
+        tensors = {"z": torch.cat(zs).contiguous(), "teacher": torch.cat(ts).contiguous(),
+                   "hq": torch.cat(hs).contiguous()}
+        with atomic_path(chunk_path(store, k)) as tmp:
+            save_file(tensors, str(tmp), metadata={"key": key, "chunk": str(k), "first": str(ids[0]),
+                                                   "windows": str(len(ids)), "teacher": teacher.identity})
+    return {"chunks": len(chunks), "computed": len(todo), "teacher_frames": teacher.computed,
+            "teacher_cached": teacher.cache.hits if teacher.cache is not None else 0, "store": str(store)}
+
+
+class Store:
+    """A complete store in memory: ``z`` (N,C,h,w) fp16, ``teacher`` and ``hq`` (N,3,H,W) uint8,
+    the first ``windows`` windows' frames in window order. Raises a one-line ``ValueError`` for a
+    store of other settings or data, or with chunks missing (naming the precompute command)."""
+
+    def __init__(self, cfg: dict, store: str | Path, src: Sources) -> None:
+        from safetensors import safe_open
+
+        store, c = Path(store), section(cfg)
+        manifest = store / "store.json"
+        if not manifest.is_file():
+            raise ValueError(f"decoder.store {store} has no store.json; make it with vsdloral-train decoder-data")
+        info = json.loads(manifest.read_text())
+        settings = store_settings(cfg, sha256_file(init_path(cfg)))
+        if info.get("key") != settings_key(settings):
+            diff = sorted(k for k in settings if info.get("settings", {}).get(k) != settings[k])
+            raise ValueError(f"decoder store {store} was made with other settings ({', '.join(diff)}); "
+                             "use its settings or make a store for these")
+        names = [(f["name"], f["sha256"]) for f in src.file_records()]
+        if [(f["name"], f["sha256"]) for f in info.get("data_files", [])] != names:
+            raise ValueError(f"decoder store {store} was made from other training files than the config's data")
+        self.info, self.windows = info, int(c["windows"])
+        chunk = int(settings["chunk"])
+        n_chunks = (self.windows + chunk - 1) // chunk
+        missing = [k for k in range(n_chunks) if not chunk_path(store, k).is_file()]
+        if missing:
+            raise ValueError(f"decoder store {store}: {len(missing)} of {n_chunks} chunks missing (first: {missing[0]}); "
+                             "run vsdloral-train decoder-data with the same settings first")
+        parts: dict[str, list[torch.Tensor]] = {"z": [], "teacher": [], "hq": []}
+        for k in range(n_chunks):
+            with safe_open(str(chunk_path(store, k)), framework="pt") as f:
+                if (f.metadata() or {}).get("key") != info["key"]:
+                    raise ValueError(f"decoder store {store}: {chunk_path(store, k).name} belongs to another store")
+                for name in parts:
+                    parts[name].append(f.get_tensor(name))
+        per = int(settings["frames"]) - 1
+        self.z, self.teacher, self.hq = (torch.cat(parts[n])[: self.windows * per] for n in ("z", "teacher", "hq"))
+        self.frames = self.z.shape[0]
+
+    def batch(self, step: int, batch_size: int, crop: int, seed: int, rank: int = 0,
+              world: int = 1) -> dict[str, torch.Tensor]:
+        """The batch of (micro-)step ``step`` on process ``rank``: ``batch_size`` frames drawn with
+        ``default_rng([seed, step, rank, world])``, each a random ``crop`` x ``crop`` latent window
+        (0: whole) with the teacher and HQ crops it decodes to (the VAE factor times larger). A
+        function of its arguments only, so a resumed run draws exactly the batches of the
+        uninterrupted one."""
+        rng = np.random.default_rng([seed, 104729, step, rank, world])
+        h, w = self.z.shape[-2:]
+        scale = self.hq.shape[-1] // w  # pixels per latent position
+        ch, cw = (min(crop, h), min(crop, w)) if crop else (h, w)
+        zs, ts, hs = [], [], []
+        for i in rng.integers(0, self.frames, size=batch_size):
+            y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+            zs.append(self.z[i, :, y:y + ch, x:x + cw])
+            ts.append(self.teacher[i, :, y * scale:(y + ch) * scale, x * scale:(x + cw) * scale])
+            hs.append(self.hq[i, :, y * scale:(y + ch) * scale, x * scale:(x + cw) * scale])
+        return {"z": torch.stack(zs).float(), "teacher": torch.stack(ts).float() / 255,
+                "hq": torch.stack(hs).float() / 255}
+
+
+__all__ = ["RUNTIMES", "Store", "build_store_teacher", "latents", "pipeline_net", "precompute", "section",
+           "store_settings", "window_dataset"]

@@ -1,0 +1,216 @@
+"""``vsdloral-train decoder``: the VAE decoder alone, trained where a step is cheap.
+
+A new decoder (``decoder_config`` of the preset, e.g. lite2's latent-grid decoder) learns to turn
+the latents the pipeline gives it (``z_hat`` of a frozen init model, precomputed in a store by
+:mod:`training.decoder_data`) into the SR teacher's output on the same LQ frame: L1 to the teacher
+(``decoder.teacher``), optionally L1 to the ground truth (``decoder.gt``). A step reads a batch of
+random latent windows from memory and runs the decoder alone (no encoder, flow, CFR or UNet), so
+it costs a small fraction of a dloral detail step. The encoder, UNet, flow and CFR of the init
+model stay as they are; ``vsdloral-train export RUN OUT`` writes the init model with this decoder.
+
+Batches are a function of (seed, step), checkpoints hold the decoder, the optimiser and the RNG
+states (:mod:`training.loop`), so ``--resume`` continues exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vsdloral.model.decoders import build_decoder, check_decoder_config, decoder_config_of, swap_decoder
+from vsdloral.model.presets import get_preset
+from vsdloral.model.weights import DLoRALModel, read_metadata
+from vsdloral.utils.log import get_logger
+
+from .decoder_data import (Store, build_store_teacher, init_path, latents, load_sources, pipeline_net, section,
+                           window_dataset)
+from .task import Task, psnr, register
+
+log = get_logger("vsdloral.train.decoder")
+
+AUTOCAST = ("none", "bf16")
+
+
+def decoder_config(cfg: dict, latent_channels: int, factor: int) -> dict:
+    """The preset's decoder with ``model.decoder`` overrides, checked against the init model's VAE."""
+    base = get_preset(cfg["arch"]).decoder
+    over = (cfg.get("model") or {}).get("decoder") or {}
+    if base is None and not over:
+        raise ValueError(f"decoder: arch {cfg['arch']!r} has no decoder_config; use --preset lite2 "
+                         "(or give model.decoder)")
+    return check_decoder_config({**(base or {}), **over}, latent_channels=latent_channels, factor=factor)
+
+
+class DecoderNet(nn.Module):
+    """``z_hat`` -> image in [-1,1]: the VAE's decode path (1/scaling_factor, frozen post_quant_conv)
+    into the trainable decoder, as ``AutoencoderKL.decode`` runs it at inference."""
+
+    def __init__(self, post_quant_conv: nn.Module | None, decoder: nn.Module, scaling_factor: float,
+                 autocast: str = "none") -> None:
+        super().__init__()
+        self.post_quant_conv = post_quant_conv.requires_grad_(False) if post_quant_conv is not None else None
+        self.decoder, self.scaling_factor, self.autocast = decoder, scaling_factor, autocast
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        z = z / self.scaling_factor
+        if self.post_quant_conv is not None:
+            z = self.post_quant_conv(z)
+        with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=self.autocast == "bf16"):
+            y = self.decoder(z.contiguous(memory_format=torch.channels_last))
+        return y.float()
+
+
+@register
+class DecoderTask(Task):
+    """Decoder distillation from precomputed latents to the SR teacher's outputs."""
+
+    name = "decoder"
+    frames = 2
+
+    def __init__(self, cfg: dict) -> None:
+        super().__init__(cfg)
+        c = section(cfg)
+        self.frames = int(c.get("frames", 2))
+        self.autocast = str(c.get("autocast", "bf16"))
+        if self.autocast not in AUTOCAST:
+            raise ValueError(f"decoder.autocast must be one of {', '.join(AUTOCAST)}, not {self.autocast!r}")
+        self.init = init_path(cfg)
+        init = DLoRALModel.load(self.init)
+        self.decoder_config = decoder_config(cfg, init.meta.latent_channels, init.meta.vae_factor)
+        torch.manual_seed(int(cfg.get("seed", 0)))
+        decoder = build_decoder(self.decoder_config).to(memory_format=torch.channels_last)
+        vae = init.vae.float()
+        self.net = DecoderNet(vae.post_quant_conv, decoder, init.meta.scaling_factor, self.autocast)
+        self.weights = {"teacher": float(c.get("teacher", 1.0)), "gt": float(c.get("gt", 0.0))}
+        if min(self.weights.values()) < 0 or not sum(self.weights.values()) > 0:
+            raise ValueError(f"decoder.teacher and decoder.gt must be >= 0, not both 0: {self.weights}")
+        self._init_model = init  # for the held-out windows (build_data)
+
+    # -- data ----------------------------------------------------------------------------
+    def build_data(self):
+        """(sources, store, held-out windows): the store must be complete (decoder-data first)."""
+        c = section(self.cfg)
+        if not c.get("store"):
+            raise ValueError("decoder.store: give the folder made by vsdloral-train decoder-data (--store)")
+        src = load_sources(self.cfg)
+        store = Store(self.cfg, c["store"], src)
+        log.info("decoder store %s: %d frames (%d windows)", c["store"], store.frames, store.windows)
+        return src, store, self._held_out()
+
+    @torch.no_grad()
+    def _held_out(self) -> list[dict[str, torch.Tensor]]:
+        """Validation windows on held-out content (``decoder.val_images``: folders of stills never
+        trained on), made like training windows (realistic or bicubic LQ, seeded), with their
+        latents, teacher outputs, ground truth and the init model's own output."""
+        c = section(self.cfg)
+        folders = c.get("val_images") or []
+        n = int(c.get("val_windows", 8))
+        if not folders or n <= 0:
+            return []
+        from .data import Sources
+
+        src = Sources(None, folders, min_size=int(c.get("val_crop", 256)))
+        if not src.clips:
+            return []
+        val_cfg = {**self.cfg, "decoder": {**c, "crop": int(c.get("val_crop", 256))}, "data": {**self.cfg["data"],
+                                                                                              "holdout": 0}}
+        ds = window_dataset(val_cfg, src)
+        teacher = build_store_teacher(self.cfg)
+        net = pipeline_net(self._init_model, self.scale)
+        out = []
+        for i in range(n):
+            s = ds.sample(10 ** 6 + i)
+            z = latents(net, s["lq"][None])
+            y0 = (net(s["lq"][None])["y"][0] + 1) / 2
+            out.append({"z": z, "teacher": teacher(s["lq"][1:]), "hq": s["hq"][1:], "init": y0})
+        return out
+
+    def batch(self, dataset: Store, step: int, batch_size: int, rank: int = 0, world: int = 1) -> dict:
+        c = section(self.cfg)
+        return dataset.batch(step, batch_size, int(c.get("train_crop", 24)), int(self.cfg.get("seed", 0)), rank, world)
+
+    # -- training ------------------------------------------------------------------------
+    def forward(self, model, batch):
+        return {"y": model(batch["z"])}
+
+    def loss(self, out, batch, step):
+        y = out["y"].float()
+        terms = {}
+        if self.weights["teacher"] > 0:
+            terms["teacher"] = (y - (2 * batch["teacher"] - 1)).abs().mean()
+        if self.weights["gt"] > 0:
+            terms["gt"] = (y - (2 * batch["hq"] - 1)).abs().mean()
+        loss = sum(self.weights[k] * v for k, v in terms.items())
+        return loss, {k: v.item() for k, v in terms.items()}
+
+    def state(self) -> dict:
+        return {"decoder": {k: v.detach().cpu().clone() for k, v in self.net.decoder.state_dict().items()},
+                "decoder_config": dict(self.decoder_config)}
+
+    def load_state(self, state: dict) -> None:
+        if state.get("decoder_config") != self.decoder_config:
+            raise ValueError("checkpoint holds another decoder than this config's (decoder_config differs)")
+        self.net.decoder.load_state_dict(state["decoder"], strict=True)
+
+    @torch.no_grad()
+    def validate(self, model, windows) -> dict:
+        """On the held-out windows: L1 to the teacher; PSNR (RGB) against the ground truth and
+        NIQE (crops of at least 194 px) of the decoder, of the teacher and of the init model."""
+        if not windows:
+            return {}
+        from vsdloral.evaluation.niqe import niqe
+
+        dev = next(model.parameters()).device
+        res: dict[str, list[float]] = {}
+        for w in windows:
+            y = ((model(w["z"].to(dev)) + 1) / 2).clamp(0, 1).cpu()
+            res.setdefault("val_l1_teacher", []).append((2 * y - 2 * w["teacher"]).abs().mean().item())
+            for name, img in (("", y), ("_teacher", w["teacher"]), ("_init", w["init"])):
+                res.setdefault(f"val_psnr{name}", []).append(psnr(img, w["hq"]))
+                if min(img.shape[-2:]) >= 194:
+                    res.setdefault(f"val_niqe{name}", []).append(niqe(img[0].permute(1, 2, 0).double().numpy()))
+        return {k: sum(v) / len(v) for k, v in res.items()}
+
+
+def export_decoder(state: dict, output: str | Path, dtype: str = "fp32") -> DLoRALModel:
+    """The init model of a ``decoder`` checkpoint with the trained decoder in place of its own,
+    recorded as ``decoder_config``, with provenance (init file and lineage, data, teacher, steps)."""
+    from vsdloral.utils.hashing import sha256_file
+
+    cfg = state["config"]
+    ipath = init_path(cfg)
+    model = DLoRALModel.load(ipath)
+    model = DLoRALModel(model.unet.float(), model.vae.float(), model.spynet.float(), model.cfr.float(),
+                        model.prompt_embeds.float(), model.meta)
+    dc = dict(state["task"]["decoder_config"])
+    swap_decoder(model.vae, dc)
+    model.vae.decoder.load_state_dict(state["task"]["decoder"], strict=True)
+    c = section(cfg)
+    store_info = {}
+    if c.get("store") and (Path(c["store"]) / "store.json").is_file():
+        store_info = json.loads((Path(c["store"]) / "store.json").read_text())
+    meta = model.meta
+    meta.decoder_config = decoder_config_of(model.vae)
+    meta.preset = cfg.get("arch")
+    meta.provenance = {
+        "source": "vsdloral-train", "stage": "decoder", "preset": cfg.get("preset"), "arch": cfg.get("arch"),
+        "init": ipath.name, "init_sha256": sha256_file(ipath),
+        "init_provenance": read_metadata(ipath).get("provenance", {}),
+        "data_files": store_info.get("data_files", state.get("data_files", [])),
+        "trained_on": state.get("trained_on", "unknown"), "steps": int(state["step"]), "seed": cfg.get("seed"),
+        "teacher": store_info.get("teacher", {}),
+        "config_sha256": hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest(),
+        "settings": {"decoder": {k: v for k, v in c.items() if k not in ("init", "store", "val_images")},
+                     "degradation": dict(cfg.get("degradation") or {}),
+                     "store": store_info.get("settings", {}), "decoder_config": dc},
+        "branches": ["quality", "consistency"],
+    }
+    model.save(output, dtype)
+    return model
+
+
+__all__ = ["DecoderNet", "DecoderTask", "decoder_config", "export_decoder"]
