@@ -42,26 +42,37 @@ def test_dis_labels_point_from_the_current_frame_to_its_predecessor(sample_clip)
 
 
 def test_flow_input_is_the_models(sample_clip):
-    """FlowNet feeds SPyNet what DLoRALNet does: the upscaled LQ in [-1,1] on the latent grid,
-    ``flow_downscale`` coarser (lite: 1/16 of the output)."""
+    """FlowNet hands SPyNet exactly what DLoRALNet.forward hands it (captured with a forward
+    pre-hook on each one's SPyNet): the same (current, reference) pair of the upscaled LQ in
+    [-1,1] on the latent grid, ``flow_downscale`` coarser (lite: 1/16 of the output), and so the
+    same flow."""
     from training.flow_task import FlowTask
-    from training.nets import upscale
-    from vsdloral.model.temporal import flow_input
+    from training.nets import DLoRALNet, LatentCodec
+    from vsdloral.model.init import init_model
 
     cfg = flow_cfg(sample_clip)
     cfg["arch"] = "lite"
     task = FlowTask(cfg)
-    lq = torch.rand(1, 2, 3, 24, 32)
-    x = 2 * upscale(lq.flatten(0, 1), 4) - 1
-    expect = flow_input(x, (24, 32), 4)  # lite: x4 VAE, flow_downscale 4
-    assert torch.equal(task.net.inputs(lq).flatten(0, 1), expect) and task.net.grid((96, 128)) == (6, 8)
-    # the flow from the current frame (1) to its reference (0), as DLoRALNet's warp_reference asks it
-    from vsdloral.model.spynet import SPyNet
-
-    torch.manual_seed(0)
-    task.net.spynet = SPyNet()
+    m = init_model("lite", seed=0)
+    factor = 2 ** (len(m.meta.vae_config["block_out_channels"]) - 1)
+    model = DLoRALNet(m.unet, LatentCodec(m.vae, float(m.meta.vae_config["scaling_factor"])), m.spynet, m.cfr,
+                      m.prompt_embeds, 4, factor).eval()
+    task.net.spynet = copy.deepcopy(m.spynet)  # the same (random, non-zero) SPyNet weights in both
+    seen: dict[str, list] = {"model": [], "flow": []}
+    hooks = [net.spynet.register_forward_pre_hook(lambda mod, args, k=k: seen[k].append([a.clone() for a in args]))
+             for k, net in (("model", model), ("flow", task.net))]
+    lq = torch.rand(2, 3, 3, 24, 32)  # B=2 windows of T=3 frames
     with torch.no_grad():
-        assert torch.equal(task.net(lq), task.net.spynet(expect[1:], expect[:1]))
+        model(lq)
+        flow = task.net(lq)
+    for h in hooks:
+        h.remove()
+    [(cur, ref)], [(f_cur, f_ref)] = seen["model"], seen["flow"]
+    assert cur.shape == (4, 3, 6, 8)  # B*(T-1) pairs; 96x128 output / x4 VAE / flow_downscale 4
+    assert torch.equal(f_cur, cur) and torch.equal(f_ref, ref)
+    assert task.net.grid((96, 128)) == (6, 8)
+    with torch.no_grad():
+        assert torch.equal(flow, m.spynet(cur, ref)) and flow.abs().max() > 0
 
 
 def test_epe_goes_down_on_a_panning_batch(sample_clip):

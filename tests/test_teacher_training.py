@@ -35,13 +35,14 @@ def teacher_dir(tmp_path) -> Path:
 
 @pytest.fixture
 def counts(monkeypatch):
-    """``counts['frames']``: frames the SR teacher computed (cache misses), ``counts['loads']``:
-    networks loaded."""
-    out = {"frames": 0, "loads": 0}
+    """``counts['frames']``: frames the SR teacher computed (cache misses), ``counts['inputs']``:
+    those LQ frames, ``counts['loads']``: networks loaded."""
+    out = {"frames": 0, "loads": 0, "inputs": []}
     compute, load = SRTeacher._compute, teacher_mod.load_network
 
     def counted_compute(self, lq):
         out["frames"] += lq.shape[0]
+        out["inputs"].append(lq.detach().clone())
         return compute(self, lq)
 
     def counted_load(cfg):
@@ -92,19 +93,46 @@ def test_teacher_loss_in_the_detail_stage_only_and_cached_for_resume(counts, tea
     assert counts["frames"] == 4 and resumed["losses"] == full["losses"][2:]
 
 
-def test_precomputed_outputs_are_the_ones_training_reads(counts, teacher_dir, sample_clip, tiny_model_path, tmp_path,
-                                                         capsys):
-    """``vsdloral-train teacher`` fills the cache with exactly the detail steps' LQ frames: the run
-    that follows computes nothing."""
+class _Rank:
+    """The real single-process accelerator reporting itself as process ``rank`` of ``world``: each
+    rank of a DDP run draws its own batches (training.loop), which this shows without DDP."""
+
+    def __init__(self, accelerator, rank: int, world: int) -> None:
+        self._acc, self.process_index, self.num_processes = accelerator, rank, world
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.process_index == 0
+
+    def __getattr__(self, name):
+        return getattr(self._acc, name)
+
+
+@pytest.mark.parametrize("accum, world, windows", [(1, 1, 2), (2, 2, 8)])
+def test_precomputed_outputs_are_the_ones_training_reads(accum, world, windows, counts, teacher_dir, sample_clip,
+                                                         tiny_model_path, tmp_path, capsys, monkeypatch):
+    """``vsdloral-train teacher --world N`` fills the cache with exactly the LQ frames that the
+    detail steps of every rank read, every micro-batch of ``train.grad_accum`` included: the run
+    that follows (each rank of it) computes nothing, and together the ranks read every entry."""
+    from training import loop
     from training.cli import main
 
-    cfg = dl_cfg(sample_clip, tiny_model_path, teacher_dir, tmp_path / "cache")
+    cfg = dl_cfg(sample_clip, tiny_model_path, teacher_dir, tmp_path / "cache", **{"train.grad_accum": accum})
     (tmp_path / "run.yaml").write_text(config_mod.dump(cfg))
-    assert main(["teacher", "--config", str(tmp_path / "run.yaml")]) == 0
-    assert "teacher outputs of 2 steps, 2 windows: 4 frames (4 computed, 0 already cached)" in capsys.readouterr().err
-    assert counts["frames"] == 4
-    train("dloral", copy.deepcopy(cfg), tmp_path / "a")
-    assert counts["frames"] == 4
+    assert main(["teacher", "--config", str(tmp_path / "run.yaml"), "--world", str(world)]) == 0
+    frames = 2 * windows  # T-1 = 2 restored frames per window
+    assert (f"teacher outputs of 2 steps, {windows} windows: {frames} frames ({frames} computed, 0 already cached)"
+            in capsys.readouterr().err)
+    assert counts["frames"] == frames
+    cached = {p.stem for p in (tmp_path / "cache").rglob("*.safetensors")}
+    assert len(cached) == frames
+    read, get = set(), TeacherCache.get
+    monkeypatch.setattr(TeacherCache, "get", lambda self, key: read.add(key) or get(self, key))
+    accelerator = loop._accelerator
+    for rank in range(world):
+        monkeypatch.setattr(loop, "_accelerator", lambda c, r=rank: _Rank(accelerator(c), r, world))
+        train("dloral", copy.deepcopy(cfg), tmp_path / f"rank{rank}")
+    assert counts["frames"] == frames and read == cached
 
 
 def test_a_window_pool_is_computed_once_and_shards_split_it(counts, teacher_dir, sample_clip, tiny_model_path,
@@ -150,6 +178,8 @@ def test_teacher_term_follows_the_teacher_and_trains_d_lora(counts, teacher_dir,
     out = task.forward(task.net, batch)
     loss_d, logs = task.loss(out, batch, 1)
     assert counts["frames"] == 4 and logs["w_teacher"] == 1.0
+    # exactly the LQ frames 1..T-1 of each window (the ones y restores), in order, and nothing else
+    assert torch.equal(torch.cat(counts["inputs"]), batch["lq"][:, 1:].flatten(0, 1))
     # the term is the L1 distance to the teacher's output on the LQ frames 1..T-1 (in [-1,1])
     target = 2 * load_x4plus(teacher_dir)(batch["lq"][:, 1:].flatten(0, 1)).unflatten(0, (2, 2)) - 1
     assert logs["teacher"] == pytest.approx((out["y"] - target).abs().mean().item(), abs=2e-3)
