@@ -165,3 +165,28 @@ def test_decoder_stage_resumes_exactly_and_exports(stage, tmp_path):
         assert torch.equal(v, trained[k]), k
     for k, v in init.unet.state_dict().items():  # everything but the decoder is the init model's
         assert torch.equal(m.unet.state_dict()[k], v), k
+
+
+def test_ncnn_runtime_is_the_same_teacher(tmp_path):
+    """decoder.teacher_runtime: ncnn runs the same .param/.bin as the PyTorch port (float input,
+    fp32), with an identity of its own in the teacher cache."""
+    pytest.importorskip("ncnn")
+    from training.teacher import weights_identity
+    from vsdloral.realesrgan import load_x4plus
+    from vsdloral.realesrgan.ncnn_runtime import NcnnX4
+
+    net = random_rrdbnet(seed=3)
+    with torch.no_grad():  # outputs inside [0,1] (a random net's are mostly clamped away)
+        net.conv_last.weight.mul_(0.5)
+        net.conv_last.bias.fill_(0.5)
+    write_rrdbnet_ncnn(net, tmp_path)
+    param, bin_path = tmp_path / "realesrgan-x4plus.param", tmp_path / "realesrgan-x4plus.bin"
+    lq = torch.rand(2, 3, 9, 7, generator=torch.Generator().manual_seed(0))
+    port = load_x4plus(tmp_path)(lq)
+    ours = NcnnX4(param, bin_path)(lq)
+    assert ours.shape == (2, 3, 36, 28) and (ours - port).abs().max().item() < 1e-4
+    assert port.std() > 0.02 and 0 < port.mean() < 1  # a real comparison, not two constant images
+    other = tmp_path / "other"
+    write_rrdbnet_ncnn(random_rrdbnet(seed=4), other)
+    assert weights_identity(NcnnX4(param, bin_path)) != weights_identity(
+        NcnnX4(other / "realesrgan-x4plus.param", other / "realesrgan-x4plus.bin"))
