@@ -3,6 +3,7 @@ committed manifest against the selection, the test clip refused, and the stills'
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import shutil
@@ -20,8 +21,8 @@ needs_dpkg = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs 
 PKG = "fake-wallpapers"
 
 
-def _build_deb(root, folder, version="1.0-1"):
-    """A real .deb (dpkg-deb --build) with three images under usr/share/fake/."""
+def _build_deb(root, folder, version="1.0-1", seed=0):
+    """A real .deb (dpkg-deb --build) with three images under usr/share/fake/ (drawn from ``seed``)."""
     pkg = root / f"pkg-{version}"
     (pkg / "DEBIAN").mkdir(parents=True)
     (pkg / "DEBIAN" / "control").write_text(
@@ -29,7 +30,7 @@ def _build_deb(root, folder, version="1.0-1"):
         "Description: test wallpapers\n")
     imgs = pkg / "usr" / "share" / "fake"
     imgs.mkdir(parents=True)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     big = cv2.GaussianBlur((rng.random((2000, 3000, 3)) * 255).astype(np.uint8), (0, 0), 3)
     cv2.imwrite(str(imgs / "big.jpg"), big)
     cv2.imwrite(str(imgs / "small.png"), (rng.random((600, 800, 3)) * 255).astype(np.uint8))
@@ -71,10 +72,30 @@ def test_assemble_from_a_deb(tmp_path):
     assert clip["name"] == "bikes.mp4" and clip["sha256"] == sha256_file(out / "videos" / "bikes.mp4")
     assert (clip["frames"], clip["size"]) == (250, "640x272")
     assert json.loads((out / "manifest.json").read_text()) == m
+    assert oct((out / "images").stat().st_mode & 0o777) == oct(0o777 & ~_umask())
+
+    # a failing run into that folder (here a file missing from a newer package whose images differ, after
+    # the first still is made) and a mismatching one leave it as it was: the old manifest with its images
+    _build_deb(tmp_path, tmp_path / "debs2", "2.0-1", seed=1)
+    with pytest.raises(ValueError, match="has no usr/share/fake/nope.jpg"):
+        assemble(out, stills=(*STILLS_FAKE, Still(PKG, "usr/share/fake/nope.jpg", "Nope")), clips=("bikes.mp4",),
+                 debs=tmp_path / "debs2", expected=None)
+    _assert_consistent(out, m)
+    newer = tmp_path / "newer.json"
+    newer.write_text(json.dumps({**m, "stills": {**m["stills"], "packages": [
+        {**m["stills"]["packages"][0], "version": "2.0-1"}]}}))
+    with pytest.raises(ValueError, match="differs from the expected manifest"):
+        assemble(out, stills=STILLS_FAKE, clips=("bikes.mp4",), debs=tmp_path / "debs2", expected=newer)
+    _assert_consistent(out, m)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".data.")] == []  # no temporary folders left
+    # a successful run replaces the set as a whole
+    m2 = assemble(out, stills=STILLS_FAKE[:1], clips=("bikes.mp4",), debs=tmp_path / "debs2", expected=None)
+    assert m2["stills"]["packages"][0]["version"] == "2.0-1"
+    _assert_consistent(out, m2)
 
     # a second run checked against the first one's manifest reproduces it
     expected = tmp_path / "expected.json"
-    shutil.copy(out / "manifest.json", expected)
+    expected.write_text(json.dumps(m))
     assert assemble(tmp_path / "again", stills=STILLS_FAKE, clips=("bikes.mp4",), debs=tmp_path / "debs",
                     expected=expected) == m
     # a changed file is an error, and nothing is written as the new manifest
@@ -83,9 +104,9 @@ def test_assemble_from_a_deb(tmp_path):
     expected.write_text(json.dumps(m2))
     with pytest.raises(ValueError, match="differs from the expected manifest.*big.jpg.*--pin"):
         assemble(tmp_path / "bad", stills=STILLS_FAKE, clips=("bikes.mp4",), debs=tmp_path / "debs", expected=expected)
-    assert not (tmp_path / "bad" / "manifest.json").exists()
+    assert not (tmp_path / "bad").exists()
     # the expected version is not among the .debs
-    m2 = json.loads((out / "manifest.json").read_text())
+    m2 = copy.deepcopy(m)
     m2["stills"]["packages"][0]["version"] = "2.0-1"
     expected.write_text(json.dumps(m2))
     with pytest.raises(FileNotFoundError, match=rf"no {PKG}=2.0-1 .deb in .*apt-get download {PKG}=2.0-1"):
@@ -93,6 +114,74 @@ def test_assemble_from_a_deb(tmp_path):
     expected.write_text("{not json")
     with pytest.raises(ValueError, match="is not a format-1 data manifest"):
         assemble(tmp_path / "bad", stills=STILLS_FAKE, clips=(), debs=tmp_path / "debs", expected=expected)
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _assert_consistent(out, manifest):
+    """``out`` holds ``manifest`` and exactly the files it lists, with the recorded contents."""
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    listed = {f["output"] for f in manifest["stills"]["files"]} | {c["output"] for c in manifest["clips"]["files"]}
+    assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} == listed | {"manifest.json"}
+    for f in manifest["stills"]["files"]:
+        rgb = cv2.cvtColor(cv2.imread(str(out / f["output"])), cv2.COLOR_BGR2RGB)
+        assert hashlib.sha256(np.ascontiguousarray(rgb).tobytes()).hexdigest() == f["pixels_sha256"], f["output"]
+    for c in manifest["clips"]["files"]:
+        assert sha256_file(out / c["output"]) == c["sha256"]
+
+
+@needs_dpkg
+def test_pin_fetches_the_archive_version_whatever_the_mtimes(tmp_path, monkeypatch):
+    """Without a version (``--pin``) the .deb taken is the one apt-get names for the archive's current
+    version, not the newest file in the cache: apt keeps the server's mtime, and the cache may hold a
+    version fetched later."""
+    from training.datasets.assemble import deb_fields, find_deb
+
+    mirror = tmp_path / "mirror"
+    _build_deb(tmp_path, mirror, "1.0-1")
+    cache = tmp_path / "cache"
+    old, _ = _build_deb(tmp_path, cache, "0.9-1", seed=1)  # fetched earlier, its mtime now
+    name = f"{PKG}_1.0-1_all.deb"
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "apt-get").write_text(
+        "#!/bin/sh\n"  # a fake apt-get: the archive's current version is 1.0-1, served with a 2001 mtime
+        f"if [ \"$2\" = --print-uris ]; then echo \"'http://deb.example.org/pool/{name}' {name} 1 SHA256:0\"; exit 0; fi\n"
+        f"cp {mirror / name} . && touch -d 2001-01-01 {name}\n")
+    (bin_ / "apt-get").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_}:{__import__('os').environ['PATH']}")
+    deb = find_deb(PKG, None, debs=None, cache=cache)
+    assert deb == cache / name and deb_fields(deb)["Version"] == "1.0-1" and old.stat().st_mtime > deb.stat().st_mtime
+    # a folder of .debs with two versions and no version asked for: ambiguous, not the first by name
+    with pytest.raises(ValueError, match="several versions of fake-wallpapers"):
+        find_deb(PKG, None, debs=cache, cache=cache)
+
+
+def test_pin_refuses_to_write_into_an_installed_package(tmp_path, monkeypatch, capsys):
+    from training.datasets import assemble as assemble_mod
+
+    assert assemble_mod.pin_target() == MANIFEST.resolve()  # this checkout
+    for fake in (tmp_path / "lib" / "python3" / "site-packages" / "training" / "datasets" / "manifest.json",
+                 tmp_path / "unpacked" / "training" / "datasets" / "manifest.json"):  # no pyproject.toml
+        monkeypatch.setattr(assemble_mod, "MANIFEST", fake)
+        assert main(["data", "--out", str(tmp_path / "d"), "--pin", "--debs", str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "installed package" in err[0] and "--pin" in err[0], err
+        assert not (tmp_path / "d").exists() and not fake.exists()
+
+
+def test_out_holding_other_files_is_refused(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds notes.txt, which is not part of a data set"):
+        assemble(tmp_path / "d", stills=(), clips=("bikes.mp4",), expected=None)
+    assert (tmp_path / "d" / "notes.txt").read_text() == "mine"
 
 
 @needs_dpkg

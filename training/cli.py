@@ -194,13 +194,14 @@ def _degrade(args: argparse.Namespace) -> int:
 def _data(args: argparse.Namespace) -> int:
     from vsdloral.utils.atomic import atomic_path
 
-    from .datasets.assemble import MANIFEST, assemble
+    from .datasets.assemble import MANIFEST, assemble, pin_target
 
+    pinned = pin_target() if args.pin else None  # refused before any work in an installed package
     manifest = assemble(args.out, debs=args.debs, cache=args.cache, expected=None if args.pin else MANIFEST)
-    if args.pin:
-        with atomic_path(MANIFEST) as tmp:
+    if pinned is not None:
+        with atomic_path(pinned) as tmp:
             tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-        print(f"recorded {MANIFEST}", file=sys.stderr)
+        print(f"recorded {pinned}", file=sys.stderr)
     print(f"wrote {args.out}: train with --data {args.out}/videos --images {args.out}/images/train", file=sys.stderr)
     return 0
 

