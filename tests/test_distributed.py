@@ -363,8 +363,8 @@ def test_gpu_placement_without_a_gpu(monkeypatch):
 
     import torch
 
-    from vsdloral.cli import CLIError
     from vsdloral.distributed.driver import placement
+    from vsdloral.distributed.errors import DistributedError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
@@ -387,5 +387,5 @@ def test_gpu_placement_without_a_gpu(monkeypatch):
                     ({"devices": "cuda:5"}, "does not exist"), ({"devices": "cpu"}, "CUDA devices"),
                     ({"ray": "auto", "devices": "cuda:0"}, "local run"), ({"ray": "auto", "device": "cuda:1"}, "cpu or cuda"),
                     ({"devices": "cuda:0", "device": "cuda"}, "not both")]:
-        with pytest.raises(CLIError, match=msg):
+        with pytest.raises(DistributedError, match=msg):
             where(**kw)

@@ -76,7 +76,7 @@ def circles(package: str) -> list[list[str]]:
     return found
 
 
-@pytest.mark.parametrize("package", ["training"])
+@pytest.mark.parametrize("package", ["training", "vsdloral"])
 def test_no_import_circles(package):
     assert circles(package) == []
 

@@ -17,7 +17,6 @@ import sys
 import tempfile
 import threading
 from collections import deque
-from fractions import Fraction
 from pathlib import Path
 
 from ..cli import CLIError
@@ -25,6 +24,7 @@ from ..distributed.options import add_arguments as add_distributed_arguments
 from ..distributed.options import is_distributed
 from ..encoding import CODECS, video_args
 from ..encoding import check as check_codec
+from ..media import audio_options
 
 _FORMATS = {".mkv": "matroska", ".mp4": "mp4", ".m4v": "mp4", ".mov": "mov"}
 
@@ -72,19 +72,6 @@ def _vspipe() -> list[str]:
         if cand and Path(cand).is_file():
             return [str(cand)]
     raise CLIError("vspipe not found; install VapourSynth (pip install vapoursynth)")
-
-
-def _fps(path: str) -> Fraction | None:
-    ffprobe = shutil.which("ffprobe")
-    if not ffprobe:
-        return None
-    r = subprocess.run([ffprobe, "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=r_frame_rate",
-                        "-of", "default=nw=1:nk=1", path], capture_output=True, text=True)
-    try:
-        fps = Fraction(r.stdout.strip())
-    except (ValueError, ZeroDivisionError):
-        return None
-    return fps if fps > 0 else None
 
 
 def _error_line(text: str) -> str:
@@ -169,18 +156,6 @@ def ffmpeg_command(args, src: Path, fmt: str, out: Path, audio_in: list[str], au
             *video_args(args.codec, args.crf, args.preset, fmt), "-f", fmt, str(out)]
 
 
-def audio_options(src: Path, start: int, end: int | None) -> tuple[list[str], list[str]]:
-    """ffmpeg input options and codec for the source's audio over frames ``[start, end)``: copied
-    when untrimmed; trimmed audio is re-encoded (stream copy can only cut at the video's keyframes)."""
-    fps = _fps(str(src)) if (start or end is not None) else None
-    if fps is None:
-        return [], ["-c:a", "copy"]
-    audio_in = ["-ss", f"{float(start / fps):.6f}"]
-    if end is not None:
-        audio_in += ["-t", f"{float((end - start) / fps):.6f}"]
-    return audio_in, ["-c:a", "aac", "-b:a", "192k"]
-
-
 def run(args) -> int:
     from ..scripts.graph import VPY_TEXT
     from ..utils.atomic import atomic_path
@@ -188,8 +163,12 @@ def run(args) -> int:
     src, out, fmt = _check_args(args)
     if is_distributed(args):
         from ..distributed.driver import run_distributed
+        from ..distributed.errors import DistributedError
 
-        return run_distributed(args, src, out, fmt)
+        try:
+            return run_distributed(args, src, out, fmt)
+        except DistributedError as exc:
+            raise CLIError(str(exc)) from None
     env = dict(os.environ)
     # VapourSynth's first-run configuration runs the `vapoursynth` tool found on PATH
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])

@@ -11,5 +11,7 @@ the same command resumes. When every chunk is done they are joined with ffmpeg's
 Modules: :mod:`.options` (CLI options), :mod:`.chunks` (the plan), :mod:`.manifest` (job identity
 and done-state), :mod:`.media` (ffprobe/frame counts), :mod:`.render` (one chunk, no Ray needed),
 :mod:`.tasks` (the Ray task), :mod:`.cluster` (starting or joining Ray, node checks),
-:mod:`.progress` (the bar), :mod:`.concat` (the final mux), :mod:`.driver` (the command).
+:mod:`.progress` (the bar), :mod:`.concat` (the final mux), :mod:`.driver` (the command, raising
+:class:`.errors.DistributedError`; media look-ups it shares with the single-process path are in
+:mod:`vsdloral.media`).
 """

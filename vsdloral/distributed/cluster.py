@@ -18,7 +18,7 @@ import sys
 import threading
 from pathlib import Path
 
-from ..cli import CLIError
+from .errors import DistributedError
 
 CONNECT_TIMEOUT = 10.0
 EXTRA_HINT = "pip install 'vsdloral[cluster]'"
@@ -33,14 +33,14 @@ def require_ray() -> None:
     except (ImportError, ValueError):
         found = False
     if not found:
-        raise CLIError(f"--workers/--ray need Ray, which is not installed: {EXTRA_HINT}")
+        raise DistributedError(f"--workers/--ray need Ray, which is not installed: {EXTRA_HINT}")
 
 
 def _import_ray():
     try:
         import ray
     except ImportError:
-        raise CLIError(f"--workers/--ray need Ray, which is not installed: {EXTRA_HINT}") from None
+        raise DistributedError(f"--workers/--ray need Ray, which is not installed: {EXTRA_HINT}") from None
     return ray
 
 
@@ -77,7 +77,7 @@ def _host_port(address: str) -> tuple[str, int] | None:
         return None
     host, sep, port = address.removeprefix("ray://").rpartition(":")
     if not sep or not port.isdigit() or not host:
-        raise CLIError(f"--ray: {address!r} is not host:port, ray://host:port or auto")
+        raise DistributedError(f"--ray: {address!r} is not host:port, ray://host:port or auto")
     return host.strip("[]"), int(port)
 
 
@@ -98,12 +98,12 @@ def _probe_address(address: str) -> None:
     try:
         socket.create_connection((host, port), timeout=CONNECT_TIMEOUT).close()
     except OSError as exc:
-        raise CLIError(f"--ray: cannot reach a Ray cluster at {address} within {CONNECT_TIMEOUT:g} s "
-                       f"({exc.strerror or exc}); is `ray start --head` running there?") from None
+        raise DistributedError(f"--ray: cannot reach a Ray cluster at {address} within {CONNECT_TIMEOUT:g} s "
+                               f"({exc.strerror or exc}); is `ray start --head` running there?") from None
 
 
 def join(address: str):
-    """Connect to the cluster at ``address``; returns the ``ray`` module. Raises :class:`CLIError`
+    """Connect to the cluster at ``address``; returns the ``ray`` module. Raises :class:`DistributedError`
     when it cannot be reached or answered within :data:`CONNECT_TIMEOUT` (+ Ray's handshake)."""
     hp = _host_port(address)
     if hp is not None and _is_loopback(hp[0]):
@@ -125,12 +125,12 @@ def join(address: str):
     t.start()
     t.join(CONNECT_TIMEOUT * 6)
     if t.is_alive():
-        raise CLIError(f"--ray: {address} accepted a connection but no Ray cluster answered within "
-                       f"{CONNECT_TIMEOUT * 6:g} s")
+        raise DistributedError(f"--ray: {address} accepted a connection but no Ray cluster answered within "
+                               f"{CONNECT_TIMEOUT * 6:g} s")
     if "error" in result:
         exc = result["error"]
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CLIError(f"--ray: cannot join the cluster at {address}: {first}")
+        raise DistributedError(f"--ray: cannot join the cluster at {address}: {first}")
     return ray
 
 

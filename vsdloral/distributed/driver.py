@@ -16,8 +16,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cli import CLIError
+from .errors import DistributedError
 from ..encoding import resolved as resolved_codec
+from ..media import audio_options, frame_rate
 from ..utils.atomic import atomic_path
 from ..utils.hashing import sha256_file
 from .chunks import default_chunk_frames, plan_chunks
@@ -69,41 +70,43 @@ def placement(args) -> Placement:
     """Validate ``--workers/--devices/--device/--ray`` (no Ray needed) and say where chunks run."""
     workers = args.workers
     if workers is not None and workers < 1:
-        raise CLIError(f"--workers must be >= 1, got {workers}")
+        raise DistributedError(f"--workers must be >= 1, got {workers}")
     if args.chunk_frames is not None and args.chunk_frames < 1:
-        raise CLIError(f"--chunk-frames must be >= 1, got {args.chunk_frames}")
+        raise DistributedError(f"--chunk-frames must be >= 1, got {args.chunk_frames}")
     if args.ray is not None:
         if args.devices:
-            raise CLIError("--devices is for a local run; with --ray each worker gets its GPU from Ray "
-                           "(--device cuda, or leave it out)")
+            raise DistributedError("--devices is for a local run; with --ray each worker gets its GPU from "
+                                   "Ray (--device cuda, or leave it out)")
         if args.device not in (None, "cpu", "cuda"):
-            raise CLIError(f"with --ray, --device is cpu or cuda (Ray assigns each worker its GPU), got {args.device!r}")
+            raise DistributedError(f"with --ray, --device is cpu or cuda (Ray assigns each worker its GPU), "
+                                   f"got {args.device!r}")
         return Placement(workers, args.device, address=args.ray, threads=_env_threads() or 1)
     from ..loading import resolve_device
 
     try:
         if args.devices:
             if args.device is not None:
-                raise CLIError("give --devices or --device, not both")
+                raise DistributedError("give --devices or --device, not both")
             names = [d.strip() for d in args.devices.split(",") if d.strip()]
             devs = [resolve_device(d) for d in names]
             if any(d.type != "cuda" for d in devs):
-                raise CLIError(f"--devices takes CUDA devices such as cuda:0,cuda:1, got {args.devices!r} "
-                               "(for the CPU: --device cpu)")
+                raise DistributedError(f"--devices takes CUDA devices such as cuda:0,cuda:1, got "
+                                       f"{args.devices!r} (for the CPU: --device cpu)")
             idx = [d.index or 0 for d in devs]
             if len(set(idx)) != len(idx):
-                raise CLIError("--devices lists a GPU twice; for two workers on one GPU use --devices cuda:0 --workers 2")
+                raise DistributedError("--devices lists a GPU twice; for two workers on one GPU use "
+                                       "--devices cuda:0 --workers 2")
         else:
             dev = resolve_device(args.device)
             if dev.type not in ("cpu", "cuda"):
-                raise CLIError(f"the chunked mode runs on cpu or cuda, got {args.device!r}")
+                raise DistributedError(f"the chunked mode runs on cpu or cuda, got {args.device!r}")
             idx = None if dev.type == "cpu" else ([dev.index] if dev.index is not None else None)
             if dev.type == "cuda" and idx is None:
                 import torch
 
                 idx = list(range(torch.cuda.device_count()))
     except ValueError as exc:
-        raise CLIError(str(exc)) from None
+        raise DistributedError(str(exc)) from None
     if idx is None:
         workers = workers or 1
         return Placement(workers, "cpu", threads=_env_threads() or max(1, (os.cpu_count() or 1) // workers))
@@ -111,8 +114,8 @@ def placement(args) -> Placement:
     gpu_ids = [visible[i] for i in idx]
     workers = workers or len(gpu_ids)
     if workers % len(gpu_ids):
-        raise CLIError(f"--workers {workers} is not a multiple of the {len(gpu_ids)} GPUs; each GPU takes the same "
-                       "number of workers")
+        raise DistributedError(f"--workers {workers} is not a multiple of the {len(gpu_ids)} GPUs; each GPU "
+                               "takes the same number of workers")
     return Placement(workers, "cuda", gpu_ids=gpu_ids, threads=max(1, (os.cpu_count() or 1) // workers))
 
 
@@ -124,7 +127,7 @@ def _dtype_name(dtype: str | None, kind: str) -> str:
     try:
         dt = resolve_dtype(dtype, torch.device(kind))
     except ValueError as exc:
-        raise CLIError(str(exc)) from None
+        raise DistributedError(str(exc)) from None
     return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dt]
 
 
@@ -174,18 +177,18 @@ def _ranges(indices: list[int]) -> str:
     return ",".join(out)
 
 
-def _task_error(ray, exc: BaseException, chunk: dict) -> CLIError:
+def _task_error(ray, exc: BaseException, chunk: dict) -> DistributedError:
     where = f"chunk {chunk['index']} (frames {chunk['start']}-{chunk['end'] - 1})"
     cause = getattr(exc, "cause", None) if isinstance(exc, ray.exceptions.RayTaskError) else None
     if cause is not None:
         text = str(cause).strip().splitlines()
-        return CLIError(f"{where} failed: {text[0] if text else type(cause).__name__}")
+        return DistributedError(f"{where} failed: {text[0] if text else type(cause).__name__}")
     if isinstance(exc, (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
                         ray.exceptions.OutOfMemoryError)):
-        return CLIError(f"{where}: its worker died {MAX_RETRIES + 1} times ({type(exc).__name__}); "
-                        "Ray's logs are in /tmp/ray/session_latest/logs")
+        return DistributedError(f"{where}: its worker died {MAX_RETRIES + 1} times ({type(exc).__name__}); "
+                                "Ray's logs are in /tmp/ray/session_latest/logs")
     text = str(exc).strip().splitlines()
-    return CLIError(f"{where} failed: {text[0] if text else type(exc).__name__}")
+    return DistributedError(f"{where} failed: {text[0] if text else type(exc).__name__}")
 
 
 def _render(ray, m: Manifest, pending: list[dict], spec: dict, where: Placement, total: int) -> dict:
@@ -221,8 +224,8 @@ def _render(ray, m: Manifest, pending: list[dict], spec: dict, where: Placement,
                     raise _task_error(ray, exc, c) from None
                 n = count_frames(m.chunk_path(c["index"]))
                 if n != c["end"] - c["start"]:
-                    raise CLIError(f"chunk {c['index']}: the driver counts {n} frames in "
-                                   f"{m.chunk_path(c['index'])}, the worker wrote {info['frames']}")
+                    raise DistributedError(f"chunk {c['index']}: the driver counts {n} frames in "
+                                           f"{m.chunk_path(c['index'])}, the worker wrote {info['frames']}")
                 m.mark_done(c["index"], n, info)
                 done_frames += n
                 s = stats.setdefault(info["worker"], {"chunks": 0, "frames": 0, "seconds": 0.0, "build_seconds": []})
@@ -261,42 +264,41 @@ class _StdoutToLog(io.TextIOBase):
 def run_distributed(args, src: Path, out: Path, fmt: str) -> int:
     """The chunked ``vsdloral upscale``: see :mod:`vsdloral.distributed`. Checks that need no
     torch come first, so that bad input fails fast."""
-    from ..commands.upscale import _fps, audio_options
     from ..scripts.graph import parse_scene_cuts
     from .cluster import join, require_ray
 
     t_start = time.perf_counter()
     require_ray()
     if args.workers is not None and args.workers < 1:
-        raise CLIError(f"--workers must be >= 1, got {args.workers}")
+        raise DistributedError(f"--workers must be >= 1, got {args.workers}")
     if not os.access(src, os.R_OK):
-        raise CLIError(f"cannot read the input file {src}")
+        raise DistributedError(f"cannot read the input file {src}")
     try:
         n_src = source_frames(src)
     except ValueError as exc:
-        raise CLIError(str(exc)) from None
+        raise DistributedError(str(exc)) from None
     start, end = args.start, n_src if args.end is None else args.end
     if end > n_src:
-        raise CLIError(f"--end {end} is past the last frame; {src.name} has {n_src} frames")
+        raise DistributedError(f"--end {end} is past the last frame; {src.name} has {n_src} frames")
     if start >= end:
-        raise CLIError(f"no frames in range: --start {start} --end {end} ({src.name} has {n_src} frames)")
+        raise DistributedError(f"no frames in range: --start {start} --end {end} ({src.name} has {n_src} frames)")
     import vapoursynth as vs
 
     try:
         scene_cuts = parse_scene_cuts(args.scene_cuts)
     except vs.Error as exc:
-        raise CLIError(str(exc).removeprefix("upscale: ")) from None
+        raise DistributedError(str(exc).removeprefix("upscale: ")) from None
     if scene_cuts and scene_cuts[-1] >= n_src:
-        raise CLIError(f"--scene-cuts {scene_cuts[-1]} is past the last frame; {src.name} has {n_src} frames")
+        raise DistributedError(f"--scene-cuts {scene_cuts[-1]} is past the last frame; {src.name} has {n_src} frames")
     work_dir = Path(args.work_dir) if args.work_dir else out.parent / f"{out.name}.vsdloral-work"
     if work_dir.exists() and not work_dir.is_dir():
-        raise CLIError(f"--work-dir {work_dir} is not a folder")
+        raise DistributedError(f"--work-dir {work_dir} is not a folder")
     try:
         check_foreign(work_dir)
     except WorkDirError as exc:
-        raise CLIError(str(exc)) from None
+        raise DistributedError(str(exc)) from None
     where = placement(args)  # imports torch for a local run's devices
-    chunk_frames = args.chunk_frames or default_chunk_frames(_fps(str(src)))
+    chunk_frames = args.chunk_frames or default_chunk_frames(frame_rate(src))
     chunks = plan_chunks(start, end, chunk_frames)
     if args.model:
         model = Path(args.model).resolve()
@@ -319,7 +321,7 @@ def run_distributed(args, src: Path, out: Path, fmt: str) -> int:
                 try:
                     m = open_manifest(work_dir, job, chunks)
                 except WorkDirError as exc:
-                    raise CLIError(str(exc)) from None
+                    raise DistributedError(str(exc)) from None
                 ray, stats, times = _run_job(ray, m, job, where, src, model, fmt, out, audio_in, audio_codec,
                                              work_dir, t_start)
         finally:
@@ -369,10 +371,10 @@ def _run_job(ray, m: Manifest, job: dict, where: Placement, src: Path, model: Pa
             concat([(m.chunk_path(c["index"]), c["frames"], c["fps"]) for c in m.chunks], work_dir / "concat.txt",
                    src, tmp_out, fmt, job["encode"]["codec"], audio_in, audio_codec)
         except RuntimeError as exc:
-            raise CLIError(str(exc)) from None
+            raise DistributedError(str(exc)) from None
         n = count_frames(tmp_out)
         if n != end - start:
-            raise CLIError(f"the joined video has {n} frames, expected {end - start}")
+            raise DistributedError(f"the joined video has {n} frames, expected {end - start}")
     t_end = time.perf_counter()
     return ray, stats, (t_render - t_start, t_concat - t_render, t_end - t_concat)
 
@@ -393,8 +395,8 @@ def _check_nodes(ray, node_problems, work_dir: Path, src: Path, model: Path) -> 
         probe.unlink(missing_ok=True)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise CLIError(f"{problems[0]}{more}; the input, the model and the work folder must be on storage every "
-                       "node mounts at the same path")
+        raise DistributedError(f"{problems[0]}{more}; the input, the model and the work folder must be on "
+                               "storage every node mounts at the same path")
 
 
 def _remove_work_dir(work_dir: Path, m: Manifest) -> None:
