@@ -19,9 +19,11 @@ import threading
 from pathlib import Path
 
 from .errors import DistributedError
+from .reaper import start_reaper
 
 CONNECT_TIMEOUT = 10.0
 EXTRA_HINT = "pip install 'vsdloral[cluster]'"
+_REAPER = None  # the local run's reaper (vsdloral.distributed.reaper), kept alive with the driver
 
 
 def require_ray() -> None:
@@ -65,6 +67,8 @@ def start_local(workers: int, gpu_ids: list[str] | None):
     os.environ.update(local_environment(gpu_ids))
     os.environ["PATH"] = _venv_path()
     ray = _import_ray()
+    global _REAPER
+    _REAPER = start_reaper()  # Ray's agents would outlive a driver killed with SIGKILL
     # address="local": always a new instance of our own, never a cluster `ray start` left running here
     ray.init(address="local", num_cpus=workers, num_gpus=len(gpu_ids) if gpu_ids else 0, include_dashboard=False,
              object_store_memory=96 * 1024 * 1024, logging_level=logging.ERROR, log_to_driver=False,
@@ -151,6 +155,31 @@ def node_problems(ray, files: dict[str, tuple[str, int]], probe: tuple[str, str]
         except Exception as exc:  # noqa: BLE001
             problems.append(f"node {where}: the check did not run ({type(exc).__name__})")
     return problems
+
+
+def node_runtimes(ray) -> dict[str, dict]:
+    """:func:`~vsdloral.distributed.runtime.runtime_identity` of every alive node, by node address.
+    Raises :class:`DistributedError` when a node cannot answer."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from .runtime import runtime_identity
+
+    probe = ray.remote(runtime_identity)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    refs = [probe.options(num_cpus=0, max_retries=0,
+                          scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
+            for n in nodes]
+    out = {}
+    for node, ref in zip(nodes, refs):
+        where = node.get("NodeManagerAddress") or node["NodeID"][:8]
+        if where in out:
+            where = f"{where} ({node['NodeID'][:8]})"
+        try:
+            out[where] = ray.get(ref, timeout=120)
+        except Exception as exc:  # noqa: BLE001 - one line below
+            raise DistributedError(f"node {where} could not report its vsdloral/torch/ffmpeg versions "
+                                   f"({type(exc).__name__}); is vsdloral installed there?") from None
+    return out
 
 
 def check_node(files: dict[str, tuple[str, int]], probe: tuple[str, str], version: str) -> list[str]:

@@ -26,6 +26,9 @@ from .manifest import LOCK, MANIFEST, Manifest, WorkDirError, check_foreign, loc
 from .media import count_frames, source_frames
 
 MAX_RETRIES = 3  # Ray reruns a chunk whose worker or node died, or whose encode failed, this often
+# A finished chunk the driver cannot count yet (shared storage catching up with the worker's write)
+# is counted again after these pauses (seconds), then rendered again, at most MAX_RETRIES times.
+RECOUNT_PAUSES = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 def log(msg: str) -> None:
@@ -132,8 +135,9 @@ def _dtype_name(dtype: str | None, kind: str) -> str:
 
 
 def job_identity(args, src: Path, model: Path, kind: str, threads: int | None, n_src: int, start: int,
-                 end: int, chunk_frames: int, scene_cuts: list[int]) -> dict:
-    """Everything that decides the output's bits: a work folder holds chunks of one such job."""
+                 end: int, chunk_frames: int, scene_cuts: list[int], runtime: dict) -> dict:
+    """Everything that decides the output's bits: a work folder holds chunks of one such job.
+    ``runtime``: the renderers' :func:`~vsdloral.distributed.runtime.runtime_identity` (versions, CPU level)."""
     st = src.stat()
     job = {
         "source": {"path": str(src.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "frames": n_src},
@@ -142,11 +146,24 @@ def job_identity(args, src: Path, model: Path, kind: str, threads: int | None, n
         "settings": {"scale": args.scale, "cfr": args.cfr, "color_fix": args.color_fix, "tile": args.tile,
                      "lq": args.lq, "scene_cuts": scene_cuts, "device": kind, "dtype": _dtype_name(args.dtype, kind)},
         "encode": resolved_codec(args.codec, args.crf, args.preset),
+        "runtime": runtime,
     }
     if kind == "cpu":
         # PyTorch's CPU results depend on its thread count: a CPU job keeps one count throughout
         job["settings"]["cpu_threads"] = threads
     return job
+
+
+def _count_landed(path: Path, expected: int) -> int | None:
+    """The frames of a chunk a task has just finished: counted again after each of
+    :data:`RECOUNT_PAUSES` while the driver does not see ``expected`` (storage catching up)."""
+    n = count_frames(path)
+    for pause in RECOUNT_PAUSES:
+        if n == expected:
+            break
+        time.sleep(pause)
+        n = count_frames(path)
+    return n
 
 
 def _verify_done(m: Manifest) -> None:
@@ -207,6 +224,7 @@ def _render(ray, m: Manifest, pending: list[dict], spec: dict, where: Placement,
     limit = where.workers if where.address is not None and where.workers else len(pending)
     queue = list(pending)
     running: dict = {}
+    again: dict[int, int] = {}  # chunks rendered again because the driver could not count them
     stats: dict = {}
     done_frames = sum(c["end"] - c["start"] for c in m.chunks if c["done"])
     bar = Bar(total, done_frames)
@@ -222,10 +240,17 @@ def _render(ray, m: Manifest, pending: list[dict], spec: dict, where: Placement,
                     info = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - a Ray error becomes one line
                     raise _task_error(ray, exc, c) from None
-                n = count_frames(m.chunk_path(c["index"]))
+                n = _count_landed(m.chunk_path(c["index"]), c["end"] - c["start"])
                 if n != c["end"] - c["start"]:
-                    raise DistributedError(f"chunk {c['index']}: the driver counts {n} frames in "
-                                           f"{m.chunk_path(c['index'])}, the worker wrote {info['frames']}")
+                    again[c["index"]] = again.get(c["index"], 0) + 1
+                    what = f"the driver counts {'no' if n is None else n} frames in {m.chunk_path(c['index'])}, " \
+                           f"the worker wrote {info['frames']}"
+                    if again[c["index"]] > MAX_RETRIES:
+                        raise DistributedError(f"chunk {c['index']}: {what} ({MAX_RETRIES + 1} renders); is the "
+                                               "work folder on storage every node sees at once?")
+                    log(f"chunk {c['index']}: {what}; rendering it again")
+                    queue.append(c)
+                    continue
                 m.mark_done(c["index"], n, info)
                 done_frames += n
                 s = stats.setdefault(info["worker"], {"chunks": 0, "frames": 0, "seconds": 0.0, "build_seconds": []})
@@ -266,6 +291,7 @@ def run_distributed(args, src: Path, out: Path, fmt: str) -> int:
     torch come first, so that bad input fails fast."""
     from ..scripts.graph import parse_scene_cuts
     from .cluster import join, require_ray
+    from .runtime import runtime_identity
 
     t_start = time.perf_counter()
     require_ray()
@@ -315,8 +341,11 @@ def run_distributed(args, src: Path, out: Path, fmt: str) -> int:
                 ray = join(where.address)
                 if where.kind is None:
                     where.kind = "cuda" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
+                runtime = cluster_runtime(ray)
+            else:
+                runtime = runtime_identity()  # a local instance renders with this machine's
             job = job_identity(args, src, model, where.kind, where.threads, n_src, start, end, chunk_frames,
-                               scene_cuts)
+                               scene_cuts, runtime)
             with locked(work_dir):
                 try:
                     m = open_manifest(work_dir, job, chunks)
@@ -324,11 +353,12 @@ def run_distributed(args, src: Path, out: Path, fmt: str) -> int:
                     raise DistributedError(str(exc)) from None
                 ray, stats, times = _run_job(ray, m, job, where, src, model, fmt, out, audio_in, audio_codec,
                                              work_dir, t_start)
+                # inside the lock: a driver that takes the folder next finds a whole manifest or none
+                _remove_work_dir(work_dir, m)
         finally:
             t_stop = time.perf_counter()
             if ray is not None and ray.is_initialized():
                 ray.shutdown()
-    _remove_work_dir(work_dir, m)
     _report(stats, *times, time.perf_counter() - t_stop)
     log(f"wrote {out}")
     return 0
@@ -377,6 +407,24 @@ def _run_job(ray, m: Manifest, job: dict, where: Placement, src: Path, model: Pa
             raise DistributedError(f"the joined video has {n} frames, expected {end - start}")
     t_end = time.perf_counter()
     return ray, stats, (t_render - t_start, t_concat - t_render, t_end - t_concat)
+
+
+def cluster_runtime(ray) -> dict:
+    """The runtime identity every node of the cluster shares; :class:`DistributedError` naming what
+    differs when they do not (chunks rendered by different torch, ffmpeg or CPU levels would not
+    join into one render's bytes)."""
+    from .cluster import node_runtimes
+    from .runtime import node_differences
+
+    idents = node_runtimes(ray)
+    if not idents:
+        raise DistributedError("the cluster has no alive node")
+    diffs = node_differences(idents)
+    if diffs:
+        more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
+        raise DistributedError(f"the cluster's nodes differ in what changes the output's bytes: {diffs[0]}"
+                               f"{more}; install the same vsdloral, torch and ffmpeg on nodes of one CPU level")
+    return next(iter(idents.values()))
 
 
 def _check_nodes(ray, node_problems, work_dir: Path, src: Path, model: Path) -> None:
