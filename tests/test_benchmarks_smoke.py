@@ -330,3 +330,17 @@ def test_distributed_smoke():
     for row in r["paper"]["rows"]:
         assert 0 < row["speedup"] <= row["gpus"]
         assert row["k_for_2pct"] == math.ceil(50 * r["paper"]["o_s"] / row["t_s"])
+
+
+def test_vae_tiling_smoke():
+    """Ours equals untiled (to rounding) where diffusers' per-tile GroupNorm leaves colour steps."""
+    r = run_benchmark("vae_tiling")
+    runs = {(x["part"], x["method"]): x for x in r["runs"]}
+    assert set(runs) == {(p, m) for p in ("encode", "decode") for m in ("untiled", "ours", "diffusers")}
+    for x in runs.values():
+        assert "error" not in x, x
+        assert x["seconds"] >= 0 and _pos(x["peak_rss_mb"])
+    ours, theirs = runs["decode", "ours"], runs["decode", "diffusers"]  # 8-bit levels
+    assert ours["max_abs"] < 0.05 < 1 < theirs["max_abs"]
+    assert ours["seam"]["cell_mean_range"] < 0.01 < theirs["seam"]["cell_mean_range"]
+    assert runs["encode", "ours"]["max_abs"] < 1e-4 < runs["encode", "diffusers"]["max_abs"]

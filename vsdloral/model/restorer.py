@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ..utils.log import get_logger
 from . import latent_tiles as lt
+from . import vae_tiling
 from .cfr import CFR_MODES
 from .colorfix import COLOR_FIXES, apply_color_fix
 from .oom import oom_hint
@@ -141,15 +142,6 @@ class Restorer:
         return self.meta.color_fix or "adain"
 
     # -- helpers ---------------------------------------------------------------------------
-    def _vae_tiling(self, tile: int | None, overlap: int) -> None:
-        if tile is None:
-            self.vae.disable_tiling()
-            return
-        self.vae.enable_tiling()
-        self.vae.tile_sample_min_size = tile
-        self.vae.tile_latent_min_size = max(1, tile // self.factor)
-        self.vae.tile_overlap_factor = overlap / tile
-
     def resolve_tiling(self, tile: int | None, overlap: int | None) -> tuple[int | None, int]:
         """The authors' latent tiles, in output pixels (SPEC section 1b). ``tile=None``: the model's
         own (:meth:`ModelMeta.inference_tiling`: 768/256 for converted released weights, dense for
@@ -194,12 +186,17 @@ class Restorer:
     @with_own_threads  # the same intra-op thread count in every calling thread: the same bits
     @oom_hint  # OOM -> RestoreOutOfMemoryError naming the size and a tile= to try
     @torch.inference_mode()
-    def prepare(self, frames: torch.Tensor, *, tile: int | None = None, tile_overlap: int | None = None) -> PreparedFrame:
+    def prepare(self, frames: torch.Tensor, *, tile: int | None = None, tile_overlap: int | None = None,
+                vae_tile: int | None = None) -> PreparedFrame:
         """Pad, encode (posterior mean, deterministic) and downscale frames (N,3,H,W) in [0,1]
         at output resolution. One VAE encode per frame; reuse the result as the next frame's reference.
         ``tile``/``tile_overlap`` are only checked here: latent tiles crop the prepared latent and
-        image later, they never encode again."""
+        image later, they never encode again. ``vae_tile`` (pixels): the VAE's own tiling, with
+        frame-wide GroupNorm statistics so that it computes what the untiled VAE does
+        (:mod:`vsdloral.model.vae_tiling`); ``None``: the authors' rule (encoder tiled above 1088
+        pixels, decoder above 1968), ``0``: never, ``N``: tiles of N pixels above N."""
         tile, tile_overlap = self.resolve_tiling(tile, tile_overlap)
+        vae_tiling.check_vae_tile(vae_tile, self.factor)
         x = self._check_frames(frames, "frames")
         h, w = x.shape[-2:]
         f = self.factor
@@ -209,10 +206,10 @@ class Restorer:
             img = F.pad(img, (0, wp - w, 0, hp - h), mode="replicate")
         small = flow_input(img, (hp // f, wp // f), self.meta.cfr.flow_downscale)
         with self._lock:
-            self._vae_tiling(None, 0)  # helper-5 (VAE tiling) wires its own rule here, not the latent tile
             with self._stage("vae_encode"):
                 x_in = img.to(self.dtype).contiguous(memory_format=torch.channels_last)
-                latent = self.vae.encode(x_in).latent_dist.mode().contiguous() * self.scaling_factor
+                vt = vae_tiling.encoder_tile(vae_tile, hp, wp)
+                latent = vae_tiling.encode(self.vae, x_in, vt).mode().contiguous() * self.scaling_factor
             self.stats["vae_encodes"] += img.shape[0]
         return PreparedFrame(img, small, latent, (h, w))
 
@@ -230,6 +227,7 @@ class Restorer:
         cfr_topk: int = 64,
         tile: int | None = None,
         tile_overlap: int | None = None,
+        vae_tile: int | None = None,
     ) -> torch.Tensor:
         """Restore prepared frames; ``ref=None`` means each frame is its own reference, exactly as
         passing ``cur`` itself (flow, warp and CFR still run on the pair; no second encode).
@@ -237,7 +235,8 @@ class Restorer:
         ``color_fix=None``: the model's own (its metadata; ``adain`` when it has none).
         ``tile``/``tile_overlap`` (output pixels): the authors' latent tiles (:meth:`resolve_tiling`;
         ``None`` the model's own, ``0`` dense). Out of memory in the latent stage: one retry with
-        tiles half as large, announced on stderr and kept for this frame size."""
+        tiles half as large, announced on stderr and kept for this frame size. ``vae_tile``: the
+        decoder's tiling, as in :meth:`prepare` (a memory setting: the result is the untiled one)."""
         cfr = self.meta.cfr.mode if cfr is None else cfr
         color_fix = self.default_color_fix if color_fix is None else color_fix
         cfr_window = self.meta.cfr.window if cfr_window is None else cfr_window
@@ -246,6 +245,7 @@ class Restorer:
         if cfr not in CFR_MODES:
             raise ValueError(f"restore: unknown cfr {cfr!r}; choose one of {', '.join(CFR_MODES)}")
         tile, tile_overlap = self.resolve_tiling(tile, tile_overlap)
+        vae_tiling.check_vae_tile(vae_tile, self.factor)
         # no predecessor (frame 0, a scene cut): the frame is its own reference, and that copy goes
         # through the whole path like any reference (SPEC section 1): SPyNet between the two
         # identical frames (a trained SPyNet does not return exactly zero there), the warp, CFR.
@@ -256,10 +256,10 @@ class Restorer:
         cfr_kw = {"mode": cfr, "window": cfr_window, "topk": cfr_topk}
         with self._lock:
             z_hat = self._latent_with_retry(cur, ref, tile, tile_overlap, cfr_kw)
-            self._vae_tiling(None, 0)  # helper-5 (VAE tiling) wires its own rule here, not the latent tile
             with self._stage("vae_decode"):
                 z_in = (z_hat / self.scaling_factor).contiguous(memory_format=torch.channels_last)
-                y = self.vae.decode(z_in).sample.float().contiguous().clamp(-1, 1)
+                vt = vae_tiling.decoder_tile(vae_tile, z_in.shape[-2], z_in.shape[-1], self.factor)
+                y = vae_tiling.decode(self.vae, z_in, vt).float().contiguous().clamp(-1, 1)
             self.stats["vae_decodes"] += y.shape[0]
             self.stats["frames"] += y.shape[0]
         h, w = cur.size
@@ -363,13 +363,15 @@ class Restorer:
     def restore(
         self, cur: torch.Tensor, ref: torch.Tensor | None = None, *, color_fix: str | None = None, cfr: str | None = None,
         tile: int | None = None, tile_overlap: int | None = None, cfr_window: int | None = None, cfr_topk: int = 64,
+        vae_tile: int | None = None,
     ) -> torch.Tensor:
         """Restore ``cur`` (N,3,H,W) in [0,1] at output resolution, using ``ref`` (the previous
         frames, same shape) as reference; ``ref=None``: each frame is its own reference, the same
-        as passing ``cur`` (encoded once). Returns (N,3,H,W) float32 in [0,1] on the restorer's device."""
+        as passing ``cur`` (encoded once). ``vae_tile``: see :meth:`prepare`. Returns (N,3,H,W)
+        float32 in [0,1] on the restorer's device."""
         if ref is not None and tuple(ref.shape) != tuple(cur.shape):
             raise ValueError(f"restore: ref shape {tuple(ref.shape)} differs from cur shape {tuple(cur.shape)}")
-        kw = dict(tile=tile, tile_overlap=tile_overlap)
+        kw = dict(tile=tile, tile_overlap=tile_overlap, vae_tile=vae_tile)
         pc = self.prepare(cur, **kw)
         pr = None if ref is None or ref is cur else self.prepare(ref, **kw)
         return self.restore_prepared(pc, pr, color_fix=color_fix, cfr=cfr, cfr_window=cfr_window,

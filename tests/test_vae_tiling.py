@@ -1,0 +1,145 @@
+"""Tiled VAE with frame-wide GroupNorm statistics (vsdloral.model.vae_tiling) equals the untiled VAE.
+
+A tiny random AutoencoderKL (3 levels, mid-block attention, random GroupNorm affine parameters so
+that a wrong statistic shows) on small frames with small tiles: several tile rows and columns,
+edge tiles narrower than the rest, odd sizes. Tolerance: measured max abs difference 2.9e-6 (fp32,
+outputs of magnitude 1 to 2; the untiled VAE's own GroupNorm differs in rounding), with 7x margin.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from vsdloral.model import vae_tiling as vt
+
+TOL = 2e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny convolutions: one thread is faster, and does not spin against other jobs."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def vae():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    m = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 3,
+                      up_block_types=["UpDecoderBlock2D"] * 3, block_out_channels=[8, 16, 16],
+                      layers_per_block=1, latent_channels=4, norm_num_groups=4).eval()
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, nn.GroupNorm):
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.uniform_(-0.3, 0.3)
+    return m
+
+
+def _image(h: int, w: int, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    # a smooth ramp plus noise: tiles differ in mean, so per-tile statistics would show
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    base = torch.stack([yy, xx, yy * xx])[None]
+    return (0.6 * base + 0.4 * torch.rand(2, 3, h, w, generator=g) - 0.2).clamp(-1, 1)
+
+
+@pytest.mark.parametrize("size,tile", [((44, 60), 16), ((45, 61), 24), ((40, 24), 8)])
+@torch.no_grad()
+def test_tiled_encode_equals_untiled(vae, size, tile):
+    x = _image(*size)
+    ref = vae.encode(x).latent_dist
+    got = vt.encode(vae, x, tile)
+    assert got.mean.shape == ref.mean.shape
+    assert (got.mean - ref.mean).abs().max() < TOL
+    assert (got.logvar - ref.logvar).abs().max() < TOL
+
+
+@pytest.mark.parametrize("size,tile", [((11, 15), 16), ((7, 5), 8), ((6, 9), 24)])
+@torch.no_grad()
+def test_tiled_decode_equals_untiled(vae, size, tile):
+    z = torch.randn(2, 4, *size, generator=torch.Generator().manual_seed(2))
+    ref = vae.decode(z).sample
+    got = vt.decode(vae, z, tile)
+    assert got.shape == ref.shape
+    assert (got - ref).abs().max() < TOL
+
+
+@torch.no_grad()
+def test_channels_last_and_diffusers_tiling_untouched(vae):
+    """Channels-last input gives the same result; diffusers' own tiling flag is left as it was and
+    is not used (its per-tile GroupNorm is far outside the tolerance on the same frame)."""
+    z = torch.randn(1, 4, 12, 16, generator=torch.Generator().manual_seed(3))
+    ref = vae.decode(z).sample
+    got = vt.decode(vae, z.contiguous(memory_format=torch.channels_last), 32)
+    assert (got - ref).abs().max() < TOL
+    vae.enable_tiling()
+    vae.tile_sample_min_size, vae.tile_latent_min_size, vae.tile_overlap_factor = 32, 8, 0.25
+    try:
+        per_tile = vae.decode(z).sample
+        assert (per_tile - ref).abs().max() > 100 * TOL  # what the test guards against
+        assert (vt.decode(vae, z, None) - ref).abs().max() < TOL  # untiled path: diffusers' tiling off
+        assert vae.use_tiling
+    finally:
+        vae.disable_tiling()
+        vae.tile_sample_min_size, vae.tile_latent_min_size = 512, 64
+
+
+class _PixelShuffleDecoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 3 * 64, 3, padding=1)
+        self.shuffle = nn.PixelShuffle(8)
+
+    def forward(self, z: torch.Tensor, *args) -> torch.Tensor:
+        return self.shuffle(self.conv(z))
+
+
+@torch.no_grad()
+def test_other_decoder_runs_untiled():
+    """A decoder that is not diffusers' Decoder (here a pixel shuffle) is decoded untiled."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    m = AutoencoderKL(block_out_channels=[8, 8, 8, 8], norm_num_groups=4, layers_per_block=1,
+                      down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4).eval()
+    m.decoder = _PixelShuffleDecoder()
+    assert "not diffusers' Encoder/Decoder" in vt.unsupported_reason(m.decoder)
+    assert vt.unsupported_reason(m.encoder) is None
+    z = torch.randn(1, 4, 6, 10)
+    out = vt.decode(m, z, 16)
+    assert out.shape == (1, 3, 48, 80)
+    assert torch.equal(out, m.decode(z).sample)
+
+
+def test_when_to_tile():
+    # automatic: the authors' thresholds (decoder latent > 246 of the SD VAE, encoder image > 1088)
+    assert vt.decoder_tile(None, 240, 246, 8) is None
+    assert vt.decoder_tile(None, 270, 480, 8) == vt.DEFAULT_TILE
+    assert vt.encoder_tile(None, 720, 1088) is None
+    assert vt.encoder_tile(None, 1080, 1920) == vt.DEFAULT_TILE
+    assert vt.decoder_tile(0, 270, 480, 8) is None and vt.encoder_tile(0, 2160, 3840) is None
+    assert vt.decoder_tile(256, 32, 32, 8) is None and vt.decoder_tile(256, 32, 33, 8) == 256
+    assert vt.encoder_tile(64, 64, 64) is None and vt.encoder_tile(64, 64, 72) == 64
+    vt.check_vae_tile(None, 8)
+    vt.check_vae_tile(0, 8)
+    vt.check_vae_tile(64, 8)
+    for bad in (-8, 16, 100, 64.0, True):
+        with pytest.raises(ValueError, match="vae_tile"):
+            vt.check_vae_tile(bad, 8)
+
+
+def test_restorer_vae_tile_matches_untiled(tiny_restorer):
+    """Through the restorer: a small explicit vae_tile restores what vae_tile=0 (never) does."""
+    g = torch.Generator().manual_seed(5)
+    ref, cur = torch.rand(1, 3, 48, 72, generator=g), torch.rand(1, 3, 48, 72, generator=g)
+    kw = dict(tile=0)
+    a = tiny_restorer.restore(cur, ref, vae_tile=0, **kw)
+    b = tiny_restorer.restore(cur, ref, vae_tile=32, **kw)
+    assert (a - b).abs().max() < TOL
