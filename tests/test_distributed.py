@@ -488,6 +488,7 @@ def test_gpu_placement_without_a_gpu(monkeypatch):
     w = where(device="cpu", workers=2)  # CPU workers: no GPU asked for, the visible ones left alone
     assert w.gpu_ids is None and w.task_resources()["num_gpus"] == 0
     assert started(w) == ("4,6,7", 0, 2)
+    assert where(device="cpu", workers=2, threads=3).threads == 3  # --threads: each CPU worker's count
     w = where(ray="auto")
     assert w.address == "auto" and w.kind is None
     assert where(ray="auto", device="cuda").task_resources() == {"num_cpus": 1, "num_gpus": 1}

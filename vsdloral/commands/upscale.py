@@ -49,6 +49,9 @@ def register(sub) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA when available)")
     p.add_argument("--dtype", help="fp32, fp16, bf16 (default: fp16 on CUDA; on a CPU bf16 where it computes bf16 "
                                    "natively (AVX-512 BF16 or AMX), else fp32)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch threads per process (default: OMP_NUM_THREADS, else torch's own; chunked on a CPU: "
+                        "cores / workers); CPU output is bit-identical for the same device, dtype and thread count")
     p.add_argument("--lq", metavar="WxH", help="shrink the source to WxH first (quick previews)")
     p.add_argument("--scene-cuts", metavar="N,M,...",
                    help="source frames that start a new shot: restored with themselves as reference")
@@ -126,6 +129,8 @@ def _check_args(args) -> tuple[Path, Path, str]:
         check_codec(args.codec, args.crf, args.preset, fmt)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    if args.threads is not None and args.threads < 1:
+        raise CLIError(f"--threads must be >= 1, got {args.threads}")
     if args.start < 0 or (args.end is not None and args.end <= args.start):
         raise CLIError("--start must be >= 0 and --end greater than --start")
     if not shutil.which("ffmpeg"):
@@ -139,7 +144,7 @@ def vspipe_command(args, script: Path) -> list[str]:
     vs_args = {"src": str(Path(args.input).resolve()), "model": args.model and str(Path(args.model).resolve()),
                "scale": args.scale, "start": args.start, "end": args.end, "cfr": args.cfr,
                "color_fix": args.color_fix, "tile": args.tile, "device": args.device, "dtype": args.dtype,
-               "lq": args.lq, "scene_cuts": args.scene_cuts}
+               "lq": args.lq, "scene_cuts": args.scene_cuts, "threads": args.threads}
     cmd = _vspipe() + ["-p", "-c", "y4m", str(script), "-"]
     for k, v in vs_args.items():
         if v is not None:

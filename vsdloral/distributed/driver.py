@@ -55,7 +55,10 @@ class Placement:
         return {"num_cpus": self.threads or 1}
 
 
-def _env_threads() -> int | None:
+def _threads_asked(args=None) -> int | None:
+    """``--threads``, else ``OMP_NUM_THREADS``, else None."""
+    if getattr(args, "threads", None):
+        return int(args.threads)
     raw = os.environ.get("OMP_NUM_THREADS", "")
     return int(raw) if raw.isdigit() and int(raw) > 0 else None
 
@@ -83,7 +86,7 @@ def placement(args) -> Placement:
         if args.device not in (None, "cpu", "cuda"):
             raise DistributedError(f"with --ray, --device is cpu or cuda (Ray assigns each worker its GPU), "
                                    f"got {args.device!r}")
-        return Placement(workers, args.device, address=args.ray, threads=_env_threads() or 1)
+        return Placement(workers, args.device, address=args.ray, threads=_threads_asked(args) or 1)
     from ..loading import resolve_device
 
     try:
@@ -112,14 +115,15 @@ def placement(args) -> Placement:
         raise DistributedError(str(exc)) from None
     if idx is None:
         workers = workers or 1
-        return Placement(workers, "cpu", threads=_env_threads() or max(1, (os.cpu_count() or 1) // workers))
+        return Placement(workers, "cpu", threads=_threads_asked(args) or max(1, (os.cpu_count() or 1) // workers))
     visible = _visible_cuda_ids()
     gpu_ids = [visible[i] for i in idx]
     workers = workers or len(gpu_ids)
     if workers % len(gpu_ids):
         raise DistributedError(f"--workers {workers} is not a multiple of the {len(gpu_ids)} GPUs; each GPU "
                                "takes the same number of workers")
-    return Placement(workers, "cuda", gpu_ids=gpu_ids, threads=max(1, (os.cpu_count() or 1) // workers))
+    return Placement(workers, "cuda", gpu_ids=gpu_ids,
+                     threads=getattr(args, "threads", None) or max(1, (os.cpu_count() or 1) // workers))
 
 
 def _dtype_name(dtype: str | None, kind: str) -> str:
@@ -383,7 +387,8 @@ def _run_job(ray, m: Manifest, job: dict, where: Placement, src: Path, model: Pa
     s = job["settings"]
     graph = {"src": str(src.resolve()), "model": str(model), "scale": s["scale"], "cfr": s["cfr"],
              "color_fix": s["color_fix"], "tile": s["tile"], "lq": s["lq"], "device": s["device"],
-             "dtype": s["dtype"], "scene_cuts": ",".join(map(str, s["scene_cuts"])) or None}
+             "dtype": s["dtype"], "scene_cuts": ",".join(map(str, s["scene_cuts"])) or None,
+             "threads": where.threads}
     spec = {"graph": {k: (None if v is None else str(v)) for k, v in graph.items()}, "codec": job["encode"],
             "chunk_dir": str(m.chunk_dir.resolve()), "threads": where.threads}
     stats: dict = {}
