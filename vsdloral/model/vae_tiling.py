@@ -238,11 +238,14 @@ class _Runner:
             shift = norm.bias.to(rstd.dtype) - mean * scale
         else:
             scale, shift = rstd, -mean * rstd
-        scale = scale.to(self.dtype)[:, :, None, None]
-        shift = shift.to(self.dtype)[:, :, None, None]
+        # normalise in at least float32: x * scale + shift cancels when |mean| >> std, and a
+        # bf16/fp16 shift would carry its rounding into the result (GroupNorm accumulates in fp32 too)
+        work = torch.float64 if self.dtype == torch.float64 else torch.float32
+        scale = scale.to(work)[:, :, None, None]
+        shift = shift.to(work)[:, :, None, None]
 
         def fn(x: torch.Tensor) -> torch.Tensor:
-            y = torch.addcmul(shift, x, scale)
+            y = torch.addcmul(shift, x.to(work), scale).to(x.dtype)
             return y if act is None else act(y)
 
         return fn
