@@ -178,6 +178,38 @@ def test_output_equals_restorer(src, tiny_restorer):
     assert np.abs(planes(out.get_frame(5)) - tiny_restorer.restore(cur)[0].numpy().ravel()).max() > 0.05
 
 
+def test_kernel_is_the_models_own_unless_given(src, tiny_restorer, monkeypatch):
+    """The LQ upscale uses the model's kernel: torch's a=-0.75 for a model trained here, PIL's
+    a=-0.5 where the metadata says ``pil`` (converted released weights); ``kernel=`` overrides. The
+    ``pil`` kernel is PIL's own BICUBIC: on 8-bit RGB it matches PIL's 4x resize to 1 level."""
+    from PIL import Image
+
+    from vsdloral.model.kernels import resize_params
+    from vsdloral.vs_filter import to_rgb_at_size
+
+    clip = lq(src, vs.RGB24, n=2)
+    pil = Image.fromarray(np.stack([np.asarray(clip.get_frame(1)[p]) for p in range(3)], -1))
+    want = np.asarray(pil.resize((4 * W, 4 * H), Image.BICUBIC)).astype(int)
+
+    def diff(kernel):
+        out = core.resize.Bicubic(clip, 4 * W, 4 * H, **resize_params(kernel)).get_frame(1)
+        return np.abs(np.stack([np.asarray(out[p]) for p in range(3)], -1).astype(int) - want)
+
+    # measured: pil 1 level inside, 2 at the border (edge rule); torch's a=-0.75: 8 levels inside
+    assert diff("pil")[8:-8, 8:-8].max() <= 1 and diff("pil").max() <= 2
+    assert diff("torch")[8:-8, 8:-8].max() > 2
+    torch_k = to_tensor(to_rgb_at_size(lq(src, vs.RGBS, n=2), 2 * W, 2 * H, None, "torch")[0].get_frame(1))
+    pil_k = to_tensor(to_rgb_at_size(lq(src, vs.RGBS, n=2), 2 * W, 2 * H, None, "pil")[0].get_frame(1))
+    assert (torch_k - pil_k).abs().max() > 1e-3  # the two kernels differ visibly
+    rgbs = lq(src, vs.RGBS, n=2)
+    default = planes(upscale(rgbs, 2, model=tiny_restorer, tile=0).get_frame(1))
+    assert np.array_equal(default, planes(upscale(rgbs, 2, model=tiny_restorer, tile=0, kernel="torch").get_frame(1)))
+    as_pil = planes(upscale(rgbs, 2, model=tiny_restorer, tile=0, kernel="pil").get_frame(1))
+    assert np.abs(default - as_pil).max() > 1e-3
+    monkeypatch.setattr(tiny_restorer.meta, "kernel", "pil")
+    assert np.array_equal(as_pil, planes(upscale(rgbs, 2, model=tiny_restorer, tile=0).get_frame(1)))
+
+
 def test_nan_input_is_sanitised(src, tiny_restorer, caplog, capfd):
     clip = lq(src, vs.RGBS, n=2)
 
@@ -228,6 +260,7 @@ def test_bad_clips(src, tiny_restorer):
         ({"compile": "yes"}, "compile must be True or False"),
         ({"compile": True}, "device/dtype/compile/threads apply only"),
         ({"threads": 2}, "device/dtype/compile/threads apply only"),
+        ({"kernel": "lanczos"}, "unknown kernel 'lanczos'; choose one of pil, torch"),
     ],
 )
 def test_bad_args(src, tiny_restorer, kwargs, pattern):

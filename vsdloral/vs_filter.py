@@ -1,7 +1,8 @@
 """The VapourSynth filter: ``vsdloral.upscale(clip)``.
 
 Graph (SPEC section 1): the LQ clip is resized to the output size with ``core.resize.Bicubic``
-(Keys cubic a=-0.75, as torch and the training package) and converted to float RGB, frame n and frame n-1 (``rgb[0] + rgb[:-1]``) are
+(the model's kernel, :mod:`vsdloral.model.kernels`: PIL's a=-0.5 for converted released weights,
+torch's a=-0.75 for models trained here) and converted to float RGB, frame n and frame n-1 (``rgb[0] + rgb[:-1]``) are
 fetched through the graph by ``std.ModifyFrame``, each frame is VAE-encoded once (a small
 thread-safe LRU of :class:`~vsdloral.model.restorer.PreparedFrame`), restored by the model and
 written back; non-float-RGB input is converted back to its own format at the output size.
@@ -21,6 +22,7 @@ import vapoursynth as vs
 
 from .colorspace import is_unspecified, matrix_from_resolution, note_guess
 from .frame_cache import FrameCache
+from .model.kernels import KERNELS, resize_params
 from .model.oom import RestoreOutOfMemoryError, oom_message
 from .utils.log import get_logger
 
@@ -31,9 +33,9 @@ log = get_logger("vsdloral.vs_filter")
 
 MAX_DIM = 16384
 MAX_SCALE = 16
-# Keys cubic with a = -0.75 (b=0, c=0.75): the same kernel as torch's and OpenCV's bicubic, which
-# the training package uses to make its LQ inputs, so the plugin feeds the model what it was trained on.
-_BICUBIC = {"filter_param_a": 0.0, "filter_param_b": 0.75}
+# Keys cubic with a = -0.75 (b=0, c=0.75), torch's and OpenCV's bicubic: the conversion back to the
+# clip's own format (no size change); the upscale itself uses the model's kernel (upscale(kernel=)).
+_BICUBIC = resize_params("torch")
 _MODELS: dict[tuple, Any] = {}
 _MODELS_LOCK = threading.Lock()
 
@@ -133,11 +135,14 @@ def _matrix_kwargs(matrix_in, suffix: str) -> dict:
     return {f"matrix{suffix}": int(matrix_in)}
 
 
-def to_rgb_at_size(clip: vs.VideoNode, w: int, h: int, matrix_in) -> tuple[vs.VideoNode, dict | None]:
-    """Resize+convert to float RGB at the output size. Returns (rgb, kwargs to convert back or None)."""
+def to_rgb_at_size(clip: vs.VideoNode, w: int, h: int, matrix_in,
+                   kernel: str = "torch") -> tuple[vs.VideoNode, dict | None]:
+    """Resize+convert to float RGB at the output size with ``kernel`` (a name of
+    :data:`vsdloral.model.kernels.KERNELS`). Returns (rgb, kwargs to convert back or None)."""
     fmt = clip.format
+    cubic = resize_params(kernel)
     if fmt.id in (vs.RGBS, vs.RGBH):
-        return core.resize.Bicubic(clip, w, h, **_BICUBIC), None
+        return core.resize.Bicubic(clip, w, h, **cubic), None
     back: dict[str, Any] = {"format": fmt.id}
     kw: dict[str, Any] = {}
     if fmt.color_family == vs.YUV:
@@ -155,7 +160,7 @@ def to_rgb_at_size(clip: vs.VideoNode, w: int, h: int, matrix_in) -> tuple[vs.Vi
         if "_ChromaLocation" in props:
             back["chromaloc"] = int(props["_ChromaLocation"])
     try:
-        rgb = core.resize.Bicubic(clip, w, h, format=vs.RGBS, **_BICUBIC, **kw)
+        rgb = core.resize.Bicubic(clip, w, h, format=vs.RGBS, **cubic, **kw)
         rgb.get_frame(0)  # resize checks colour arguments at frame time: surface errors now
     except vs.Error as exc:
         raise _err(f"cannot convert {fmt.name} to RGB: {exc}; check matrix_in and the clip's frame props") from None
@@ -195,6 +200,7 @@ def upscale(
     cfr_window: int | None = None,
     compile: bool = False,
     threads: int | None = None,
+    kernel: str | None = None,
 ) -> vs.VideoNode:
     """Upscale ``clip`` with DLoRAL (one-step diffusion VSR, SPEC section 1).
 
@@ -210,7 +216,11 @@ def upscale(
     retrieval the model was trained with (dense for converted released weights); ``color_fix``
     ``None``: the model's own (adain unless its metadata says otherwise). ``compile=True``:
     ``torch.compile`` the UNet and VAE (first frames are slow while it compiles; measure with
-    ``python -m benchmarks.compile`` before relying on it). ``threads``: torch's intra-op thread
+    ``python -m benchmarks.compile`` before relying on it). ``tile``/``tile_overlap`` (output
+    pixels, a multiple of 8): the authors' latent tiles (flow, CFR and UNet per tile, blended);
+    ``None``: the model's own (768/256 for converted released weights, as the authors; dense for
+    models trained here), ``0``: dense over the whole frame. ``kernel``: the LQ upscaling kernel,
+    ``pil`` (a=-0.5, the authors' inference) or ``torch`` (a=-0.75); ``None``: the model's own. ``threads``: torch's intra-op thread
     count for every frame, whichever VapourSynth thread computes it (``None``: this thread's
     ``torch.get_num_threads()`` when the model loads); the output is bit-identical for a given
     device, dtype, torch version and thread count, whatever ``core.num_threads`` and the request order."""
@@ -234,6 +244,8 @@ def upscale(
         raise _err(f"unknown color_fix {color_fix!r}; choose one of {', '.join(COLOR_FIXES)}")
     if cfr_window is not None:
         cfr_window = _check_positive_int("cfr_window", cfr_window, 1, 1024)
+    if kernel is not None and kernel not in KERNELS:
+        raise _err(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
     if tile_overlap is not None:
         tile_overlap = _check_positive_int("tile_overlap", tile_overlap, 0, MAX_DIM)
     out_w, out_h = output_size(clip, scale, width, height)
@@ -250,7 +262,7 @@ def upscale(
     if matrix_in is not None:
         _matrix_kwargs(matrix_in, "_in")  # type check before the (slow) model load
 
-    rgb, back = to_rgb_at_size(clip, out_w, out_h, matrix_in)
+    rgb, back = to_rgb_at_size(clip, out_w, out_h, matrix_in, kernel or restorer.meta.inference_kernel())
     prev = rgb if rgb.num_frames == 1 else rgb[0] + rgb[:-1]
     cache: FrameCache = FrameCache(max(4, core.num_threads + 3))
     prep_kw = {"tile": tile, "tile_overlap": tile_overlap}

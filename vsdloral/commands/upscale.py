@@ -45,7 +45,12 @@ def register(sub) -> None:
     p.add_argument("--cfr", default=None,
                    help="cross-frame retrieval: dense (exact), topk, window (default: the mode the model was trained with)")
     p.add_argument("--color-fix", default=None, help="adain, wavelet or none (default: the model's own, else adain)")
-    p.add_argument("--tile", type=int, help="tile size in output pixels (bounds memory; default: the model's own, 0 = off)")
+    p.add_argument("--tile", type=int, help="the authors' latent tiles, side in output pixels (a multiple of 8): flow, "
+                   "CFR and UNet per tile, blended (default: the model's own: 768 for converted released weights as "
+                   "the authors, dense for models trained here; 0 = dense over the whole frame)")
+    p.add_argument("--kernel", choices=("pil", "torch"),
+                   help="LQ upscaling kernel: pil (bicubic a=-0.5, the authors' inference) or torch (a=-0.75, "
+                   "their training and ours) (default: the model's own)")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA when available)")
     p.add_argument("--dtype", help="fp32, fp16, bf16 (default: fp16 on CUDA; on a CPU bf16 where it computes bf16 "
                                    "natively (AVX-512 BF16 or AMX), else fp32)")
@@ -143,7 +148,7 @@ def vspipe_command(args, script: Path) -> list[str]:
     stdout, with one ``--arg name=value`` for each option the user set (graph.build's names)."""
     vs_args = {"src": str(Path(args.input).resolve()), "model": args.model and str(Path(args.model).resolve()),
                "scale": args.scale, "start": args.start, "end": args.end, "cfr": args.cfr,
-               "color_fix": args.color_fix, "tile": args.tile, "device": args.device, "dtype": args.dtype,
+               "color_fix": args.color_fix, "tile": args.tile, "kernel": args.kernel, "device": args.device, "dtype": args.dtype,
                "lq": args.lq, "scene_cuts": args.scene_cuts, "threads": args.threads}
     cmd = _vspipe() + ["-p", "-c", "y4m", str(script), "-"]
     for k, v in vs_args.items():

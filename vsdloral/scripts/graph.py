@@ -2,7 +2,7 @@
 
 Arguments (all strings, as vspipe passes them): ``src`` (required), ``model``, ``scale``,
 ``start``/``end`` (frame range, end exclusive), ``frames`` (keep the first N), ``lq`` (``WxH``:
-shrink the source first, for previews and tests), ``cfr``, ``color_fix``, ``tile``, ``device``,
+shrink the source first, for previews and tests), ``cfr``, ``color_fix``, ``tile``, ``kernel``, ``device``,
 ``dtype``, ``matrix_in``, ``scene_cuts`` (``7,17``: source frames that start a new shot), ``threads``
 (torch's intra-op threads for the model). The range
 is cut from the upscaled clip, so frame ``start`` still uses source frame ``start-1`` as its
@@ -109,6 +109,7 @@ def build(args: Mapping) -> vs.VideoNode:
         clip, scale, model=args.get("model") or None, device=args.get("device") or None,
         dtype=args.get("dtype") or None, cfr=args.get("cfr") or None,
         color_fix=args.get("color_fix") or None, tile=tile, matrix_in=matrix_in, threads=threads,
+        kernel=args.get("kernel") or None,
     )
     # Trimmed after the filter: frame `start` keeps source frame start-1 as its reference, so any
     # range [start, end) is exactly those frames of a full render (the chunked mode relies on it).
