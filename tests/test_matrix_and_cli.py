@@ -252,6 +252,40 @@ def test_restorer_oom_is_a_clear_error(tiny_restorer, monkeypatch):
         tiny_restorer.prepare(x, tile=32, tile_overlap=8)
 
 
+def test_oom_retries_once_with_smaller_latent_tiles(tiny_restorer, monkeypatch):
+    """An out-of-memory in the latent stage (faked: the UNet refuses inputs of more than 36
+    positions) is retried once with tiles half as large (dense 8x12 latent -> 48-pixel tiles,
+    overlap 16), announced once, and the smaller tiles are kept for that size; for converted
+    weights the announcement says the output now differs from the authors'."""
+    import vsdloral.model.restorer as restorer_mod
+
+    g = torch.Generator().manual_seed(0)
+    x, ref = torch.rand(1, 3, 64, 96, generator=g), torch.rand(1, 3, 64, 96, generator=g)
+    expected = tiny_restorer.restore(x, ref, color_fix="none", tile=48, tile_overlap=16)
+    unet, calls, warnings = tiny_restorer._unet_fn, [], []
+
+    def refuse_large(z, *a, **k):
+        calls.append(tuple(z.shape[-2:]))
+        if z.shape[-2] * z.shape[-1] > 36:
+            raise torch.OutOfMemoryError(_TORCH_OOM)
+        return unet(z, *a, **k)
+
+    monkeypatch.setattr(tiny_restorer, "_unet_fn", refuse_large)
+    monkeypatch.setattr(tiny_restorer, "_oom_fallback", {})
+    monkeypatch.setattr(restorer_mod.log, "warning", lambda msg, *a: warnings.append(msg % a))
+    got = tiny_restorer.restore(x, ref, color_fix="none", tile=0)
+    assert calls == [(8, 12)] + [(6, 6)] * 6 and torch.equal(got, expected)
+    assert len(warnings) == 1 and "64x96" not in warnings[0]
+    assert "96x64 frame densely; retrying in 48-pixel latent tiles (overlap 16)" in warnings[0]
+    assert "authors" not in warnings[0]
+    calls.clear()
+    assert torch.equal(tiny_restorer.restore(x, ref, color_fix="none", tile=0), expected)
+    assert calls == [(6, 6)] * 6 and len(warnings) == 1  # kept for this size: no failed attempt, no new line
+    monkeypatch.setattr(tiny_restorer.meta, "provenance", {"source": "vsdloral convert"})
+    tiny_restorer.restore(x[..., :48, :], ref[..., :48, :], color_fix="none", tile=0)
+    assert len(warnings) == 2 and "differs from theirs" in warnings[1]
+
+
 @needs_bs
 def test_filter_oom_is_a_vs_error(tiny_restorer, monkeypatch, sample_clip):
     clip = core.std.SetFrameProps(core.resize.Bicubic(core.bs.VideoSource(str(sample_clip))[:2], 64, 32), _Matrix=6)
