@@ -95,7 +95,8 @@ def test_export_loads_and_matches_training_forward(pipeline, tmp_path):
     assert restorer.meta.provenance["steps"] == 4 and restorer.meta.provenance["base_kind"] == "base"
     base_stage = restorer.meta.provenance["base_stage"]
     assert base_stage["steps"] == 2 and base_stage["crop"] == CROP and base_stage["train_vae"] == "none"
-    assert restorer.meta.tile is None and restorer.meta.color_fix is None
+    assert restorer.meta.tile == 0 and restorer.meta.color_fix is None  # dense, recorded explicitly
+    assert restorer.meta.kernel == "torch" and restorer.meta.inference_tiling()[0] == 0
 
     task = DLoRALTask(load_checkpoint(ck)["config"])
     task.load_state(load_checkpoint(ck)["task"])

@@ -52,7 +52,7 @@ def export(checkpoint: str | Path, output: str | Path, dtype: str = "fp32", prom
     """Rebuild the training model from ``checkpoint`` (its base must still be reachable), merge
     both LoRA branches with PEFT and save the inference model atomically. ``tile``/``tile_overlap``
     (default: ``model.inference_tile``/``model.inference_tile_overlap`` of the run's config) are
-    recorded as the model's default inference tiling (``tile=0``: untiled), ``color_fix`` (default:
+    recorded as the model's default latent tiling (``tile=0``: dense, recorded as such), ``color_fix`` (default:
     ``model.inference_color_fix``) as its default colour fix. ``branches=("consistency",)`` exports
     C-LoRA alone (D-LoRA dropped, the VAE decoder's D-LoRA too): an ablation, recorded in the metadata."""
     if not branches or any(b not in lora.BRANCHES for b in branches):
@@ -110,7 +110,9 @@ def export(checkpoint: str | Path, output: str | Path, dtype: str = "fp32", prom
                      decoder_config=decoder_config_of(vae),  # a lite2 init's decoder (None: diffusers' Decoder)
                      prompt=d.get("prompt", "") if prompt is None else prompt,
                      preset=cfg.get("arch"), provenance=provenance,
-                     tile=(tile if tile is not None else (cfg.get("model") or {}).get("inference_tile")) or None,
+                     # recorded explicitly, dense = 0 (absent means "written before tiles were recorded")
+                     tile=(tile if tile is not None else (cfg.get("model") or {}).get("inference_tile")) or 0,
+                     kernel="torch",  # what training here makes LQ inputs with (training.nets.upscale)
                      color_fix=color_fix if color_fix is not None else (cfg.get("model") or {}).get("inference_color_fix"),
                      tile_overlap=tile_overlap if tile_overlap is not None
                      else (cfg.get("model") or {}).get("inference_tile_overlap"))
