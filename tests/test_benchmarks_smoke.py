@@ -344,3 +344,16 @@ def test_vae_tiling_smoke():
     assert ours["max_abs"] < 0.05 < 1 < theirs["max_abs"]
     assert ours["seam"]["cell_mean_range"] < 0.01 < theirs["seam"]["cell_mean_range"]
     assert runs["encode", "ours"]["max_abs"] < 1e-4 < runs["encode", "diffusers"]["max_abs"]
+
+
+def test_tiling_smoke():
+    """The authors' latent tiles vs dense on the fixture and the preset timing: tiles ran, the
+    two paths differ, the tiled UNet sees more positions (the overlap)."""
+    r = run_benchmark("tiling")
+    (row,) = r["difference"]
+    assert row["size"] == "128x72" and row["tiles"] == 15  # 16x9 latent, side 4, stride 3: 5 x 3 tiles
+    assert row["max_abs"] > 1e-3 and 0 < row["mean_abs"] <= row["max_abs"]
+    s = r["speed"]
+    assert _pos(s["paths"]["dense"]["s_per_frame"]) and _pos(s["paths"]["tiled"]["s_per_frame"])
+    assert s["paths"]["dense"]["unet_positions"] == 144 and s["unet_positions_ratio"] > 1
+    assert len(s["load_avg_before"]) == 3
