@@ -13,7 +13,8 @@ own process (encode, then decode):
 - ``diffusers``: ``vae.enable_tiling()`` (its defaults: 512-pixel tiles, 25 % overlap, per-tile
   GroupNorm, blended overlaps).
 
-The decoders all decode the untiled encoder's posterior mean. Reported per method and part: seconds,
+The decoders all decode the untiled encoder's posterior mean. Reported per method and part: seconds
+(wall) and cpu_seconds (the process's CPU time: comparable on a machine other jobs share),
 peak RSS (MB: the process's high-water mark during the part, reset before it through
 ``/proc/self/clear_refs``; ``peak_above_mb``: above the RSS before the part, input loaded), the max
 and mean abs difference to untiled (latent units for encode, 8-bit levels for decode), and two seam
@@ -111,13 +112,13 @@ def worker(method: str, parts: list[str], io: Path, preset: str, tile: int, diff
         inp = inp.contiguous(memory_format=torch.channels_last)
         rss0 = _rss_mb()
         _reset_peak_rss()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with torch.inference_mode():
             if part == "encode":
                 out = vt.encode(vae, inp, tile).mean if method == "ours" else vae.encode(inp).latent_dist.mean
             else:
                 out = vt.decode(vae, inp, tile) if method == "ours" else vae.decode(inp).sample
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         peak = _rss_mb("VmHWM")
         out = out.float().contiguous()
         del inp
@@ -125,7 +126,7 @@ def worker(method: str, parts: list[str], io: Path, preset: str, tile: int, diff
         if part == "encode" and method == "untiled":
             torch.save(out, io / "latent.pt")
         del out
-        out_runs[part] = {"seconds": round(seconds, 4), "rss_before_mb": round(rss0, 1), "peak_rss_mb": round(peak, 1),
+        out_runs[part] = {"seconds": round(seconds, 4), "cpu_seconds": round(cpu, 4), "rss_before_mb": round(rss0, 1), "peak_rss_mb": round(peak, 1),
                           "peak_above_mb": round(peak - rss0, 1), "grid": grid // f if part == "encode" else grid}
     return out_runs
 
@@ -188,14 +189,14 @@ def run(size: tuple[int, int], crop: tuple[int, int] | None, tile: int, preset: 
 def table(res: dict) -> str:
     lines = [f"VAE tiling, {res['preset']} ({res['weights']}), frame {res['size']}"
              + (f" cropped to {res['crop']}" if res["crop"] else "") + f", tile {res['tile']}, {res['threads']} threads",
-             f"{'part':7} {'method':10} {'s':>8} {'peak+ MB':>9} {'max abs':>10} {'mean abs':>10} {'border/in':>9} {'cell rng':>9}"]
+             f"{'part':7} {'method':10} {'s':>8} {'cpu s':>8} {'peak+ MB':>9} {'max abs':>10} {'mean abs':>10} {'border/in':>9} {'cell rng':>9}"]
     for r in res["runs"]:
         if "error" in r:
             lines.append(f"{r['part']:7} {r['method']:10} {r['error']}")
             continue
         s = r.get("seam") or {}
         f = lambda v, p=".3g": "-" if v is None else format(v, p)  # noqa: E731
-        lines.append(f"{r['part']:7} {r['method']:10} {r['seconds']:8.1f} {r['peak_above_mb']:9.0f} {f(r.get('max_abs')):>10} "
+        lines.append(f"{r['part']:7} {r['method']:10} {r['seconds']:8.1f} {r.get('cpu_seconds', float('nan')):8.1f} {r['peak_above_mb']:9.0f} {f(r.get('max_abs')):>10} "
                      f"{f(r.get('mean_abs')):>10} {f(s.get('border_ratio')):>9} {f(s.get('cell_mean_range')):>9}")
     return "\n".join(lines)
 
