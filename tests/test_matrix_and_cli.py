@@ -182,14 +182,15 @@ def test_every_cli_option_reaches_the_filter_or_ffmpeg(monkeypatch, tmp_path, ti
 
     args = _cli_args("--cfr", "window", "--color-fix", "wavelet", "--tile", 256, "--device", "cpu",
                      "--dtype", "bf16", "--crf", 23, "--preset", "veryfast", "--scale", 2, "--lq", "64x32",
-                     "--start", 3, "--end", 7, "--model", tiny_model_path, "--threads", 3, "--kernel", "pil")
+                     "--start", 3, "--end", 7, "--model", tiny_model_path, "--threads", 3, "--kernel", "pil",
+                     "--vae-tile", 512)
     script = tmp_path / "upscale.vpy"
     cmd = vspipe_command(args, script)
     assert cmd[1:6] == ["-p", "-c", "y4m", str(script), "-"]
     seen = _filter_kwargs(monkeypatch, _vspipe_args(cmd))
     expected = {"cfr": "window", "color_fix": "wavelet", "tile": 256, "device": "cpu", "dtype": "bf16",
                 "scale": 2.0, "model": str(Path(tiny_model_path).resolve()), "frames": 4, "size": (64, 32),
-                "threads": 3, "kernel": "pil"}
+                "threads": 3, "kernel": "pil", "vae_tile": 512}
     assert {k: seen.get(k) for k in expected} == expected
 
     ff = ffmpeg_command(args, Path(args.input), "matroska", tmp_path / "o.mkv", [], ["-c:a", "copy"])
@@ -204,7 +205,7 @@ def test_cli_defaults_leave_the_model_its_own_settings(monkeypatch, tmp_path):
 
     cmd = vspipe_command(_cli_args("--lq", "64x32", "--end", 2), tmp_path / "upscale.vpy")
     vs_args = _vspipe_args(cmd)
-    keys = ("cfr", "color_fix", "tile", "device", "dtype", "model", "threads", "kernel")
+    keys = ("cfr", "color_fix", "tile", "device", "dtype", "model", "threads", "kernel", "vae_tile")
     assert not set(keys) & set(vs_args)
     seen = _filter_kwargs(monkeypatch, vs_args)
     assert {k: seen.get(k, "missing") for k in keys} == dict.fromkeys(keys)

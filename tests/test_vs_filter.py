@@ -261,11 +261,31 @@ def test_bad_clips(src, tiny_restorer):
         ({"compile": True}, "device/dtype/compile/threads apply only"),
         ({"threads": 2}, "device/dtype/compile/threads apply only"),
         ({"kernel": "lanczos"}, "unknown kernel 'lanczos'; choose one of pil, torch"),
+        ({"vae_tile": 12}, "vae_tile must be 0 .*multiple of 8"),
+        ({"vae_tile": -8}, "vae_tile must be in"),
     ],
 )
 def test_bad_args(src, tiny_restorer, kwargs, pattern):
     with pytest.raises(vs.Error, match=rf"upscale: .*{pattern}"):
         upscale(lq(src, n=2), model=tiny_restorer, **kwargs)
+
+
+def test_vae_tile_reaches_the_encode_and_the_decode(src, tiny_restorer, monkeypatch):
+    """``vae_tile=`` is handed to every encode and decode (None, the authors' rule, when absent)."""
+    seen = []
+    for name in ("prepare", "restore_prepared"):
+        orig = getattr(tiny_restorer, name)
+
+        def spy(*a, _orig=orig, _name=name, **kw):
+            seen.append((_name, kw.get("vae_tile", "missing")))
+            return _orig(*a, **kw)
+
+        monkeypatch.setattr(tiny_restorer, name, spy)
+    upscale(lq(src, n=2), model=tiny_restorer, tile=0, vae_tile=32).get_frame(1)
+    assert seen and {v for _, v in seen} == {32} and {n for n, _ in seen} == {"prepare", "restore_prepared"}
+    seen.clear()
+    upscale(lq(src, n=2), model=tiny_restorer, tile=0).get_frame(1)
+    assert seen and {v for _, v in seen} == {None}
 
 
 def test_bad_model_and_device(src, tiny_restorer, tiny_model_path, tmp_path):

@@ -23,6 +23,7 @@ import vapoursynth as vs
 from .colorspace import is_unspecified, matrix_from_resolution, note_guess
 from .frame_cache import FrameCache
 from .model.kernels import KERNELS, resize_params
+from .model.vae_tiling import check_vae_tile
 from .model.oom import RestoreOutOfMemoryError, oom_message
 from .utils.log import get_logger
 
@@ -201,6 +202,7 @@ def upscale(
     compile: bool = False,
     threads: int | None = None,
     kernel: str | None = None,
+    vae_tile: int | None = None,
 ) -> vs.VideoNode:
     """Upscale ``clip`` with DLoRAL (one-step diffusion VSR, SPEC section 1).
 
@@ -220,7 +222,9 @@ def upscale(
     pixels, a multiple of 8): the authors' latent tiles (flow, CFR and UNet per tile, blended);
     ``None``: the model's own (768/256 for converted released weights, as the authors; dense for
     models trained here), ``0``: dense over the whole frame. ``kernel``: the LQ upscaling kernel,
-    ``pil`` (a=-0.5, the authors' inference) or ``torch`` (a=-0.75); ``None``: the model's own. ``threads``: torch's intra-op thread
+    ``pil`` (a=-0.5, the authors' inference) or ``torch`` (a=-0.75); ``None``: the model's own. ``vae_tile`` (pixels): the VAE's own tiles, with GroupNorm statistics
+    over the whole frame (equal to untiled up to float rounding; bounds memory); ``None``: the
+    authors' rule (encoder above 1088 pixels, decoder above 1968), ``0``: never. ``threads``: torch's intra-op thread
     count for every frame, whichever VapourSynth thread computes it (``None``: this thread's
     ``torch.get_num_threads()`` when the model loads); the output is bit-identical for a given
     device, dtype, torch version and thread count, whatever ``core.num_threads`` and the request order."""
@@ -248,6 +252,8 @@ def upscale(
         raise _err(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
     if tile_overlap is not None:
         tile_overlap = _check_positive_int("tile_overlap", tile_overlap, 0, MAX_DIM)
+    if vae_tile is not None:
+        vae_tile = _check_positive_int("vae_tile", vae_tile, 0, MAX_DIM)
     out_w, out_h = output_size(clip, scale, width, height)
 
     if not isinstance(compile, bool):
@@ -259,13 +265,17 @@ def upscale(
         tile, tile_overlap = restorer.resolve_tiling(tile, tile_overlap)
     except ValueError as exc:
         raise _err(f"{str(exc).removeprefix('restore: ')} (tile=0 turns tiling off)") from None
+    try:
+        check_vae_tile(vae_tile, restorer.factor)
+    except ValueError as exc:
+        raise _err(f"{str(exc).removeprefix('restore: ')} (vae_tile=0 turns VAE tiling off)") from None
     if matrix_in is not None:
         _matrix_kwargs(matrix_in, "_in")  # type check before the (slow) model load
 
     rgb, back = to_rgb_at_size(clip, out_w, out_h, matrix_in, kernel or restorer.meta.inference_kernel())
     prev = rgb if rgb.num_frames == 1 else rgb[0] + rgb[:-1]
     cache: FrameCache = FrameCache(max(4, core.num_threads + 3))
-    prep_kw = {"tile": tile, "tile_overlap": tile_overlap}
+    prep_kw = {"tile": tile, "tile_overlap": tile_overlap, "vae_tile": vae_tile}
     restore_kw = {"color_fix": color_fix, "cfr": cfr, "cfr_window": cfr_window, **prep_kw}
     warned = threading.Event()
 

@@ -48,6 +48,10 @@ def register(sub) -> None:
     p.add_argument("--tile", type=int, help="the authors' latent tiles, side in output pixels (a multiple of 8): flow, "
                    "CFR and UNet per tile, blended (default: the model's own: 768 for converted released weights as "
                    "the authors, dense for models trained here; 0 = dense over the whole frame)")
+    p.add_argument("--vae-tile", type=int, metavar="PX",
+                   help="VAE tiles in pixels, GroupNorm statistics over the whole frame (same output up to float "
+                   "rounding, bounded memory) (default: the authors' rule, encoder above 1088 px, decoder above "
+                   "1968 px; 0 = never)")
     p.add_argument("--kernel", choices=("pil", "torch"),
                    help="LQ upscaling kernel: pil (bicubic a=-0.5, the authors' inference) or torch (a=-0.75, "
                    "their training and ours) (default: the model's own)")
@@ -148,7 +152,7 @@ def vspipe_command(args, script: Path) -> list[str]:
     stdout, with one ``--arg name=value`` for each option the user set (graph.build's names)."""
     vs_args = {"src": str(Path(args.input).resolve()), "model": args.model and str(Path(args.model).resolve()),
                "scale": args.scale, "start": args.start, "end": args.end, "cfr": args.cfr,
-               "color_fix": args.color_fix, "tile": args.tile, "kernel": args.kernel, "device": args.device, "dtype": args.dtype,
+               "color_fix": args.color_fix, "tile": args.tile, "vae_tile": args.vae_tile, "kernel": args.kernel, "device": args.device, "dtype": args.dtype,
                "lq": args.lq, "scene_cuts": args.scene_cuts, "threads": args.threads}
     cmd = _vspipe() + ["-p", "-c", "y4m", str(script), "-"]
     for k, v in vs_args.items():

@@ -148,7 +148,7 @@ def job_identity(args, src: Path, model: Path, kind: str, threads: int | None, n
         "model_sha256": sha256_file(model),
         "range": [start, end], "chunk_frames": chunk_frames,
         "settings": {"scale": args.scale, "cfr": args.cfr, "color_fix": args.color_fix, "tile": args.tile,
-                     "kernel": getattr(args, "kernel", None), "lq": args.lq, "scene_cuts": scene_cuts, "device": kind, "dtype": _dtype_name(args.dtype, kind)},
+                     "vae_tile": getattr(args, "vae_tile", None), "kernel": getattr(args, "kernel", None), "lq": args.lq, "scene_cuts": scene_cuts, "device": kind, "dtype": _dtype_name(args.dtype, kind)},
         "encode": resolved_codec(args.codec, args.crf, args.preset),
         "runtime": runtime,
     }
@@ -386,7 +386,7 @@ def _run_job(ray, m: Manifest, job: dict, where: Placement, src: Path, model: Pa
            else f"rendering on {where.workers or 'all'} {where.kind} worker(s)"))
     s = job["settings"]
     graph = {"src": str(src.resolve()), "model": str(model), "scale": s["scale"], "cfr": s["cfr"],
-             "color_fix": s["color_fix"], "tile": s["tile"], "kernel": s.get("kernel"), "lq": s["lq"], "device": s["device"],
+             "color_fix": s["color_fix"], "tile": s["tile"], "vae_tile": s.get("vae_tile"), "kernel": s.get("kernel"), "lq": s["lq"], "device": s["device"],
              "dtype": s["dtype"], "scene_cuts": ",".join(map(str, s["scene_cuts"])) or None,
              "threads": where.threads}
     spec = {"graph": {k: (None if v is None else str(v)) for k, v in graph.items()}, "codec": job["encode"],
