@@ -39,6 +39,17 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="continue from the latest checkpoint in --out (or the given file)")
 
 
+def _config_and_data(p: argparse.ArgumentParser, preset_help: str, as_for: str) -> None:
+    """--preset/--config/--set and --data/--images of a precompute command (they mean what they
+    mean for the training command ``as_for`` whose inputs it precomputes)."""
+    p.add_argument("--preset", default=None, help=preset_help)
+    p.add_argument("--config", default=None, help="YAML config merged over the preset")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config entry (dotted key, YAML value); repeatable")
+    p.add_argument("--data", action="append", default=None, metavar="PATH", help=f"as for {as_for} (repeatable)")
+    p.add_argument("--images", action="append", default=None, metavar="FOLDER", help=f"as for {as_for} (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vsdloral-train", description="Train DLoRAL models for vsdloral.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -57,12 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default=None, help="weights file whose encoder, UNet, flow and CFR make the latents")
     p.add_argument("--store", default=None, help="folder of precomputed latents and teacher outputs (decoder-data)")
     p = sub.add_parser("decoder-data", help="precompute the decoder stage's latents and teacher outputs into a store")
-    p.add_argument("--preset", default=None, help="training preset (lite2)")
-    p.add_argument("--config", default=None, help="YAML config merged over the preset")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config entry (dotted key, YAML value); repeatable")
-    p.add_argument("--data", action="append", default=None, metavar="PATH", help="as for decoder (repeatable)")
-    p.add_argument("--images", action="append", default=None, metavar="FOLDER", help="as for decoder (repeatable)")
+    _config_and_data(p, "training preset (lite2)", "decoder")
     p.add_argument("--windows", type=int, default=None, help="windows in the store (decoder.windows)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--init", default=None, help="weights file whose encoder, UNet, flow and CFR make the latents")
@@ -85,12 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--color-fix", default=None, choices=("adain", "wavelet", "none"),
                    help="default colour fix recorded in the model (default: model.inference_color_fix of the run, else adain)")
     p = sub.add_parser("teacher", help="precompute the SR teacher's outputs of a dloral run into its cache")
-    p.add_argument("--preset", default=None, help="training preset (as for dloral); default tiny")
-    p.add_argument("--config", default=None, help="YAML config merged over the preset")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config entry (dotted key, YAML value); repeatable")
-    p.add_argument("--data", action="append", default=None, metavar="PATH", help="as for dloral (repeatable)")
-    p.add_argument("--images", action="append", default=None, metavar="FOLDER", help="as for dloral (repeatable)")
+    _config_and_data(p, "training preset (as for dloral); default tiny", "dloral")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--crop", type=int, default=None)
