@@ -317,6 +317,25 @@ def test_cache_prune_deletes_least_recently_used(tmp_path):
     assert [cache.path(k).is_file() for k in keys] == [True, False, False, True]
 
 
+def test_start_up_deletes_parts_of_killed_writes_but_not_of_writes_under_way(tmp_path):
+    """A write killed by SIGKILL leaves its ``.part`` beside the entries; start-up deletes it once
+    it is old, but not a young one, which may be another shard's write in progress."""
+    import os
+    import time
+
+    cache = TeacherCache(tmp_path, "t" * 64)
+    key = f"{1:064x}"
+    cache.put(key, torch.zeros(3, 16, 16, dtype=torch.uint8))
+    stale = cache.path(key).parent / f".{key}.safetensors.abc.part"
+    young = cache.path(key).parent / f".{key}.safetensors.def.part"
+    for p in (stale, young):
+        p.write_bytes(b"half a write")
+    old = time.time() - 2 * TeacherCache.STALE_PART_S
+    os.utime(stale, (old, old))
+    TeacherCache(tmp_path, "t" * 64, max_bytes=10**9)
+    assert not stale.exists() and young.exists() and cache.path(key).is_file()
+
+
 def _truncate_bin(folder: Path) -> None:
     b = folder / "realesrgan-x4plus.bin"
     b.write_bytes(b.read_bytes()[:-10])

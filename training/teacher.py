@@ -21,6 +21,7 @@ import hashlib
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -168,6 +169,24 @@ class TeacherCache:
         if max_bytes > 0:
             self.prune(max_bytes)
 
+    #: a ``.part`` file older than this is a write that was killed, not one under way
+    STALE_PART_S = 3600.0
+
+    def drop_stale_parts(self) -> int:
+        """Delete ``.part`` files (atomic writes killed before their rename) older than
+        :attr:`STALE_PART_S`; returns how many."""
+        now, gone = time.time(), 0
+        for p in self.root.glob("*/*/.*.part") if self.root.is_dir() else []:
+            try:
+                if now - p.stat().st_mtime > self.STALE_PART_S:
+                    p.unlink()
+                    gone += 1
+            except OSError:
+                continue
+        if gone:
+            log.info("teacher cache: deleted %d leftovers of killed writes", gone)
+        return gone
+
     def check_writable(self) -> None:
         """Raise ``OSError`` unless a file can be created in :attr:`folder` (made if missing)."""
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -228,7 +247,9 @@ class TeacherCache:
 
     def prune(self, max_bytes: int) -> int:
         """Delete the least recently used entries (all teachers) until at most ``max_bytes``
-        remain; returns the number deleted."""
+        remain, and the ``.part`` files of writes killed more than :attr:`STALE_PART_S` ago (younger
+        ones may belong to a shard writing now); returns the number of entries deleted."""
+        self.drop_stale_parts()
         files = []
         for p in self.root.glob("*/*/*.safetensors") if self.root.is_dir() else []:
             try:
