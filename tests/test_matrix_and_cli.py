@@ -231,7 +231,8 @@ def _raise_oom(*args, **kwargs):
 
 def test_oom_message_names_size_and_tile():
     assert oom_message("cuda", 3840, 2160, None, 8) == \
-        "out of GPU memory restoring a 3840x2160 frame untiled; pass tile=512 (or smaller; vsdloral upscale --tile 512)"
+        "out of GPU memory restoring a 3840x2160 frame untiled; pass tile=512 (or smaller; vsdloral upscale --tile 512), " \
+        "and for the VAE vae_tile=512 (--vae-tile 512)"
     assert "in 512-pixel tiles; pass tile=256 " in oom_message("cuda:0", 3840, 2160, 512, 8)
     assert "pass tile=32 " in oom_message("cuda", 3840, 2160, 40, 8)  # never below 4 latent positions
     assert "pass tile=128 " in oom_message("cuda", 192, 128, None, 8)  # a tile that does split the frame
@@ -326,4 +327,5 @@ def test_cli_reports_the_oom_line(tmp_path, tiny_model_path):
     err = r.stderr.decode(errors="replace")
     assert "assuming SMPTE 170M" in err
     assert _error_line(err) == ("upscale: out of memory restoring a 192x128 frame untiled (tried to allocate "
-                                "7.91 GiB); pass tile=128 (or smaller; vsdloral upscale --tile 128)")
+                                "7.91 GiB); pass tile=128 (or smaller; vsdloral upscale --tile 128), "
+                                "and for the VAE vae_tile=512 (--vae-tile 512)")

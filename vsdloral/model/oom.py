@@ -27,14 +27,15 @@ def suggest_tile(width: int, height: int, tile: int | None, factor: int) -> int:
 
 def oom_message(device: torch.device | str, width: int, height: int, tile: int | None, factor: int,
                 detail: str = "") -> str:
-    """``out of GPU memory restoring a WxH frame untiled; pass tile=512 (or smaller) ...`` (no prefix)."""
+    """``out of GPU memory restoring a WxH frame untiled; pass tile=512 (or smaller) ..., and for the
+    VAE vae_tile=512 ...`` (no prefix): the latent stage and the VAE each have their own tiles."""
     dev = torch.device(device)
     what = "GPU memory" if dev.type in ("cuda", "mps", "xpu") else "memory"
     how = "untiled" if not tile else f"in {tile}-pixel tiles"
     t = suggest_tile(width, height, tile, factor)
     extra = f" ({detail})" if detail else ""
     return (f"out of {what} restoring a {width}x{height} frame {how}{extra}; pass tile={t} (or smaller; "
-            f"vsdloral upscale --tile {t})")
+            f"vsdloral upscale --tile {t}), and for the VAE vae_tile=512 (--vae-tile 512)")
 
 
 def _torch_detail(exc: BaseException) -> str:
