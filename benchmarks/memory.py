@@ -32,7 +32,8 @@ def _rss_mb() -> float:
 
 
 def measure_one(preset: str, size: str, tile: int, device: str | None, dtype: str | None) -> dict:
-    """Run in the child: one reference + one current frame, one restore; ``tile=0``: untiled."""
+    """Run in the child: one reference + one current frame, one restore; ``tile`` is both the
+    latent tile and ``vae_tile``; ``tile=0``: untiled."""
     import vsdloral
 
     w, h = parse_size(size)
@@ -40,7 +41,9 @@ def measure_one(preset: str, size: str, tile: int, device: str | None, dtype: st
     loaded = _rss_mb()
     g = torch.Generator().manual_seed(0)
     frames = [torch.rand(1, 3, h, w, generator=g) for _ in range(2)]
-    kw = dict(tile=tile, tile_overlap=None)
+    # tile T bounds both stages: the authors' latent tiles and the VAE's own tiles (vae_tile, which
+    # tile= alone no longer switches on); tile 0: both untiled
+    kw = dict(tile=tile, tile_overlap=None, vae_tile=tile)
     if r.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()

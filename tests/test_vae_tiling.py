@@ -143,3 +143,23 @@ def test_restorer_vae_tile_matches_untiled(tiny_restorer):
     a = tiny_restorer.restore(cur, ref, vae_tile=0, **kw)
     b = tiny_restorer.restore(cur, ref, vae_tile=32, **kw)
     assert (a - b).abs().max() < TOL
+
+
+def test_default_vae_tiling_is_the_authors_for_converted_weights_only(tiny_restorer, monkeypatch):
+    """``vae_tile=None``: models trained here never tile their small VAE (it costs time and buys no
+    memory); converted weights follow the authors' rule (encoder tiled above 1088 pixels)."""
+    tiles = []
+    real_encode = vt.encode
+
+    def spy(vae, x, tile):
+        tiles.append(tile)
+        return real_encode(vae, x, tile)
+
+    monkeypatch.setattr(vt, "encode", spy)
+    wide = torch.rand(1, 3, 16, 1152)  # longer side above the authors' 1088
+    tiny_restorer.prepare(wide, tile=0)
+    tiny_restorer.prepare(wide, tile=0, vae_tile=64)
+    monkeypatch.setitem(tiny_restorer.meta.provenance, "source", "vsdloral convert")
+    assert tiny_restorer.meta.converted
+    tiny_restorer.prepare(wide, tile=0)
+    assert tiles == [None, 64, vt.DEFAULT_TILE]

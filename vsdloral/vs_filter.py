@@ -224,7 +224,8 @@ def upscale(
     models trained here), ``0``: dense over the whole frame. ``kernel``: the LQ upscaling kernel,
     ``pil`` (a=-0.5, the authors' inference) or ``torch`` (a=-0.75); ``None``: the model's own. ``vae_tile`` (pixels): the VAE's own tiles, with GroupNorm statistics
     over the whole frame (equal to untiled up to float rounding; bounds memory); ``None``: the
-    authors' rule (encoder above 1088 pixels, decoder above 1968), ``0``: never. ``threads``: torch's intra-op thread
+    model's own (the authors' rule for converted weights, encoder above 1088 pixels, decoder above
+    1968; never for models trained here), ``0``: never. ``threads``: torch's intra-op thread
     count for every frame, whichever VapourSynth thread computes it (``None``: this thread's
     ``torch.get_num_threads()`` when the model loads); the output is bit-identical for a given
     device, dtype, torch version and thread count, whatever ``core.num_threads`` and the request order."""

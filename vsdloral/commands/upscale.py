@@ -50,8 +50,8 @@ def register(sub) -> None:
                    "the authors, dense for models trained here; 0 = dense over the whole frame)")
     p.add_argument("--vae-tile", type=int, metavar="PX",
                    help="VAE tiles in pixels, GroupNorm statistics over the whole frame (same output up to float "
-                   "rounding, bounded memory) (default: the authors' rule, encoder above 1088 px, decoder above "
-                   "1968 px; 0 = never)")
+                   "rounding, bounded memory) (default: the model's own: for converted weights the authors' rule, "
+                   "encoder above 1088 px, decoder above 1968 px; never for models trained here; 0 = never)")
     p.add_argument("--kernel", choices=("pil", "torch"),
                    help="LQ upscaling kernel: pil (bicubic a=-0.5, the authors' inference) or torch (a=-0.75, "
                    "their training and ours) (default: the model's own)")

@@ -160,6 +160,16 @@ class Restorer:
         self.check_tiling(tile, overlap)
         return tile, overlap
 
+    def resolve_vae_tile(self, vae_tile: int | None) -> int | None:
+        """``vae_tile=None``: the model's own: the authors' rule (None, see
+        :func:`~vsdloral.model.vae_tiling.encoder_tile`) for weights converted from their checkpoint,
+        whose SD VAE needs tiles at 4K; never (0) for models trained here, whose small VAEs fit
+        untiled at 4K (tiling the bundled model's encoder at 720p cost 1.7x its time). Checked."""
+        vae_tiling.check_vae_tile(vae_tile, self.factor)
+        if vae_tile is None and not self.meta.converted:
+            return 0
+        return vae_tile
+
     def check_tiling(self, tile: int | None, overlap: int) -> None:
         """Raise ``ValueError`` unless ``tile`` is None or a multiple of the VAE factor of at least
         4 latent positions, with ``0 <= overlap <= tile/2`` a multiple of the factor too."""
@@ -193,10 +203,11 @@ class Restorer:
         ``tile``/``tile_overlap`` are only checked here: latent tiles crop the prepared latent and
         image later, they never encode again. ``vae_tile`` (pixels): the VAE's own tiling, with
         frame-wide GroupNorm statistics so that it computes what the untiled VAE does
-        (:mod:`vsdloral.model.vae_tiling`); ``None``: the authors' rule (encoder tiled above 1088
-        pixels, decoder above 1968), ``0``: never, ``N``: tiles of N pixels above N."""
+        (:mod:`vsdloral.model.vae_tiling`); ``None``: the model's own (:meth:`resolve_vae_tile`: the
+        authors' rule, encoder tiled above 1088 pixels, decoder above 1968, for converted weights;
+        never for models trained here), ``0``: never, ``N``: tiles of N pixels above N."""
         tile, tile_overlap = self.resolve_tiling(tile, tile_overlap)
-        vae_tiling.check_vae_tile(vae_tile, self.factor)
+        vae_tile = self.resolve_vae_tile(vae_tile)
         x = self._check_frames(frames, "frames")
         h, w = x.shape[-2:]
         f = self.factor
@@ -245,7 +256,7 @@ class Restorer:
         if cfr not in CFR_MODES:
             raise ValueError(f"restore: unknown cfr {cfr!r}; choose one of {', '.join(CFR_MODES)}")
         tile, tile_overlap = self.resolve_tiling(tile, tile_overlap)
-        vae_tiling.check_vae_tile(vae_tile, self.factor)
+        vae_tile = self.resolve_vae_tile(vae_tile)
         # no predecessor (frame 0, a scene cut): the frame is its own reference, and that copy goes
         # through the whole path like any reference (SPEC section 1): SPyNet between the two
         # identical frames (a trained SPyNet does not return exactly zero there), the warp, CFR.
