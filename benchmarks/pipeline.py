@@ -60,7 +60,9 @@ def measure_one(preset: str, size: str, device: str | None, dtype: str | None, r
         prev, cur = cur, r.prepare(frames[0], **kw)
         r.restore_prepared(cur, prev, cfr=cfr, **kw)
     counts = fc.get_flop_counts()
-    flops = {stage: sum(counts.get(mod, {}).values()) for mod, stage in FLOP_MODULES.items()}
+    flops = dict.fromkeys(FLOP_MODULES.values(), 0)
+    for mod, stage in FLOP_MODULES.items():  # several modules may count for one stage (both decoders)
+        flops[stage] += sum(counts.get(mod, {}).values())
     total_s = sum(stage_s.values())
     return {
         "preset": preset, "size": size, "device": str(r.device), "dtype": dtype_name(r.dtype),
