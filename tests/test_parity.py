@@ -39,6 +39,10 @@ TOL_TILE_INPUT = 1e-4  # per-tile UNet input (latent units, |z| up to ~10), meas
 # encoder's output differs by 1.1e-4 between our channels-last run and the reference's, the
 # decoder's by 1.2e-4): measured max 5.0e-4, mean 2.3e-5 over the frame. Held to 1e-3 / 1e-4.
 TOL_LARGE, TOL_LARGE_MEAN = 1e-3, 1e-4
+# The per-tile UNet inputs at that size carry the encoder's rounding (1.1e-4 above): measured 1.5e-4
+# in a full-suite run (2 threads; 1e-4 was exceeded there), held to 5e-4. The planted bugs of the
+# tiled tests move them by 0.04 and more.
+TOL_LARGE_TILE_INPUT = 5e-4
 pytestmark = pytest.mark.filterwarnings("ignore:Already found a `peft_config`")
 
 
@@ -441,7 +445,7 @@ def test_parity_authors_tiles_at_their_size(reference, restorer, monkeypatch):
     assert reference.last["tiles"] == [(0, 0), (0, 41), (0, 57)]
     assert [tuple(x.shape[-2:]) for x in ours] == [(73, 73)] * 3
     tile_err = max(_err(a, b) for a, b in zip(ours, theirs))
-    assert tile_err < TOL_TILE_INPUT, f"UNet inputs differ by {tile_err:.3g}"
+    assert tile_err < TOL_LARGE_TILE_INPUT, f"UNet inputs differ by {tile_err:.3g}"
     err, mean = _err(got, expected), (got - expected).abs().mean().item()
     assert err < TOL_LARGE and mean < TOL_LARGE_MEAN, f"max abs error {err:.3g}, mean {mean:.3g}"
 
