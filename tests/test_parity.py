@@ -37,8 +37,11 @@ TOL_ADAIN = TOL
 TOL_TILE_INPUT = 1e-4  # per-tile UNet input (latent units, |z| up to ~10), measured: see the tiled tests
 # At 1040x584 the fp32 rounding of the convolutions alone grows (same weights, same input: the VAE
 # encoder's output differs by 1.1e-4 between our channels-last run and the reference's, the
-# decoder's by 1.2e-4): measured max 5.0e-4, mean 2.3e-5 over the frame. Held to 1e-3 / 1e-4.
-TOL_LARGE, TOL_LARGE_MEAN = 1e-3, 1e-4
+# decoder's by 1.2e-4): measured max 5.0e-4, mean 2.3e-5 over the frame when the test runs alone,
+# and max 1.4e-3, mean 6.7e-5 inside the full suite (the restorer takes the thread count of the
+# moment it is loaded, and fp32 rounding follows it). Held to 3e-3 / 3e-4 (0.8 of an 8-bit level);
+# the half-position y midpoint of the authors' Gaussian alone moves the output by 0.74.
+TOL_LARGE, TOL_LARGE_MEAN = 3e-3, 3e-4
 # The per-tile UNet inputs at that size carry the encoder's rounding (1.1e-4 above): measured 1.5e-4
 # in a full-suite run (2 threads; 1e-4 was exceeded there), held to 5e-4. The planted bugs of the
 # tiled tests move them by 0.04 and more.
