@@ -189,3 +189,111 @@ def test_ncnn_runtime_is_the_same_teacher(tmp_path):
     write_rrdbnet_ncnn(random_rrdbnet(seed=4), other)
     assert weights_identity(NcnnX4(param, bin_path)) != weights_identity(
         NcnnX4(other / "realesrgan-x4plus.param", other / "realesrgan-x4plus.bin"))
+
+
+# -- the temporal term (3-frame stores) and warm starts ---------------------------------------
+
+
+def test_torch_warp_is_the_measures_warp():
+    """backward_warp (training) samples where vsdloral.evaluation.flow.backward_warp (E*warp) does."""
+    from training.decoder_task import backward_warp
+    from vsdloral.evaluation.flow import backward_warp as cv_warp
+
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(1, 3, 20, 24, generator=g)
+    flow = torch.randn(1, 2, 20, 24, generator=g) * 3
+    ours = backward_warp(img, flow)[0].permute(1, 2, 0).numpy()
+    ref = cv_warp(img[0].permute(1, 2, 0).numpy(), flow[0].permute(1, 2, 0).numpy())
+    assert abs(ours - ref).max() < 1e-3  # cv2.remap's bilinear weights are fixed-point (1/32)
+
+
+def _moving(texture: torch.Tensor, dx: int, dy: int, size: int) -> torch.Tensor:
+    """Frames t and t+1 of ``texture`` seen through a window that moves by (dx, dy): (2,3,size,size)."""
+    return torch.stack([texture[:, 8:8 + size, 8:8 + size], texture[:, 8 + dy:8 + dy + size, 8 + dx:8 + dx + size]])
+
+
+def test_ground_truth_flow_and_the_warped_temporal_loss():
+    """gt_flow finds a known motion; the loss is ~0 for an output whose error moves with the content
+    (and for a perfect one), and large for one that flickers or whose detail stands still."""
+    from training.decoder_data import gt_flow
+    from training.decoder_task import warped_temporal_loss
+
+    g = torch.Generator().manual_seed(1)
+    scene = torch.nn.functional.interpolate(torch.rand(1, 3, 40, 40, generator=g), size=(96, 96), mode="bicubic",
+                                            align_corners=False)[0].clamp(0, 1)
+    detail = torch.rand(3, 96, 96, generator=g) * 0.2  # the output's own texture
+    hq = _moving(scene, 3, -2, 64)
+    flow, mask = gt_flow(hq)
+    inner = mask[0, 0].float()
+    assert inner.mean() > 0.5
+    # the window moves by (3, -2), so the content moves by (-3, 2): a[y, x] ~ b[y + 2, x - 3]
+    assert abs(flow[0, 0][inner > 0].median().item() + 3) < 0.25 and abs(flow[0, 1][inner > 0].median().item() - 2) < 0.25
+    gt = 2 * hq - 1
+    f, m = flow.float(), mask.float()
+    assert warped_temporal_loss(gt, gt, f, m).item() < 1e-6
+    moving_detail = gt + _moving(detail, 3, -2, 64)  # texture that moves with the content: steady
+    standing = gt + detail[:, 8:72, 8:72]  # texture stuck to the screen while the content moves
+    flicker = gt + torch.stack([detail[:, :64, :64], detail[:, 32:, 32:]])  # new texture each frame
+    steady = warped_temporal_loss(moving_detail, gt, f, m).item()
+    assert steady < 0.02
+    assert warped_temporal_loss(standing, gt, f, m).item() > 4 * steady
+    assert warped_temporal_loss(flicker, gt, f, m).item() > 4 * steady
+
+
+def test_temporal_store_pairs_and_training_with_a_warm_start(stage, tmp_path):
+    from training.decoder_data import Store, load_sources, precompute
+    from training.decoder_task import DecoderTask
+    from training.export import export
+
+    cfg = copy.deepcopy(stage)
+    config_mod.set_dotted(cfg, "decoder.frames", 3)
+    config_mod.set_dotted(cfg, "decoder.windows", 4)
+    config_mod.set_dotted(cfg, "decoder.temporal", 1.0)
+    config_mod.set_dotted(cfg, "decoder.steps", 2)
+    precompute(copy.deepcopy(cfg), tmp_path / "store")
+    s = Store(cfg, tmp_path / "store", load_sources(cfg))
+    assert s.z.shape[0] == 8 and s.pairs == 4 and s.flow.shape == (4, 2, 64, 64) and s.mask.shape == (4, 1, 64, 64)
+    b = s.pair_batch(0, 3, 4, seed=0)
+    assert b["z"].shape == (6, 4, 4, 4) and b["hq"].shape == (6, 3, 32, 32) and b["flow"].shape == (3, 2, 32, 32)
+    # frame t+1 of a pair is the next restored frame of the same window, at the same crop
+    assert torch.equal(b["z"][3:], s.pair_batch(0, 3, 4, seed=0)["z"][3:])
+    # valid pixels never point outside the crop
+    gy, gx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    tx, ty = gx + b["flow"][:, 0], gy + b["flow"][:, 1]
+    outside = (tx < 0) | (tx > 31) | (ty < 0) | (ty > 31)
+    assert not (b["mask"][:, 0].bool() & outside).any()
+    run = train("decoder", copy.deepcopy(cfg), tmp_path / "a")
+    rows = [json.loads(r) for r in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert any("temporal" in r for r in rows) and any("val_ewarp" in r and "val_ewarp_init" in r for r in rows)
+    assert len(run["losses"]) == 2
+    first = tmp_path / "first.safetensors"
+    export(tmp_path / "a", first)
+    # a warm start begins at that decoder, and the export records it
+    warm = copy.deepcopy(cfg)
+    config_mod.set_dotted(warm, "decoder.warm_start", str(first))
+    task = DecoderTask(warm)
+    for k, v in DLoRALModel.load(first).vae.decoder.float().state_dict().items():
+        assert torch.equal(task.net.decoder.state_dict()[k], v), k
+    train("decoder", copy.deepcopy(warm), tmp_path / "b")
+    second = tmp_path / "second.safetensors"
+    export(tmp_path / "b", second)
+    prov = read_metadata(second)["provenance"]
+    assert prov["warm_start"]["file"] == "first.safetensors" and prov["warm_start"]["provenance"]["steps"] == 2
+
+
+def test_temporal_and_warm_start_errors_are_one_line(stage, tmp_path):
+    from training.decoder_task import DecoderTask
+
+    bad = copy.deepcopy(stage)
+    config_mod.set_dotted(bad, "decoder.temporal", 1.0)  # frames: 2 has no consecutive restored frames
+    with pytest.raises(ValueError, match="frames: 3"):
+        DecoderTask(bad)
+    other = tmp_path / "other.safetensors"
+    init_model("lite2", seed=0).save(other)  # a 64-channel decoder, not the tiny one
+    bad = copy.deepcopy(stage)
+    config_mod.set_dotted(bad, "decoder.warm_start", str(other))
+    with pytest.raises(ValueError, match="decoder_config"):
+        DecoderTask(bad)
+    config_mod.set_dotted(bad, "decoder.warm_start", str(tmp_path / "missing.safetensors"))
+    with pytest.raises(ValueError, match="no weights file"):
+        DecoderTask(bad)

@@ -12,7 +12,12 @@ same weights in the ncnn runtime, 2x faster on a CPU). Outputs go through the te
 
 Layout: ``STORE/store.json`` (what the store is: settings, data files, init model, teacher) and
 ``STORE/chunk-XXXXX.safetensors``, each holding ``decoder.chunk`` consecutive windows: ``z`` (fp16,
-N x C x h x w), ``teacher`` and ``hq`` (uint8, N x 3 x H x W), written atomically. ``--shard I/N``
+N x C x h x w), ``teacher`` and ``hq`` (uint8, N x 3 x H x W), written atomically. Windows of three
+or more frames (``decoder.frames >= 3``) restore consecutive frames, and their chunks also hold,
+for each consecutive pair of restored frames (t, t+1), ``flow`` (fp16, P x 2 x H x W): the OpenCV
+DIS flow t -> t+1 on the ground truth's luma, and ``mask`` (uint8, P x 1 x H x W): its valid pixels
+(inside the frame and forward-backward consistent), the measure of :mod:`vsdloral.evaluation.flow`
+that E*warp uses. The decoder stage's temporal term (``decoder.temporal``) reads them. ``--shard I/N``
 processes split the chunks (chunk ``c`` belongs to shard ``c % N``); chunks already written are
 skipped, so an interrupted precompute continues where it stopped, and a store grows by raising
 ``decoder.windows``.
@@ -112,6 +117,23 @@ def latents(net: DLoRALNet, lq: torch.Tensor) -> torch.Tensor:
     return net(lq)["z_hat"]
 
 
+def gt_flow(hq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flow and valid mask of each consecutive pair of HQ frames (T,3,H,W) in [0,1]: ``flow``
+    (T-1,2,H,W) float32 with ``hq[t][y,x] ~ hq[t+1][y+dy, x+dx]``, ``mask`` (T-1,1,H,W) bool.
+    OpenCV DIS on BT.709 luma, forward-backward checked, as the E*warp measure computes it."""
+    from vsdloral.evaluation.flow import DISFlow, valid_mask
+
+    dis = DISFlow()
+    w = torch.tensor([0.2126, 0.7152, 0.0722]).view(1, 3, 1, 1)
+    luma = [DISFlow.to_u8(y.numpy()) for y in (hq.float() * w).sum(1)]
+    flows, masks = [], []
+    for a, b in zip(luma[:-1], luma[1:]):
+        fw, bw = dis(a, b), dis(b, a)
+        flows.append(torch.from_numpy(fw).permute(2, 0, 1))
+        masks.append(torch.from_numpy(valid_mask(fw, bw))[None])
+    return torch.stack(flows), torch.stack(masks)
+
+
 def build_store_teacher(cfg: dict):
     """The SR teacher of the store with its cache: the ``teacher`` section, run by
     ``decoder.teacher_runtime`` (``torch``: the PyTorch port; ``ncnn``: the ncnn runtime, one thread)."""
@@ -181,15 +203,22 @@ def precompute(cfg: dict, store: str | Path, *, shard: tuple[int, int] = (0, 1))
     for k in tqdm(todo, file=sys.stderr, desc=f"decoder store {index}/{count}", dynamic_ncols=True,
                   disable=not cfg["train"].get("progress", True)):
         ids = list(range(k * chunk, min((k + 1) * chunk, windows)))
-        zs, ts, hs = [], [], []
+        zs, ts, hs, fs, ms = [], [], [], [], []
         for i in ids:
             s = dataset.sample(i)
             lq = s["lq"][None]
             zs.append(latents(net, lq).to(torch.float16))
             ts.append(teacher(s["lq"][1:]).mul(255).round().to(torch.uint8))
-            hs.append(s["hq"][1:].mul(255).round().to(torch.uint8))
+            hq = s["hq"][1:].mul(255).round().to(torch.uint8)
+            hs.append(hq)
+            if hq.shape[0] >= 2:
+                flow, mask = gt_flow(hq.float() / 255)
+                fs.append(flow.to(torch.float16))
+                ms.append(mask.to(torch.uint8))
         tensors = {"z": torch.cat(zs).contiguous(), "teacher": torch.cat(ts).contiguous(),
                    "hq": torch.cat(hs).contiguous()}
+        if fs:
+            tensors.update(flow=torch.cat(fs).contiguous(), mask=torch.cat(ms).contiguous())
         with atomic_path(chunk_path(store, k)) as tmp:
             save_file(tensors, str(tmp), metadata={"key": key, "chunk": str(k), "first": str(ids[0]),
                                                    "windows": str(len(ids)), "teacher": teacher.identity})
@@ -225,16 +254,21 @@ class Store:
         if missing:
             raise ValueError(f"decoder store {store}: {len(missing)} of {n_chunks} chunks missing (first: {missing[0]}); "
                              "run vsdloral-train decoder-data with the same settings first")
-        parts: dict[str, list[torch.Tensor]] = {"z": [], "teacher": [], "hq": []}
+        per = int(settings["frames"]) - 1  # restored frames per window
+        names = ("z", "teacher", "hq") + (("flow", "mask") if per >= 2 else ())
+        parts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
         for k in range(n_chunks):
             with safe_open(str(chunk_path(store, k)), framework="pt") as f:
                 if (f.metadata() or {}).get("key") != info["key"]:
                     raise ValueError(f"decoder store {store}: {chunk_path(store, k).name} belongs to another store")
                 for name in parts:
                     parts[name].append(f.get_tensor(name))
-        per = int(settings["frames"]) - 1
+        self.per = per
         self.z, self.teacher, self.hq = (torch.cat(parts[n])[: self.windows * per] for n in ("z", "teacher", "hq"))
         self.frames = self.z.shape[0]
+        self.flow = self.mask = None  # per consecutive pair of restored frames (frames >= 3)
+        if per >= 2:
+            self.flow, self.mask = (torch.cat(parts[n])[: self.windows * (per - 1)] for n in ("flow", "mask"))
 
     def batch(self, step: int, batch_size: int, crop: int, seed: int, rank: int = 0,
               world: int = 1) -> dict[str, torch.Tensor]:
@@ -256,6 +290,51 @@ class Store:
         return {"z": torch.stack(zs).float(), "teacher": torch.stack(ts).float() / 255,
                 "hq": torch.stack(hs).float() / 255}
 
+    @property
+    def pairs(self) -> int:
+        """Consecutive pairs of restored frames with their ground-truth flow (0: a 2-frame store)."""
+        return 0 if self.flow is None else self.flow.shape[0]
 
-__all__ = ["RUNTIMES", "Store", "build_store_teacher", "latents", "pipeline_net", "precompute", "section",
+    def pair_batch(self, step: int, batch_size: int, crop: int, seed: int, rank: int = 0,
+                   world: int = 1) -> dict[str, torch.Tensor]:
+        """Like :meth:`batch`, but ``batch_size`` consecutive pairs (t, t+1) of restored frames,
+        the same latent window in both: ``z``, ``teacher``, ``hq`` are (2*B, ...) with frame t of
+        pair ``j`` at ``j`` and frame t+1 at ``B + j``; ``flow`` (B,2,H,W) t -> t+1 in pixels of
+        the crop; ``mask`` (B,1,H,W) its valid pixels that also land inside the crop."""
+        if not self.pairs:
+            raise ValueError("decoder.temporal > 0 needs a store of windows of 3 or more frames "
+                             "(decoder.frames: 3, then vsdloral-train decoder-data)")
+        rng = np.random.default_rng([seed, 7919, step, rank, world])
+        h, w = self.z.shape[-2:]
+        scale = self.hq.shape[-1] // w
+        ch, cw = (min(crop, h), min(crop, w)) if crop else (h, w)
+        idx: list[tuple[int, int]] = []
+        crops: list[tuple[int, int]] = []
+        for p in rng.integers(0, self.pairs, size=batch_size):
+            window, k = divmod(int(p), self.per - 1)
+            idx.append((window * self.per + k, int(p)))
+            crops.append((int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))))
+        out: dict[str, list[torch.Tensor]] = {"z": [], "teacher": [], "hq": []}
+        flows, masks = [], []
+        for shift in (0, 1):
+            for (i, _), (y, x) in zip(idx, crops):
+                ys, xs = slice(y * scale, (y + ch) * scale), slice(x * scale, (x + cw) * scale)
+                out["z"].append(self.z[i + shift, :, y:y + ch, x:x + cw])
+                out["teacher"].append(self.teacher[i + shift, :, ys, xs])
+                out["hq"].append(self.hq[i + shift, :, ys, xs])
+        for (_, p), (y, x) in zip(idx, crops):
+            ys, xs = slice(y * scale, (y + ch) * scale), slice(x * scale, (x + cw) * scale)
+            flow = self.flow[p, :, ys, xs].float()
+            gy, gx = torch.meshgrid(torch.arange(ch * scale, dtype=torch.float32),
+                                    torch.arange(cw * scale, dtype=torch.float32), indexing="ij")
+            tx, ty = gx + flow[0], gy + flow[1]
+            inside = (tx >= 0) & (tx <= cw * scale - 1) & (ty >= 0) & (ty <= ch * scale - 1)
+            flows.append(flow)
+            masks.append(self.mask[p, :, ys, xs].bool() & inside[None])
+        return {"z": torch.stack(out["z"]).float(), "teacher": torch.stack(out["teacher"]).float() / 255,
+                "hq": torch.stack(out["hq"]).float() / 255, "flow": torch.stack(flows),
+                "mask": torch.stack(masks).float()}
+
+
+__all__ = ["RUNTIMES", "Store", "build_store_teacher", "gt_flow", "latents", "pipeline_net", "precompute", "section",
            "store_settings", "window_dataset"]

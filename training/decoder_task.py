@@ -26,13 +26,35 @@ from vsdloral.model.presets import get_preset
 from vsdloral.model.weights import DLoRALModel, read_metadata
 from vsdloral.utils.log import get_logger
 
-from .decoder_data import (Store, build_store_teacher, init_path, latents, load_sources, pipeline_net, section,
-                           window_dataset)
+from .decoder_data import (Store, build_store_teacher, gt_flow, init_path, latents, load_sources, pipeline_net,
+                           section, window_dataset)
 from .task import Task, psnr, register
 
 log = get_logger("vsdloral.train.decoder")
 
 AUTOCAST = ("none", "bf16")
+
+
+def backward_warp(img: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Sample ``img`` (B,C,H,W) at ``x + flow(x)`` (flow (B,2,H,W) in pixels, (dx, dy)), bilinear,
+    zero outside: :func:`vsdloral.evaluation.flow.backward_warp` in torch, differentiable."""
+    b, _, h, w = img.shape
+    gy, gx = torch.meshgrid(torch.arange(h, dtype=flow.dtype, device=flow.device),
+                            torch.arange(w, dtype=flow.dtype, device=flow.device), indexing="ij")
+    x = (gx + flow[:, 0]) * (2 / max(w - 1, 1)) - 1
+    y = (gy + flow[:, 1]) * (2 / max(h - 1, 1)) - 1
+    return torch.nn.functional.grid_sample(img, torch.stack([x, y], -1), mode="bilinear", padding_mode="zeros",
+                                           align_corners=True)
+
+
+def warped_temporal_loss(y: torch.Tensor, gt: torch.Tensor, flow: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``|(y_t - W(y_t+1)) - (g_t - W(g_t+1))|_1`` over the valid pixels of each pair: the output's
+    change along the ground truth's motion must be the ground truth's (what E*warp measures, less the
+    part the ground truth itself has). ``y``/``gt`` (2B,3,H,W): frames t then frames t+1; ``flow``
+    (B,2,H,W) t -> t+1; ``mask`` (B,1,H,W) in {0,1}."""
+    b = flow.shape[0]
+    res = (y[:b] - backward_warp(y[b:], flow)) - (gt[:b] - backward_warp(gt[b:], flow))
+    return (res.abs() * mask).sum() / (mask.sum() * y.shape[1]).clamp_min(1)
 
 
 def decoder_config(cfg: dict, latent_channels: int, factor: int) -> dict:
@@ -85,10 +107,34 @@ class DecoderTask(Task):
         decoder = build_decoder(self.decoder_config).to(memory_format=torch.channels_last)
         vae = init.vae.float()
         self.net = DecoderNet(vae.post_quant_conv, decoder, init.meta.scaling_factor, self.autocast)
-        self.weights = {"teacher": float(c.get("teacher", 1.0)), "gt": float(c.get("gt", 0.0))}
-        if min(self.weights.values()) < 0 or not sum(self.weights.values()) > 0:
-            raise ValueError(f"decoder.teacher and decoder.gt must be >= 0, not both 0: {self.weights}")
+        self.warm_start = self._warm_start(c.get("warm_start"))
+        self.weights = {"teacher": float(c.get("teacher", 1.0)), "gt": float(c.get("gt", 0.0)),
+                        "temporal": float(c.get("temporal", 0.0))}
+        if min(self.weights.values()) < 0 or not self.weights["teacher"] + self.weights["gt"] > 0:
+            raise ValueError(f"decoder.teacher, decoder.gt and decoder.temporal must be >= 0, teacher and gt "
+                             f"not both 0: {self.weights}")
+        if self.weights["temporal"] > 0 and self.frames < 3:
+            raise ValueError("decoder.temporal > 0 needs windows of 3 or more frames (decoder.frames: 3): "
+                             "consecutive restored frames")
         self._init_model = init  # for the held-out windows (build_data)
+
+    def _warm_start(self, path) -> dict | None:
+        """``decoder.warm_start``: a weights file whose decoder (same ``decoder_config``) this run
+        starts from instead of the preset's initialisation, e.g. an earlier decoder-stage export.
+        Returns its record for the provenance (name, sha256, its own provenance)."""
+        if not path:
+            return None
+        from vsdloral.utils.hashing import sha256_file
+
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"decoder.warm_start: no weights file at {p}")
+        meta = read_metadata(p)
+        if meta.get("decoder_config") != self.decoder_config:
+            raise ValueError(f"decoder.warm_start {p}: its decoder_config {meta.get('decoder_config')} differs from "
+                             f"this run's {self.decoder_config}")
+        self.net.decoder.load_state_dict(DLoRALModel.load(p).vae.decoder.float().state_dict(), strict=True)
+        return {"file": p.name, "sha256": sha256_file(p), "provenance": meta.get("provenance", {})}
 
     # -- data ----------------------------------------------------------------------------
     def build_data(self):
@@ -126,12 +172,20 @@ class DecoderTask(Task):
             s = ds.sample(10 ** 6 + i)
             z = latents(net, s["lq"][None])
             y0 = (net(s["lq"][None])["y"][0] + 1) / 2
-            out.append({"z": z, "teacher": teacher(s["lq"][1:]), "hq": s["hq"][1:], "init": y0})
+            item = {"z": z, "teacher": teacher(s["lq"][1:]), "hq": s["hq"][1:], "init": y0}
+            if item["hq"].shape[0] >= 2:
+                item["flow"], item["mask"] = gt_flow(item["hq"])
+            out.append(item)
         return out
 
     def batch(self, dataset: Store, step: int, batch_size: int, rank: int = 0, world: int = 1) -> dict:
+        """Random latent windows; with ``decoder.temporal`` > 0, ``batch_size / 2`` consecutive pairs
+        of them (the same number of decoded frames per step)."""
         c = section(self.cfg)
-        return dataset.batch(step, batch_size, int(c.get("train_crop", 24)), int(self.cfg.get("seed", 0)), rank, world)
+        crop, seed = int(c.get("train_crop", 24)), int(self.cfg.get("seed", 0))
+        if self.weights["temporal"] > 0:
+            return dataset.pair_batch(step, max(1, batch_size // 2), crop, seed, rank, world)
+        return dataset.batch(step, batch_size, crop, seed, rank, world)
 
     # -- training ------------------------------------------------------------------------
     def forward(self, model, batch):
@@ -144,22 +198,27 @@ class DecoderTask(Task):
             terms["teacher"] = (y - (2 * batch["teacher"] - 1)).abs().mean()
         if self.weights["gt"] > 0:
             terms["gt"] = (y - (2 * batch["hq"] - 1)).abs().mean()
+        if self.weights["temporal"] > 0:
+            terms["temporal"] = warped_temporal_loss(y, 2 * batch["hq"] - 1, batch["flow"], batch["mask"])
         loss = sum(self.weights[k] * v for k, v in terms.items())
         return loss, {k: v.item() for k, v in terms.items()}
 
     def state(self) -> dict:
         return {"decoder": {k: v.detach().cpu().clone() for k, v in self.net.decoder.state_dict().items()},
-                "decoder_config": dict(self.decoder_config)}
+                "decoder_config": dict(self.decoder_config), "warm_start": self.warm_start}
 
     def load_state(self, state: dict) -> None:
         if state.get("decoder_config") != self.decoder_config:
             raise ValueError("checkpoint holds another decoder than this config's (decoder_config differs)")
         self.net.decoder.load_state_dict(state["decoder"], strict=True)
+        self.warm_start = state.get("warm_start", self.warm_start)
 
     @torch.no_grad()
     def validate(self, model, windows) -> dict:
         """On the held-out windows: L1 to the teacher; PSNR (RGB) against the ground truth and
-        NIQE (crops of at least 194 px) of the decoder, of the teacher and of the init model."""
+        NIQE (crops of at least 194 px) of the decoder, of the teacher and of the init model; with
+        windows of 3 or more frames also their warping error (E*warp's measure: x1000 mean squared
+        difference to the next frame warped back along the ground truth's flow, valid pixels)."""
         if not windows:
             return {}
         from vsdloral.evaluation.niqe import niqe
@@ -173,6 +232,11 @@ class DecoderTask(Task):
                 res.setdefault(f"val_psnr{name}", []).append(psnr(img, w["hq"]))
                 if min(img.shape[-2:]) >= 194:
                     res.setdefault(f"val_niqe{name}", []).append(niqe(img[0].permute(1, 2, 0).double().numpy()))
+                if "flow" in w:
+                    d = img[:-1].float() - backward_warp(img[1:].float(), w["flow"])
+                    m = w["mask"].float()
+                    res.setdefault(f"val_ewarp{name}", []).append(
+                        1000 * ((d * d) * m).sum().item() / max(m.sum().item() * 3, 1))
         return {k: sum(v) / len(v) for k, v in res.items()}
 
 
@@ -203,6 +267,7 @@ def export_decoder(state: dict, output: str | Path, dtype: str = "fp32") -> DLoR
         "data_files": store_info.get("data_files", state.get("data_files", [])),
         "trained_on": state.get("trained_on", "unknown"), "steps": int(state["step"]), "seed": cfg.get("seed"),
         "teacher": store_info.get("teacher", {}),
+        "warm_start": state["task"].get("warm_start"),
         "config_sha256": hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest(),
         "settings": {"decoder": {k: v for k, v in c.items() if k not in ("init", "store", "val_images")},
                      "degradation": dict(cfg.get("degradation") or {}),
@@ -213,4 +278,4 @@ def export_decoder(state: dict, output: str | Path, dtype: str = "fp32") -> DLoR
     return model
 
 
-__all__ = ["DecoderNet", "DecoderTask", "decoder_config", "export_decoder"]
+__all__ = ["DecoderNet", "DecoderTask", "backward_warp", "decoder_config", "export_decoder", "warped_temporal_loss"]
