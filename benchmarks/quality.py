@@ -37,7 +37,7 @@ import numpy as np
 
 from .common import CACHE, dtype_name, emit, model_file, parser, setup_threads
 
-METRICS = ("psnr_y", "ssim_y", "psnr_rgb", "niqe", "ewarp", "tof")
+METRICS = ("psnr_y", "ssim_y", "psnr_rgb", "niqe", "ewarp", "tof", "grid")
 TABLE_METRICS = ("psnr_y", "ssim_y", "niqe", "ewarp")
 METHODS = ("bicubic", "realesrgan", "per_frame", "temporal")
 STILL_SIZE = (768, 480)  # GT of the stills' pseudo-videos and the tails' crop: NIQE gets 8x5 patches of 96 px
@@ -383,6 +383,8 @@ def _means(rows: list[dict]) -> dict:
         vals = [r["niqe_reference"] for r in sel if r["niqe_reference"] is not None]
         out[deg]["niqe_reference"] = float(np.mean(vals)) if vals else None
         out[deg]["niqe_rows"] = len(vals)
+        grids = [r["grid_reference"] for r in sel if r.get("grid_reference") is not None]
+        out[deg]["grid_reference"] = float(np.mean(grids)) if grids else None
     return out
 
 
@@ -449,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
                              "temporal": {k: res_t.get(k) for k in METRICS},
                              "ewarp_reference": res_t.get("ewarp_reference"),
                              "niqe_reference": res_t.get("niqe_reference"),
+                             "grid_reference": res_t.get("grid_reference"),
                              "seconds_per_frame": {"temporal": spf_t, "per_frame": spf_p, "realesrgan": spf_e},
                              "size": f"{res_t['width']}x{res_t['height']}", "frames": res_t["frames"]})
     speed = None

@@ -184,6 +184,9 @@ def test_quality_smoke(tmp_path):
             # NIQE needs 194x194 frames: none on carphone (176x144), on every method of the 256x208 still
             assert (m["niqe"] is not None and m["niqe"] > 0) if still else m["niqe"] is None
         assert (row["niqe_reference"] is not None) == still
+        # the latent-grid measure on every method and on the ground truth (a share of the fine detail)
+        assert all(0 <= row[m]["grid"] <= 1 for m in ("bicubic", "realesrgan", "per_frame", "temporal"))
+        assert 0 <= row["grid_reference"] < 0.1
         # bicubic x4 is a plausible figure (measured on carphone 22.8 / 21.4 dB); the random tiny model and the
         # random peer restore far worse (about 11 and 7 dB); temporal and per-frame are different runs
         assert 18 < row["bicubic"]["psnr_y"] < 45, row["bicubic"]

@@ -297,3 +297,40 @@ def test_temporal_and_warm_start_errors_are_one_line(stage, tmp_path):
     config_mod.set_dotted(bad, "decoder.warm_start", str(tmp_path / "missing.safetensors"))
     with pytest.raises(ValueError, match="no weights file"):
         DecoderTask(bad)
+
+
+def test_texture_loss_wants_texture_wherever_its_strands_lie():
+    """L1 to a texture prefers a blur to the same texture shifted by a few pixels; the texture term
+    prefers the shifted texture (same amount of detail per cell) and is ~0 for it."""
+    from training.decoder_task import texture_energy, texture_loss
+
+    g = torch.Generator().manual_seed(2)
+    scene = torch.rand(1, 3, 72, 72, generator=g) * 2 - 1
+    target = scene[..., 4:68, 4:68]
+    shifted = scene[..., 7:71, 4:68]  # the same texture, strands 3 px off
+    blurred = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(target, (2, 2, 2, 2), mode="replicate"), 5, 1)
+    assert (blurred - target).abs().mean() < (shifted - target).abs().mean()
+    assert texture_loss(shifted, target) < 0.1 < 1.0 < texture_loss(blurred, target)
+    assert texture_energy(target).shape == (1, 1, 8, 8)
+
+
+def test_grid_ratio_finds_a_latent_grid_pattern_not_texture(sample_clip):
+    """grid_ratio: low for a real frame and for noise, high for the same frame with a faint period-4
+    dither (what a sub-pixel decoder's phases make), and its gradient removes the dither."""
+    from training.data import read_video
+    from vsdloral.evaluation.grid import grid_ratio
+
+    frame = torch.from_numpy(read_video(sample_clip, 1)[0].copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+    g = torch.Generator().manual_seed(3)
+    noise = torch.rand(1, 3, 128, 128, generator=g) * 2 - 1
+    dither = torch.tensor([[1.0, -1, 0.5, -0.5], [-1, 1, -0.5, 0.5], [0.5, -0.5, 1, -1], [-0.5, 0.5, -1, 1]])
+    pattern = dither.repeat(frame.shape[-2] // 4 + 1, frame.shape[-1] // 4 + 1)[: frame.shape[-2], : frame.shape[-1]]
+    dithered = frame + 0.05 * pattern
+    assert grid_ratio(frame) < 0.05 and grid_ratio(noise) < 0.05
+    assert grid_ratio(dithered) > 0.2
+    x = dithered.clone().requires_grad_(True)
+    grid_ratio(x).backward()
+    step = x - 0.5 * x.grad / x.grad.abs().max() * 0.05
+    assert grid_ratio(step.detach()) < grid_ratio(dithered)
+    with pytest.raises(ValueError, match="at least 32x32"):
+        grid_ratio(torch.zeros(1, 3, 16, 64))

@@ -19,8 +19,10 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from vsdloral.evaluation.grid import grid_ratio
 from vsdloral.model.decoders import build_decoder, check_decoder_config, decoder_config_of, swap_decoder
 from vsdloral.model.presets import get_preset
 from vsdloral.model.weights import DLoRALModel, read_metadata
@@ -55,6 +57,21 @@ def warped_temporal_loss(y: torch.Tensor, gt: torch.Tensor, flow: torch.Tensor, 
     b = flow.shape[0]
     res = (y[:b] - backward_warp(y[b:], flow)) - (gt[:b] - backward_warp(gt[b:], flow))
     return (res.abs() * mask).sum() / (mask.sum() * y.shape[1]).clamp_min(1)
+
+
+def texture_energy(x: torch.Tensor, pool: int = 8) -> torch.Tensor:
+    """Local high-frequency energy of images (B,3,H,W): the mean |luma - its 3x3 box blur| over
+    ``pool`` x ``pool`` cells. It says how much texture a region has, not where its strands are."""
+    g = x.mean(1, keepdim=True)
+    hf = (g - F.avg_pool2d(F.pad(g, (1, 1, 1, 1), mode="replicate"), 3, 1)).abs()
+    return F.avg_pool2d(hf, pool)
+
+
+def texture_loss(y: torch.Tensor, target: torch.Tensor, eps: float = 2e-3) -> torch.Tensor:
+    """``|log(E(y)+eps) - log(E(target)+eps)|_1`` of :func:`texture_energy`: as much texture as the
+    target in each 8x8 cell, wherever its strands lie (L1 to a texture's pixels is lowest for a blur
+    when the strands' positions are uncertain; this term is not)."""
+    return (torch.log(texture_energy(y) + eps) - torch.log(texture_energy(target) + eps)).abs().mean()
 
 
 def decoder_config(cfg: dict, latent_channels: int, factor: int) -> dict:
@@ -109,7 +126,11 @@ class DecoderTask(Task):
         self.net = DecoderNet(vae.post_quant_conv, decoder, init.meta.scaling_factor, self.autocast)
         self.warm_start = self._warm_start(c.get("warm_start"))
         self.weights = {"teacher": float(c.get("teacher", 1.0)), "gt": float(c.get("gt", 0.0)),
-                        "temporal": float(c.get("temporal", 0.0))}
+                        "temporal": float(c.get("temporal", 0.0)), "texture": float(c.get("texture", 0.0)),
+                        "grid": float(c.get("grid", 0.0))}
+        self.texture_target = str(c.get("texture_target", "gt"))
+        if self.texture_target not in ("gt", "teacher"):
+            raise ValueError(f"decoder.texture_target must be gt or teacher, not {self.texture_target!r}")
         if min(self.weights.values()) < 0 or not self.weights["teacher"] + self.weights["gt"] > 0:
             raise ValueError(f"decoder.teacher, decoder.gt and decoder.temporal must be >= 0, teacher and gt "
                              f"not both 0: {self.weights}")
@@ -198,6 +219,10 @@ class DecoderTask(Task):
             terms["teacher"] = (y - (2 * batch["teacher"] - 1)).abs().mean()
         if self.weights["gt"] > 0:
             terms["gt"] = (y - (2 * batch["hq"] - 1)).abs().mean()
+        if self.weights["texture"] > 0:
+            terms["texture"] = texture_loss(y, 2 * batch["hq" if self.texture_target == "gt" else "teacher"] - 1)
+        if self.weights["grid"] > 0:
+            terms["grid"] = grid_ratio(y)
         if self.weights["temporal"] > 0:
             terms["temporal"] = warped_temporal_loss(y, 2 * batch["hq"] - 1, batch["flow"], batch["mask"])
         loss = sum(self.weights[k] * v for k, v in terms.items())
@@ -218,7 +243,8 @@ class DecoderTask(Task):
         """On the held-out windows: L1 to the teacher; PSNR (RGB) against the ground truth and
         NIQE (crops of at least 194 px) of the decoder, of the teacher and of the init model; with
         windows of 3 or more frames also their warping error (E*warp's measure: x1000 mean squared
-        difference to the next frame warped back along the ground truth's flow, valid pixels)."""
+        difference to the next frame warped back along the ground truth's flow, valid pixels), and
+        the texture energy relative to the ground truth's (``val_texture``, 1: as much detail)."""
         if not windows:
             return {}
         from vsdloral.evaluation.niqe import niqe
@@ -232,6 +258,9 @@ class DecoderTask(Task):
                 res.setdefault(f"val_psnr{name}", []).append(psnr(img, w["hq"]))
                 if min(img.shape[-2:]) >= 194:
                     res.setdefault(f"val_niqe{name}", []).append(niqe(img[0].permute(1, 2, 0).double().numpy()))
+                res.setdefault(f"val_grid{name}", []).append(grid_ratio(img).item())
+                res.setdefault(f"val_texture{name}", []).append(
+                    texture_energy(img.float()).mean().item() / max(texture_energy(w["hq"].float()).mean().item(), 1e-8))
                 if "flow" in w:
                     d = img[:-1].float() - backward_warp(img[1:].float(), w["flow"])
                     m = w["mask"].float()
@@ -278,4 +307,5 @@ def export_decoder(state: dict, output: str | Path, dtype: str = "fp32") -> DLoR
     return model
 
 
-__all__ = ["DecoderNet", "DecoderTask", "backward_warp", "decoder_config", "export_decoder", "warped_temporal_loss"]
+__all__ = ["DecoderNet", "DecoderTask", "backward_warp", "decoder_config", "export_decoder", "grid_ratio", "texture_energy",
+           "texture_loss", "warped_temporal_loss"]

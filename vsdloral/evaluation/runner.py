@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .flow import EWARP_SCALE, FLOW_METHOD, DISFlow, flow_epe, valid_mask, warping_error
+from .grid import grid_ratio_image
 from .io import FrameSource, open_frames
 from .metrics import frame_metrics, luma
 
@@ -31,6 +32,7 @@ class _Accumulator:
     niqe: list[float] = field(default_factory=list)
     frames: int = 0
     ewarp: list[float] = field(default_factory=list)
+    grid: list[float] = field(default_factory=list)
     tof: list[float] = field(default_factory=list)
     prev: np.ndarray | None = None
     prev_u8: np.ndarray | None = None
@@ -42,6 +44,9 @@ class _Accumulator:
             self.lpips_sum += lpips_metric(ref, cand)
         if niqe_metric is not None:
             self.niqe.append(niqe_metric(cand))
+        grid = grid_ratio_image(cand)
+        if grid is not None:
+            self.grid.append(grid)
         self.frames += 1
         cand_u8 = flow.to_u8(luma(cand))
         if self.prev is not None:
@@ -53,6 +58,7 @@ class _Accumulator:
         res: dict[str, float | None] = {k: self.sums[k] / self.frames for k in FRAME_KEYS}
         res["ewarp"] = _mean_ewarp(self.ewarp)
         res["tof"] = float(np.mean(self.tof)) if self.tof else None
+        res["grid"] = float(np.mean(self.grid)) if self.grid else None
         if with_lpips:
             res["lpips"] = self.lpips_sum / self.frames
         res["niqe"] = float(np.mean(self.niqe)) if self.niqe else None
@@ -101,7 +107,9 @@ def evaluate(
     itself, the floor set by flow errors on real motion) and ``tof`` (pixels; ``None`` for a single frame), ``lpips``
     (only with ``lpips_weights``), ``niqe`` (mean no-reference NIQE over frames, lower is more natural;
     ``niqe_reference`` for the reference; ``None``, with a note, for frames under 194x194 or without scikit-video
-    installed, and with ``niqe=False``),
+    installed, and with ``niqe=False``), ``grid`` (:func:`vsdloral.evaluation.grid.grid_ratio`, the share of
+    fine detail that is a 4-px latent-grid pattern, which NIQE does not see; ``grid_reference`` for the
+    reference),
     ``flow_method``, ``notes`` and, when ``lq`` is given, ``baseline``: the same metrics for a bicubic upscale
     of ``lq`` to the reference size. With ``max_frames`` only the first N frames of each input are compared.
     """
@@ -143,6 +151,7 @@ def evaluate(
     bar = tqdm(total=ref.count, desc="eval", unit="frame", file=sys.stderr, disable=not progress, leave=False)
     prev_ref_u8 = prev_ref = None
     ref_ewarp: list[float] = []
+    grid_ref: list[float] = []
     streams = [iter(ref), iter(out)] + ([iter(lqs)] if lqs is not None else [])
     try:
         for frames in zip(*streams, strict=True):
@@ -159,6 +168,9 @@ def evaluate(
                              niqe_metric)
             if niqe_metric is not None:
                 niqe_ref.append(niqe_metric(r))
+            grid = grid_ratio_image(r)
+            if grid is not None:
+                grid_ref.append(grid)
             prev_ref_u8, prev_ref = ref_u8, r
             bar.update(1)
     finally:
@@ -174,6 +186,7 @@ def evaluate(
         **acc_out.result(with_lpips),
         "ewarp_reference": _mean_ewarp(ref_ewarp),
         "niqe_reference": float(np.mean(niqe_ref)) if niqe_ref else None,
+        "grid_reference": float(np.mean(grid_ref)) if grid_ref else None,
         "flow_method": FLOW_METHOD,
         "notes": notes,
     }
