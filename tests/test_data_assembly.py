@@ -264,3 +264,35 @@ def test_pseudo_frames_of_a_still_the_output_size_is_static():
     img = _coordinate_image(64, 96)
     f = pseudo_frames(img, frames=3, height=64, width=96, shift=4, zoom=0.02, rng=np.random.default_rng(0))
     assert all(np.array_equal(fr, img) for fr in f)
+
+
+def test_work_folders_of_killed_runs_are_removed(tmp_path):
+    """A SIGKILLed `data` run leaves its `.OUT.assembling-*` work folder behind: the next run removes
+    it once nothing in it has changed for an hour, and leaves younger ones (a run under way) and
+    other folders alone."""
+    import os
+    import time
+
+    from training.datasets.assemble import drop_stale_work
+
+    out = tmp_path / "data"
+    old, young, other = (tmp_path / ".data.assembling-old1", tmp_path / ".data.assembling-new1",
+                         tmp_path / ".other.assembling-old2")
+    for d in (old, young, other):
+        (d / "images").mkdir(parents=True)
+        (d / "images" / "a.png").write_bytes(b"x")
+    past = time.time() - 2 * 3600
+    for d in (old, other):
+        for p in (d / "images" / "a.png", d / "images", d):
+            os.utime(p, (past, past))
+    assert drop_stale_work(out) == 1
+    assert not old.exists() and young.is_dir() and other.is_dir()
+    # a folder whose top is old but whose content was just written is a run under way
+    os.utime(young, (past, past))
+    assert drop_stale_work(out) == 0 and young.is_dir()
+    # `vsdloral-train data` (assemble) clears them before it starts (here an empty selection)
+    (old / "images").mkdir(parents=True)
+    for p in (old / "images", old):
+        os.utime(p, (past, past))
+    assemble(out, stills=(), clips=(), debs=tmp_path, expected=None)
+    assert not old.exists() and young.is_dir() and (out / "manifest.json").is_file()

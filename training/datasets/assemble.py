@@ -236,6 +236,30 @@ def _replace_folder(new: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+#: a work folder untouched for this long belongs to a killed run, not to one under way
+STALE_WORK_S = 3600.0
+
+
+def drop_stale_work(out: Path, max_age_s: float = STALE_WORK_S) -> int:
+    """Delete the work folders (``.OUT.assembling-*`` beside ``out``) of runs killed before their
+    clean-up (SIGKILL, power loss) and untouched for ``max_age_s``; returns how many. Younger
+    ones may belong to a run under way and stay."""
+    import time
+
+    now, n = time.time(), 0
+    for p in out.parent.glob(f".{out.name}.assembling-*"):
+        try:
+            newest = max([p.stat().st_mtime] + [q.stat().st_mtime for q in p.rglob("*")])
+        except OSError:
+            continue
+        if now - newest > max_age_s:
+            shutil.rmtree(p, ignore_errors=True)
+            n += 1
+    if n:
+        log.info("removed %d work folder(s) of killed data runs beside %s", n, out)
+    return n
+
+
 def assemble(out: str | Path, *, stills: tuple[Still, ...] = STILLS, clips: tuple[str | Path, ...] = CLIPS,
              debs: str | Path | None = None, cache: str | Path | None = None,
              expected: str | Path | None = MANIFEST, max_side: int = MAX_SIDE) -> dict[str, Any]:
@@ -256,6 +280,7 @@ def assemble(out: str | Path, *, stills: tuple[Still, ...] = STILLS, clips: tupl
     cache = Path(cache) if cache is not None else Path(os.environ.get(
         "VSDLORAL_DATA_CACHE", Path.home() / ".cache" / "vsdloral" / "debs"))
     out.parent.mkdir(parents=True, exist_ok=True)
+    drop_stale_work(out)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.assembling-", dir=out.parent))
     umask = os.umask(0)
     os.umask(umask)
