@@ -334,3 +334,57 @@ def test_grid_ratio_finds_a_latent_grid_pattern_not_texture(sample_clip):
     assert grid_ratio(step.detach()) < grid_ratio(dithered)
     with pytest.raises(ValueError, match="at least 32x32"):
         grid_ratio(torch.zeros(1, 3, 16, 64))
+
+
+def test_refinement_starts_as_no_change_saves_and_warm_starts(stage, tmp_path):
+    """decoder_config refine=N adds a full-resolution residual refinement that starts at zero: the
+    output equals the decoder's without it, it is recorded and reloaded, and a run with it can
+    warm-start from a file without it (not the other way round)."""
+    from training.decoder_task import DecoderTask
+    from vsdloral.model.decoders import build_decoder, swap_decoder
+
+    plain_cfg = check_decoder_config({"kind": "latent-sr", "channels": 8, "blocks": 1}, latent_channels=8, factor=4)
+    refine_cfg = check_decoder_config({**plain_cfg, "refine": 4}, latent_channels=8, factor=4)
+    assert "refine" not in plain_cfg and refine_cfg["refine"] == 4
+    torch.manual_seed(0)
+    plain = build_decoder(plain_cfg)
+    refined = build_decoder(refine_cfg)
+    missing, unexpected = refined.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("refine.") for k in missing)
+    z = torch.randn(1, 8, 5, 6)
+    with torch.no_grad():
+        plain.conv_out.weight.normal_(0, 0.1)
+        refined.conv_out.weight.copy_(plain.conv_out.weight)
+        assert torch.equal(refined(z), plain(z))
+        refined.refine[2].weight.normal_(0, 0.1)
+        assert not torch.equal(refined(z), plain(z))
+    m = init_model("lite2", seed=0)
+    swap_decoder(m.vae, refine_cfg)
+    m.vae.decoder.load_state_dict(refined.state_dict())
+    m.meta.decoder_config = refine_cfg
+    path = tmp_path / "refined.safetensors"
+    m.save(path)
+    back = DLoRALModel.load(path)
+    assert read_metadata(path)["decoder_config"]["refine"] == 4
+    with torch.no_grad():
+        assert torch.equal(back.vae.decoder(z), refined(z))
+    # warm starts: plain -> refined works (refinement at zero); refined -> plain is refused
+    first = tmp_path / "plain.safetensors"
+    p = init_model("tiny", seed=0)
+    base_cfg = check_decoder_config(TINY_DECODER, latent_channels=p.meta.latent_channels, factor=p.meta.vae_factor)
+    swap_decoder(p.vae, base_cfg)
+    p.meta.decoder_config = base_cfg
+    p.save(first)
+    warm = copy.deepcopy(stage)
+    config_mod.set_dotted(warm, "model.decoder", {**TINY_DECODER, "refine": 4})
+    config_mod.set_dotted(warm, "decoder.warm_start", str(first))
+    task = DecoderTask(warm)
+    assert task.net.decoder.refine is not None and task.warm_start["file"] == "plain.safetensors"
+    refined_file = tmp_path / "tiny-refined.safetensors"
+    swap_decoder(p.vae, {**base_cfg, "refine": 4})
+    p.meta.decoder_config = {**base_cfg, "refine": 4}
+    p.save(refined_file)
+    back_cfg = copy.deepcopy(stage)
+    config_mod.set_dotted(back_cfg, "decoder.warm_start", str(refined_file))
+    with pytest.raises(ValueError, match="decoder_config"):
+        DecoderTask(back_cfg)

@@ -151,10 +151,16 @@ class DecoderTask(Task):
         if not p.is_file():
             raise ValueError(f"decoder.warm_start: no weights file at {p}")
         meta = read_metadata(p)
-        if meta.get("decoder_config") != self.decoder_config:
+        theirs = {k: v for k, v in (meta.get("decoder_config") or {}).items() if k != "refine"}
+        if theirs != {k: v for k, v in self.decoder_config.items() if k != "refine"} or \
+                int((meta.get("decoder_config") or {}).get("refine", 0)) not in (0, self.decoder_config.get("refine", 0)):
             raise ValueError(f"decoder.warm_start {p}: its decoder_config {meta.get('decoder_config')} differs from "
                              f"this run's {self.decoder_config}")
-        self.net.decoder.load_state_dict(DLoRALModel.load(p).vae.decoder.float().state_dict(), strict=True)
+        # a decoder without the refinement this run adds: the refinement starts at zero (no change)
+        missing, unexpected = self.net.decoder.load_state_dict(
+            DLoRALModel.load(p).vae.decoder.float().state_dict(), strict=False)
+        if unexpected or any(not k.startswith("refine.") for k in missing):
+            raise ValueError(f"decoder.warm_start {p}: its decoder's tensors do not fit ({(missing + unexpected)[0]})")
         return {"file": p.name, "sha256": sha256_file(p), "provenance": meta.get("provenance", {})}
 
     # -- data ----------------------------------------------------------------------------

@@ -38,10 +38,12 @@ class LatentSRDecoder(nn.Module):
     [-1,1]. ``channels`` wide, ``blocks`` residual blocks (2 convs each) on the latent grid."""
 
     def __init__(self, latent_channels: int, *, out_channels: int = 3, channels: int = 64, blocks: int = 6,
-                 scale: int = 4, slope: float = 0.2) -> None:
+                 scale: int = 4, slope: float = 0.2, refine: int = 0) -> None:
         super().__init__()
         self.config = {"kind": "latent-sr", "latent_channels": int(latent_channels), "out_channels": int(out_channels),
                        "channels": int(channels), "blocks": int(blocks), "scale": int(scale), "slope": float(slope)}
+        if refine:
+            self.config["refine"] = int(refine)
         sub = out_channels * scale * scale
         self.conv_in = nn.Conv2d(latent_channels, channels, 3, padding=1)
         self.act = nn.LeakyReLU(slope, inplace=True)
@@ -51,13 +53,22 @@ class LatentSRDecoder(nn.Module):
         self.shuffle = nn.PixelShuffle(scale)
         nn.init.zeros_(self.conv_out.weight)  # starts as the linear path; the trunk learns the residual
         nn.init.zeros_(self.conv_out.bias)
+        # optional full-resolution residual refinement (conv, LeakyReLU, conv; ``refine`` hidden
+        # channels): neighbouring sub-pixel phases, made by separate channels above, can agree
+        self.refine = None
+        if refine:
+            self.refine = nn.Sequential(nn.Conv2d(out_channels, refine, 3, padding=1), nn.LeakyReLU(slope, inplace=True),
+                                        nn.Conv2d(refine, out_channels, 3, padding=1))
+            nn.init.zeros_(self.refine[2].weight)  # starts as no refinement
+            nn.init.zeros_(self.refine[2].bias)
 
     def forward(self, z: torch.Tensor, latent_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """What ``AutoencoderKL._decode`` passes (the post-quant latent; ``latent_embeds`` is
         diffusers' spatial-norm input, which this decoder has no use for)."""
         h = self.act(self.conv_in(z))
         h = self.conv_out(self.blocks(h))
-        return self.shuffle(h + self.skip(z))
+        y = self.shuffle(h + self.skip(z))
+        return y if self.refine is None else y + self.refine(y)
 
 
 def check_decoder_config(config: dict, *, latent_channels: int, factor: int) -> dict:
@@ -72,11 +83,13 @@ def check_decoder_config(config: dict, *, latent_channels: int, factor: int) -> 
            "out_channels": int(config.get("out_channels", 3)), "channels": int(config.get("channels", 64)),
            "blocks": int(config.get("blocks", 6)), "scale": int(config.get("scale", factor)),
            "slope": float(config.get("slope", 0.2))}
+    if int(config.get("refine", 0)):
+        out["refine"] = int(config["refine"])  # absent: none (every file before refinement existed)
     if out["latent_channels"] != latent_channels:
         raise ValueError(f"decoder_config latent_channels {out['latent_channels']} != the VAE's {latent_channels}")
     if out["scale"] != factor:
         raise ValueError(f"decoder_config scale {out['scale']} != the VAE's factor {factor} (its encoder's)")
-    if out["channels"] < 1 or out["blocks"] < 0 or out["out_channels"] < 1:
+    if out["channels"] < 1 or out["blocks"] < 0 or out["out_channels"] < 1 or int(config.get("refine", 0)) < 0:
         raise ValueError(f"decoder_config needs channels >= 1, blocks >= 0, out_channels >= 1: {config}")
     return out
 
