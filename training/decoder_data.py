@@ -122,12 +122,12 @@ def gt_flow(hq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     (T-1,2,H,W) float32 with ``hq[t][y,x] ~ hq[t+1][y+dy, x+dx]``, ``mask`` (T-1,1,H,W) bool.
     OpenCV DIS on BT.709 luma, forward-backward checked, as the E*warp measure computes it."""
     from vsdloral.evaluation.flow import DISFlow, valid_mask
+    from vsdloral.evaluation.metrics import luma
 
     dis = DISFlow()
-    w = torch.tensor([0.2126, 0.7152, 0.0722]).view(1, 3, 1, 1)
-    luma = [DISFlow.to_u8(y.numpy()) for y in (hq.float() * w).sum(1)]
+    lumas = [DISFlow.to_u8(luma(f.permute(1, 2, 0).float().numpy())) for f in hq]
     flows, masks = [], []
-    for a, b in zip(luma[:-1], luma[1:]):
+    for a, b in zip(lumas[:-1], lumas[1:]):
         fw, bw = dis(a, b), dis(b, a)
         flows.append(torch.from_numpy(fw).permute(2, 0, 1))
         masks.append(torch.from_numpy(valid_mask(fw, bw))[None])
@@ -308,29 +308,27 @@ class Store:
         h, w = self.z.shape[-2:]
         scale = self.hq.shape[-1] // w
         ch, cw = (min(crop, h), min(crop, w)) if crop else (h, w)
-        idx: list[tuple[int, int]] = []
-        crops: list[tuple[int, int]] = []
+        gy, gx = torch.meshgrid(torch.arange(ch * scale, dtype=torch.float32),
+                                torch.arange(cw * scale, dtype=torch.float32), indexing="ij")
+        names = ("z", "teacher", "hq")
+        first: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+        second: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+        flows, masks = [], []
         for p in rng.integers(0, self.pairs, size=batch_size):
             window, k = divmod(int(p), self.per - 1)
-            idx.append((window * self.per + k, int(p)))
-            crops.append((int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))))
-        out: dict[str, list[torch.Tensor]] = {"z": [], "teacher": [], "hq": []}
-        flows, masks = [], []
-        for shift in (0, 1):
-            for (i, _), (y, x) in zip(idx, crops):
-                ys, xs = slice(y * scale, (y + ch) * scale), slice(x * scale, (x + cw) * scale)
-                out["z"].append(self.z[i + shift, :, y:y + ch, x:x + cw])
-                out["teacher"].append(self.teacher[i + shift, :, ys, xs])
-                out["hq"].append(self.hq[i + shift, :, ys, xs])
-        for (_, p), (y, x) in zip(idx, crops):
+            i = window * self.per + k  # frame t of the pair; t + 1 follows it
+            y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
             ys, xs = slice(y * scale, (y + ch) * scale), slice(x * scale, (x + cw) * scale)
+            for part, j in ((first, i), (second, i + 1)):
+                part["z"].append(self.z[j, :, y:y + ch, x:x + cw])
+                part["teacher"].append(self.teacher[j, :, ys, xs])
+                part["hq"].append(self.hq[j, :, ys, xs])
             flow = self.flow[p, :, ys, xs].float()
-            gy, gx = torch.meshgrid(torch.arange(ch * scale, dtype=torch.float32),
-                                    torch.arange(cw * scale, dtype=torch.float32), indexing="ij")
             tx, ty = gx + flow[0], gy + flow[1]
             inside = (tx >= 0) & (tx <= cw * scale - 1) & (ty >= 0) & (ty <= ch * scale - 1)
             flows.append(flow)
             masks.append(self.mask[p, :, ys, xs].bool() & inside[None])
+        out = {n: first[n] + second[n] for n in names}
         return {"z": torch.stack(out["z"]).float(), "teacher": torch.stack(out["teacher"]).float() / 255,
                 "hq": torch.stack(out["hq"]).float() / 255, "flow": torch.stack(flows),
                 "mask": torch.stack(masks).float()}

@@ -18,6 +18,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -151,9 +152,12 @@ class DecoderTask(Task):
         if not p.is_file():
             raise ValueError(f"decoder.warm_start: no weights file at {p}")
         meta = read_metadata(p)
-        theirs = {k: v for k, v in (meta.get("decoder_config") or {}).items() if k != "refine"}
-        if theirs != {k: v for k, v in self.decoder_config.items() if k != "refine"} or \
-                int((meta.get("decoder_config") or {}).get("refine", 0)) not in (0, self.decoder_config.get("refine", 0)):
+        theirs, ours = meta.get("decoder_config") or {}, self.decoder_config
+
+        def trunk(c: dict) -> dict:  # everything but the optional refinement
+            return {k: v for k, v in c.items() if k != "refine"}
+
+        if trunk(theirs) != trunk(ours) or theirs.get("refine", 0) not in (0, ours.get("refine", 0)):
             raise ValueError(f"decoder.warm_start {p}: its decoder_config {meta.get('decoder_config')} differs from "
                              f"this run's {self.decoder_config}")
         # a decoder without the refinement this run adds: the refinement starts at zero (no change)
@@ -253,25 +257,29 @@ class DecoderTask(Task):
         the texture energy relative to the ground truth's (``val_texture``, 1: as much detail)."""
         if not windows:
             return {}
+        from vsdloral.evaluation.flow import EWARP_SCALE, warping_error
         from vsdloral.evaluation.niqe import niqe
+
+        def hwc(t: torch.Tensor) -> np.ndarray:
+            return t.permute(1, 2, 0).double().numpy()
 
         dev = next(model.parameters()).device
         res: dict[str, list[float]] = {}
         for w in windows:
             y = ((model(w["z"].to(dev)) + 1) / 2).clamp(0, 1).cpu()
             res.setdefault("val_l1_teacher", []).append((2 * y - 2 * w["teacher"]).abs().mean().item())
+            gt_energy = max(texture_energy(w["hq"].float()).mean().item(), 1e-8)
             for name, img in (("", y), ("_teacher", w["teacher"]), ("_init", w["init"])):
                 res.setdefault(f"val_psnr{name}", []).append(psnr(img, w["hq"]))
                 if min(img.shape[-2:]) >= 194:
-                    res.setdefault(f"val_niqe{name}", []).append(niqe(img[0].permute(1, 2, 0).double().numpy()))
+                    res.setdefault(f"val_niqe{name}", []).append(niqe(hwc(img[0])))
                 res.setdefault(f"val_grid{name}", []).append(grid_ratio(img).item())
-                res.setdefault(f"val_texture{name}", []).append(
-                    texture_energy(img.float()).mean().item() / max(texture_energy(w["hq"].float()).mean().item(), 1e-8))
-                if "flow" in w:
-                    d = img[:-1].float() - backward_warp(img[1:].float(), w["flow"])
-                    m = w["mask"].float()
-                    res.setdefault(f"val_ewarp{name}", []).append(
-                        1000 * ((d * d) * m).sum().item() / max(m.sum().item() * 3, 1))
+                res.setdefault(f"val_texture{name}", []).append(texture_energy(img.float()).mean().item() / gt_energy)
+                if "flow" in w:  # E*warp's own measure, pair by pair
+                    res.setdefault(f"val_ewarp{name}", []).extend(
+                        EWARP_SCALE * warping_error(hwc(img[t]), hwc(img[t + 1]), w["flow"][t].permute(1, 2, 0).numpy(),
+                                                    w["mask"][t, 0].numpy())
+                        for t in range(img.shape[0] - 1))
         return {k: sum(v) / len(v) for k, v in res.items()}
 
 
@@ -313,5 +321,5 @@ def export_decoder(state: dict, output: str | Path, dtype: str = "fp32") -> DLoR
     return model
 
 
-__all__ = ["DecoderNet", "DecoderTask", "backward_warp", "decoder_config", "export_decoder", "grid_ratio", "texture_energy",
+__all__ = ["DecoderNet", "DecoderTask", "backward_warp", "decoder_config", "export_decoder", "texture_energy",
            "texture_loss", "warped_temporal_loss"]

@@ -83,14 +83,15 @@ def check_decoder_config(config: dict, *, latent_channels: int, factor: int) -> 
            "out_channels": int(config.get("out_channels", 3)), "channels": int(config.get("channels", 64)),
            "blocks": int(config.get("blocks", 6)), "scale": int(config.get("scale", factor)),
            "slope": float(config.get("slope", 0.2))}
-    if int(config.get("refine", 0)):
-        out["refine"] = int(config["refine"])  # absent: none (every file before refinement existed)
+    refine = int(config.get("refine", 0))
+    if refine:
+        out["refine"] = refine  # absent: none (every file before refinement existed)
     if out["latent_channels"] != latent_channels:
         raise ValueError(f"decoder_config latent_channels {out['latent_channels']} != the VAE's {latent_channels}")
     if out["scale"] != factor:
         raise ValueError(f"decoder_config scale {out['scale']} != the VAE's factor {factor} (its encoder's)")
-    if out["channels"] < 1 or out["blocks"] < 0 or out["out_channels"] < 1 or int(config.get("refine", 0)) < 0:
-        raise ValueError(f"decoder_config needs channels >= 1, blocks >= 0, out_channels >= 1: {config}")
+    if out["channels"] < 1 or out["blocks"] < 0 or out["out_channels"] < 1 or refine < 0:
+        raise ValueError(f"decoder_config needs channels >= 1, blocks >= 0, out_channels >= 1, refine >= 0: {config}")
     return out
 
 
