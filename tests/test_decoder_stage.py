@@ -388,3 +388,58 @@ def test_refinement_starts_as_no_change_saves_and_warm_starts(stage, tmp_path):
     config_mod.set_dotted(back_cfg, "decoder.warm_start", str(refined_file))
     with pytest.raises(ValueError, match="decoder_config"):
         DecoderTask(back_cfg)
+
+
+def test_patch_discriminator_scores_cells_and_the_term_counts_only_texture_cells():
+    from training.adversarial import Adversary, PatchDiscriminator, texture_cells
+
+    assert PatchDiscriminator(8)(torch.zeros(2, 3, 96, 64)).shape == (2, 1, 12, 8)
+    g = torch.Generator().manual_seed(0)
+    gt = torch.zeros(1, 3, 64, 64)
+    gt[..., :, 32:] = torch.rand(1, 3, 64, 32, generator=g) * 2 - 1  # texture on the right half only
+    cells = texture_cells(gt)
+    assert cells[0, 0, :, 4:].all() and not cells[0, 0, :, :4].any()
+    torch.manual_seed(0)
+    adv = Adversary(channels=8, cells="texture")
+    fake = torch.zeros(1, 3, 64, 64, requires_grad=True)
+    adv.generator_loss(fake, gt).backward()
+    assert all(p.grad is None for p in adv.net.parameters())  # the discriminator is a constant there
+    # only pixels a texture cell's logit sees get a gradient (38-px receptive field): none at the far left
+    assert fake.grad[..., :8].abs().sum() == 0 and fake.grad[..., 32:].abs().sum() > 0
+    every = Adversary(channels=8, cells="all")
+    every.net.load_state_dict(adv.net.state_dict())
+    fake.grad = None
+    every.generator_loss(fake, gt).backward()
+    assert fake.grad[..., :8].abs().sum() > 0
+    # a discriminator step moves the discriminator only, and its hinge falls on separable data
+    real, flat = gt.repeat(4, 1, 1, 1), torch.zeros(4, 3, 64, 64)
+    first = adv.update(real, flat)
+    for _ in range(20):
+        last = adv.update(real, flat)
+    assert last < first
+    with pytest.raises(ValueError, match="adversarial_cells"):
+        Adversary(cells="edges")
+
+
+def test_adversarial_decoder_stage_resumes_exactly(stage, tmp_path):
+    from training.decoder_data import precompute
+
+    cfg = copy.deepcopy(stage)
+    for k, v in {"decoder.adversarial": 0.1, "decoder.adversarial_start": 1, "decoder.d_channels": 4,
+                 "decoder.train_crop": 8}.items():
+        config_mod.set_dotted(cfg, k, v)
+    precompute(copy.deepcopy(cfg), tmp_path / "store")
+    full = train("decoder", copy.deepcopy(cfg), tmp_path / "a")
+    rows = [json.loads(r) for r in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [("adversarial" in r) for r in rows if "d_hinge" in r] == [False, True, True, True]
+    (tmp_path / "b" / "checkpoints").mkdir(parents=True)
+    ck = tmp_path / "a" / "checkpoints" / "step-00000002.pt"
+    (tmp_path / "b" / "checkpoints" / ck.name).write_bytes(ck.read_bytes())
+    resumed = train("decoder", copy.deepcopy(cfg), tmp_path / "b", resume=True)
+    assert resumed["losses"] == full["losses"][2:]  # the discriminator and its optimiser resume too
+    # a checkpoint without a discriminator is refused in one line
+    plain = copy.deepcopy(stage)
+    config_mod.set_dotted(plain, "decoder.steps", 2)
+    train("decoder", plain, tmp_path / "c")
+    with pytest.raises(ValueError, match="no discriminator"):
+        train("decoder", copy.deepcopy(cfg), tmp_path / "c", resume=True)

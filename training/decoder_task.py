@@ -29,6 +29,7 @@ from vsdloral.model.presets import get_preset
 from vsdloral.model.weights import DLoRALModel, read_metadata
 from vsdloral.utils.log import get_logger
 
+from .adversarial import Adversary
 from .decoder_data import (Store, build_store_teacher, gt_flow, init_path, latents, load_sources, pipeline_net,
                            section, window_dataset)
 from .task import Task, psnr, register
@@ -128,7 +129,7 @@ class DecoderTask(Task):
         self.warm_start = self._warm_start(c.get("warm_start"))
         self.weights = {"teacher": float(c.get("teacher", 1.0)), "gt": float(c.get("gt", 0.0)),
                         "temporal": float(c.get("temporal", 0.0)), "texture": float(c.get("texture", 0.0)),
-                        "grid": float(c.get("grid", 0.0))}
+                        "grid": float(c.get("grid", 0.0)), "adversarial": float(c.get("adversarial", 0.0))}
         self.texture_target = str(c.get("texture_target", "gt"))
         if self.texture_target not in ("gt", "teacher"):
             raise ValueError(f"decoder.texture_target must be gt or teacher, not {self.texture_target!r}")
@@ -138,6 +139,13 @@ class DecoderTask(Task):
         if self.weights["temporal"] > 0 and self.frames < 3:
             raise ValueError("decoder.temporal > 0 needs windows of 3 or more frames (decoder.frames: 3): "
                              "consecutive restored frames")
+        # decoder.adversarial: a patch discriminator (training/adversarial.py), trained from step 0; its
+        # term joins the decoder's loss from decoder.adversarial_start on
+        self.adversary = None
+        self.adversarial_start = int(c.get("adversarial_start", 0))
+        if self.weights["adversarial"] > 0:
+            self.adversary = Adversary(int(c.get("d_channels", 32)), float(c.get("d_lr", 1e-4)),
+                                       str(c.get("adversarial_cells", "texture")), self.autocast)
         self._init_model = init  # for the held-out windows (build_data)
 
     def _warm_start(self, path) -> dict | None:
@@ -235,18 +243,36 @@ class DecoderTask(Task):
             terms["grid"] = grid_ratio(y)
         if self.weights["temporal"] > 0:
             terms["temporal"] = warped_temporal_loss(y, 2 * batch["hq"] - 1, batch["flow"], batch["mask"])
+        logs = {}
+        if self.adversary is not None:
+            logs["d_hinge"] = self.adversary.update(2 * batch["hq"] - 1, y)
+            if step >= self.adversarial_start:
+                terms["adversarial"] = self.adversary.generator_loss(y, batch["hq"])
         loss = sum(self.weights[k] * v for k, v in terms.items())
-        return loss, {k: v.item() for k, v in terms.items()}
+        return loss, {**{k: v.item() for k, v in terms.items()}, **logs}
+
+    def aux_to(self, device: torch.device) -> None:
+        super().aux_to(device)
+        if self.adversary is not None:
+            self.adversary.to(device)
 
     def state(self) -> dict:
-        return {"decoder": {k: v.detach().cpu().clone() for k, v in self.net.decoder.state_dict().items()},
-                "decoder_config": dict(self.decoder_config), "warm_start": self.warm_start}
+        state = {"decoder": {k: v.detach().cpu().clone() for k, v in self.net.decoder.state_dict().items()},
+                 "decoder_config": dict(self.decoder_config), "warm_start": self.warm_start}
+        if self.adversary is not None:
+            state["adversary"] = self.adversary.state()
+        return state
 
     def load_state(self, state: dict) -> None:
         if state.get("decoder_config") != self.decoder_config:
             raise ValueError("checkpoint holds another decoder than this config's (decoder_config differs)")
         self.net.decoder.load_state_dict(state["decoder"], strict=True)
         self.warm_start = state.get("warm_start", self.warm_start)
+        if self.adversary is not None:
+            if "adversary" not in state:
+                raise ValueError("--resume: the checkpoint has no discriminator (it was trained without "
+                                 "decoder.adversarial); start a new run with decoder.warm_start from its export")
+            self.adversary.load_state(state["adversary"])
 
     @torch.no_grad()
     def validate(self, model, windows) -> dict:
