@@ -443,3 +443,19 @@ def test_adversarial_decoder_stage_resumes_exactly(stage, tmp_path):
     train("decoder", plain, tmp_path / "c")
     with pytest.raises(ValueError, match="no discriminator"):
         train("decoder", copy.deepcopy(cfg), tmp_path / "c", resume=True)
+
+
+def test_excess_texture_term_removes_a_mesh_on_flat_regions_and_leaves_texture_alone():
+    from training.decoder_task import excess_texture_loss
+
+    g = torch.Generator().manual_seed(0)
+    gt = torch.zeros(1, 3, 32, 32)
+    gt[..., 16:] = torch.rand(1, 3, 32, 16, generator=g) - 0.5  # texture right, flat (bokeh) left
+    blur = torch.nn.functional.avg_pool2d(gt, 3, 1, 1, count_include_pad=False)
+    assert excess_texture_loss(blur, gt) == 0  # less detail than the ground truth everywhere: no cost
+    mesh = torch.zeros_like(gt)
+    mesh[..., ::2, :16:2] = 0.05  # a faint mesh over the flat half
+    y = (gt + mesh).requires_grad_(True)
+    excess_texture_loss(y, gt).backward()
+    assert y.grad[..., :16].abs().sum() > 0  # the mesh on the flat half costs
+    assert y.grad[..., 24:].abs().sum() == 0  # texture cells with their own detail are left alone

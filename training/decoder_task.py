@@ -76,6 +76,14 @@ def texture_loss(y: torch.Tensor, target: torch.Tensor, eps: float = 2e-3) -> to
     return (torch.log(texture_energy(y) + eps) - torch.log(texture_energy(target) + eps)).abs().mean()
 
 
+def excess_texture_loss(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``mean(relu(E(y) - E(target)))`` of :func:`texture_energy`: detail beyond the target's, per
+    8x8 cell. It is zero wherever the output has no more detail than the ground truth, so it leaves
+    texture alone and bites where a decoder turns the latent's noise into a mesh over flat regions
+    (bokeh, sky), which the log-energy texture term barely sees at such small energies."""
+    return F.relu(texture_energy(y) - texture_energy(target)).mean()
+
+
 def decoder_config(cfg: dict, latent_channels: int, factor: int) -> dict:
     """The preset's decoder with ``model.decoder`` overrides, checked against the init model's VAE."""
     base = get_preset(cfg["arch"]).decoder
@@ -129,7 +137,8 @@ class DecoderTask(Task):
         self.warm_start = self._warm_start(c.get("warm_start"))
         self.weights = {"teacher": float(c.get("teacher", 1.0)), "gt": float(c.get("gt", 0.0)),
                         "temporal": float(c.get("temporal", 0.0)), "texture": float(c.get("texture", 0.0)),
-                        "grid": float(c.get("grid", 0.0)), "adversarial": float(c.get("adversarial", 0.0))}
+                        "grid": float(c.get("grid", 0.0)), "adversarial": float(c.get("adversarial", 0.0)),
+                        "excess": float(c.get("excess", 0.0))}
         self.texture_target = str(c.get("texture_target", "gt"))
         if self.texture_target not in ("gt", "teacher"):
             raise ValueError(f"decoder.texture_target must be gt or teacher, not {self.texture_target!r}")
@@ -239,6 +248,8 @@ class DecoderTask(Task):
             terms["gt"] = (y - (2 * batch["hq"] - 1)).abs().mean()
         if self.weights["texture"] > 0:
             terms["texture"] = texture_loss(y, 2 * batch["hq" if self.texture_target == "gt" else "teacher"] - 1)
+        if self.weights["excess"] > 0:
+            terms["excess"] = excess_texture_loss(y, 2 * batch["hq"] - 1)
         if self.weights["grid"] > 0:
             terms["grid"] = grid_ratio(y)
         if self.weights["temporal"] > 0:
@@ -348,4 +359,4 @@ def export_decoder(state: dict, output: str | Path, dtype: str = "fp32") -> DLoR
 
 
 __all__ = ["DecoderNet", "DecoderTask", "backward_warp", "decoder_config", "export_decoder", "texture_energy",
-           "texture_loss", "warped_temporal_loss"]
+           "texture_loss", "excess_texture_loss", "warped_temporal_loss"]
