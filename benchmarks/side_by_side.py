@@ -13,7 +13,9 @@ Per degradation two PNGs in ``--out``: ``{slug}-{deg}.png``, quality's ``--crops
 the 160 px window of most ground-truth detail, shown 2x) with one column per model, and
 ``{slug}-{deg}-strip.png``: frames 1, 2 and 3 (each restored with its predecessor as reference) in rows, the
 same columns, and the same 128 px window in every row (the most detailed one of the middle frame's ground truth),
-so texture that swims between frames shows. ``--smoke``: quality's tiny content (a frame of bikes.mp4 as the
+so texture that swims between frames shows. For each column it also reports ``flat_excess``
+(:mod:`vsdloral.evaluation.texture`) over those frames: detail drawn over the ground truth's flat regions,
+e.g. a mesh on bokeh. ``--smoke``: quality's tiny content (a frame of bikes.mp4 as the
 still) and, without ``--model``, a random tiny model; nothing is downloaded.
 """
 
@@ -25,6 +27,8 @@ from pathlib import Path
 from typing import NoReturn
 
 import numpy as np
+
+from vsdloral.evaluation.texture import flat_excess
 
 from .common import dtype_name, emit, model_file, parser, setup_threads
 from .quality import (CROP, _content, _detailed_window, _load_peer, _peer_frames, _upscale_frames, bicubic_frames,
@@ -151,8 +155,10 @@ def main(argv: list[str] | None = None) -> int:
             crop = save_crops(Path(a.out) / f"{name}.png", [(label, v[1]) for label, v in columns], CROP)
             strip, window, size = save_strip(Path(a.out) / f"{name}-strip.png", columns)
             print(f"side_by_side: wrote {crop} and {strip}", file=sys.stderr)
+            frames = list(STRIP_FRAMES)  # detail drawn over the ground truth's flat regions, per column
+            excess = {label: round(flat_excess(v[frames], gt[frames]), 4) for label, v in columns}
             images.append({"degradation": deg, "crops": str(crop), "strip": str(strip), "strip_window": list(window),
-                           "strip_crop": size, "strip_frames": list(STRIP_FRAMES),
+                           "strip_crop": size, "strip_frames": list(STRIP_FRAMES), "flat_excess": excess,
                            "peer_from_cache": peer_spf is None and peer_sha is not None})
     result = {"content": item["name"], "kind": item["kind"], "models": {label: str(path) for label, path in models},
               "columns": [label for label, _ in columns], "peer": peer_name, "peer_sha256": peer_sha,
@@ -167,6 +173,9 @@ def _table(res: dict) -> str:
         cache = ", peer from the cache" if im["peer_from_cache"] else ""
         lines.append(f"{im['degradation']} LQ: {im['crops']}, {im['strip']} (frames "
                      f"{', '.join(map(str, im['strip_frames']))} at y,x {im['strip_window']}{cache})")
+        lines.append("  detail over the ground truth's flat regions (flat_excess, frames "
+                     f"{', '.join(map(str, im['strip_frames']))}): "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in im["flat_excess"].items()))
     return "\n".join(lines)
 
 

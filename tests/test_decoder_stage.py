@@ -459,3 +459,18 @@ def test_excess_texture_term_removes_a_mesh_on_flat_regions_and_leaves_texture_a
     excess_texture_loss(y, gt).backward()
     assert y.grad[..., :16].abs().sum() > 0  # the mesh on the flat half costs
     assert y.grad[..., 24:].abs().sum() == 0  # texture cells with their own detail are left alone
+
+
+def test_flat_excess_sees_a_mesh_over_flat_regions_not_texture(sample_clip):
+    from training.data import read_video
+    from vsdloral.evaluation.texture import flat_excess
+
+    gt = read_video(sample_clip, 2).astype("float32") / 255  # real frames: flat and textured regions
+    assert flat_excess(gt, gt) == 0
+    blur = cv2.blur(gt[0], (5, 5))[None].repeat(2, 0)
+    assert flat_excess(blur, gt) < 0.05  # less detail than the GT: (almost) nothing beyond it
+    mesh = gt.copy()
+    mesh[:, ::2, ::2] += 0.03  # a faint mesh everywhere
+    assert flat_excess(mesh, gt) > 0.5
+    with pytest.raises(ValueError, match="differ in shape"):
+        flat_excess(gt[:1], gt)

@@ -74,6 +74,12 @@ def test_side_by_side_smoke(tmp_path, tiny_model_path):
         # the two labels of one file restore alike; the rows are different frames (the pan moves)
         assert np.array_equal(_strip_cell(strip, row, 2, 128), _strip_cell(strip, row, 3, 128))
     assert not np.array_equal(_strip_cell(strip, 0, 4, 128), _strip_cell(strip, 2, 4, 128))
+    # detail over the GT's flat regions, per column: none for the GT itself, the same for one file's two labels
+    ex = r["images"][0]["flat_excess"]
+    assert list(ex) == r["columns"] and ex["ground truth"] == 0 and ex["old"] == ex["new"]
+    assert all(v >= 0 for v in ex.values()) and "flat_excess" in subprocess.run(
+        [sys.executable, "-m", "benchmarks.side_by_side", "--smoke", "--threads", "1", "--model", f"m={tiny_model_path}",
+         "--degradation", "realistic", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300).stdout
 
 
 def test_strip_keeps_the_middle_frames_window(tmp_path):

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vsdloral.evaluation.grid import grid_ratio
+from vsdloral.evaluation.texture import texture_energy
 from vsdloral.model.decoders import build_decoder, check_decoder_config, decoder_config_of, swap_decoder
 from vsdloral.model.presets import get_preset
 from vsdloral.model.weights import DLoRALModel, read_metadata
@@ -59,14 +60,6 @@ def warped_temporal_loss(y: torch.Tensor, gt: torch.Tensor, flow: torch.Tensor, 
     b = flow.shape[0]
     res = (y[:b] - backward_warp(y[b:], flow)) - (gt[:b] - backward_warp(gt[b:], flow))
     return (res.abs() * mask).sum() / (mask.sum() * y.shape[1]).clamp_min(1)
-
-
-def texture_energy(x: torch.Tensor, pool: int = 8) -> torch.Tensor:
-    """Local high-frequency energy of images (B,3,H,W): the mean |luma - its 3x3 box blur| over
-    ``pool`` x ``pool`` cells. It says how much texture a region has, not where its strands are."""
-    g = x.mean(1, keepdim=True)
-    hf = (g - F.avg_pool2d(F.pad(g, (1, 1, 1, 1), mode="replicate"), 3, 1)).abs()
-    return F.avg_pool2d(hf, pool)
 
 
 def texture_loss(y: torch.Tensor, target: torch.Tensor, eps: float = 2e-3) -> torch.Tensor:
@@ -358,5 +351,4 @@ def export_decoder(state: dict, output: str | Path, dtype: str = "fp32") -> DLoR
     return model
 
 
-__all__ = ["DecoderNet", "DecoderTask", "backward_warp", "decoder_config", "export_decoder", "texture_energy",
-           "texture_loss", "excess_texture_loss", "warped_temporal_loss"]
+__all__ = ["DecoderNet", "DecoderTask", "backward_warp", "decoder_config", "export_decoder", "texture_loss", "excess_texture_loss", "warped_temporal_loss"]
