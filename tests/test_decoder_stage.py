@@ -34,12 +34,13 @@ def test_lite2_preset_shapes():
     assert m.meta.decoder_config == check_decoder_config(lite2.decoder, latent_channels=8, factor=4)
     assert dec.conv_in.in_channels == 8 and dec.conv_in.out_channels == 64 and len(dec.blocks) == 6
     assert dec.conv_out.out_channels == 3 * 16 and dec.skip.out_channels == 3 * 16
+    assert dec.refine[0].out_channels == 16 and not dec.refine[2].weight.any()  # refinement: starts at zero
     z = torch.randn(2, 8, 5, 7)
     with torch.no_grad():
         y = dec(z)
         linear = torch.nn.functional.pixel_shuffle(dec.skip(z), 4)
     assert y.shape == (2, 3, 20, 28)
-    assert torch.equal(y, linear)  # the trunk's output conv starts at zero
+    assert torch.equal(y, linear)  # the trunk's output conv and the refinement's start at zero
     # what AutoencoderKL.decode passes it (post_quant_conv output), and the image path end to end
     with torch.no_grad():
         assert m.vae.decode(z).sample.shape == (2, 3, 20, 28)
