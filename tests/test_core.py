@@ -365,19 +365,22 @@ def test_compile_without_a_cpp_compiler_fails_at_load_with_a_clear_error(tiny_mo
         vsdloral.load_model(tiny_model_path, device="cpu", compile=True)
 
 
-def test_bundled_model_has_the_lite_preset_architecture():
-    """`--preset lite` must build what is shipped, so docs/default-model.md's recipe reproduces
-    the bundled file (the VAE's scaling factor is measured by the vae stage, not preset)."""
+def test_bundled_model_has_the_lite2_preset_architecture():
+    """`--preset lite2` must build what is shipped, decoder included, so docs/default-model.md's
+    recipe reproduces the bundled file (the VAE's scaling factor is measured by the vae stage, not
+    preset)."""
     from vsdloral.loading import DEFAULT_MODEL_PATH
+    from vsdloral.model.decoders import check_decoder_config
     from vsdloral.model.presets import get_preset
     from vsdloral.model.weights import read_metadata
 
     if not DEFAULT_MODEL_PATH.is_file():
         pytest.skip("no bundled default model in this checkout")
     md = read_metadata(DEFAULT_MODEL_PATH)
-    lite = get_preset("lite")
-    assert md["preset"] == "lite"
-    assert md["unet_config"] == lite.unet
+    lite2 = get_preset("lite2")
+    assert md["preset"] == "lite2"
+    assert md["unet_config"] == lite2.unet
     assert {k: v for k, v in md["vae_config"].items() if k != "scaling_factor"} == {
-        k: v for k, v in lite.vae.items() if k != "scaling_factor"}
-    assert md["cfr_config"] == lite.cfr.to_dict()
+        k: v for k, v in lite2.vae.items() if k != "scaling_factor"}
+    assert md["cfr_config"] == lite2.cfr.to_dict()
+    assert md["decoder_config"] == check_decoder_config(lite2.decoder, latent_channels=8, factor=4)
