@@ -37,7 +37,7 @@ import numpy as np
 
 from .common import CACHE, dtype_name, emit, model_file, parser, setup_threads
 
-METRICS = ("psnr_y", "ssim_y", "psnr_rgb", "niqe", "ewarp", "tof", "grid")
+METRICS = ("psnr_y", "ssim_y", "psnr_rgb", "niqe", "ewarp", "tof", "grid", "flat_excess")
 TABLE_METRICS = ("psnr_y", "ssim_y", "niqe", "ewarp")
 METHODS = ("bicubic", "realesrgan", "per_frame", "temporal")
 STILL_SIZE = (768, 480)  # GT of the stills' pseudo-videos and the tails' crop: NIQE gets 8x5 patches of 96 px

