@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from vsdloral.evaluation.texture import texture_energy
+
 CELLS = ("texture", "all")
 
 
@@ -39,11 +41,9 @@ class PatchDiscriminator(nn.Module):
 
 
 def texture_cells(gt: torch.Tensor, cell: int = 8) -> torch.Tensor:
-    """(B,1,H/cell,W/cell) in {0,1}: the cells whose high-frequency energy (mean |luma - 3x3 box
-    blur|) is above the batch's median, i.e. where the ground truth has texture."""
-    g = gt.float().mean(1, keepdim=True)
-    hf = (g - F.avg_pool2d(F.pad(g, (1, 1, 1, 1), mode="replicate"), 3, 1)).abs()
-    energy = F.avg_pool2d(hf, cell)
+    """(B,1,H/cell,W/cell) in {0,1}: the cells whose :func:`texture_energy` is above the batch's
+    median, i.e. where the ground truth has texture."""
+    energy = texture_energy(gt.float(), cell)
     return (energy > energy.median()).float()
 
 

@@ -234,22 +234,23 @@ class DecoderTask(Task):
 
     def loss(self, out, batch, step):
         y = out["y"].float()
+        gt, teacher = 2 * batch["hq"] - 1, 2 * batch["teacher"] - 1  # the targets in [-1,1], as y
         terms = {}
         if self.weights["teacher"] > 0:
-            terms["teacher"] = (y - (2 * batch["teacher"] - 1)).abs().mean()
+            terms["teacher"] = (y - teacher).abs().mean()
         if self.weights["gt"] > 0:
-            terms["gt"] = (y - (2 * batch["hq"] - 1)).abs().mean()
+            terms["gt"] = (y - gt).abs().mean()
         if self.weights["texture"] > 0:
-            terms["texture"] = texture_loss(y, 2 * batch["hq" if self.texture_target == "gt" else "teacher"] - 1)
+            terms["texture"] = texture_loss(y, gt if self.texture_target == "gt" else teacher)
         if self.weights["excess"] > 0:
-            terms["excess"] = excess_texture_loss(y, 2 * batch["hq"] - 1)
+            terms["excess"] = excess_texture_loss(y, gt)
         if self.weights["grid"] > 0:
             terms["grid"] = grid_ratio(y)
         if self.weights["temporal"] > 0:
-            terms["temporal"] = warped_temporal_loss(y, 2 * batch["hq"] - 1, batch["flow"], batch["mask"])
+            terms["temporal"] = warped_temporal_loss(y, gt, batch["flow"], batch["mask"])
         logs = {}
         if self.adversary is not None:
-            logs["d_hinge"] = self.adversary.update(2 * batch["hq"] - 1, y)
+            logs["d_hinge"] = self.adversary.update(gt, y)
             if step >= self.adversarial_start:
                 terms["adversarial"] = self.adversary.generator_loss(y, batch["hq"])
         loss = sum(self.weights[k] * v for k, v in terms.items())
@@ -351,4 +352,5 @@ def export_decoder(state: dict, output: str | Path, dtype: str = "fp32") -> DLoR
     return model
 
 
-__all__ = ["DecoderNet", "DecoderTask", "backward_warp", "decoder_config", "export_decoder", "texture_loss", "excess_texture_loss", "warped_temporal_loss"]
+__all__ = ["DecoderNet", "DecoderTask", "backward_warp", "decoder_config", "excess_texture_loss", "export_decoder",
+           "texture_loss", "warped_temporal_loss"]
