@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         cur, ref = _real_pair(w, h)
         pc, pr = r.prepare(cur), r.prepare(ref)
         with torch.inference_mode():
-            zr = warp_reference(r.spynet, pc.small, pr.small, pr.latent)
+            zr = warp_reference(r.spynet, r.flow_small(pc), r.flow_small(pr), pr.latent)
             n = pc.latent.shape[-1] * pc.latent.shape[-2]
             dense = None
             for mode, kw in MODES:

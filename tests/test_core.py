@@ -54,6 +54,21 @@ def test_prepared_frames_are_reused_and_counted(tiny_restorer):
     assert torch.equal(outs[2], tiny_restorer.restore(clip[2], clip[1]))
 
 
+def test_whole_frame_flow_input_only_when_the_frame_runs_in_one_piece(tiny_restorer):
+    """prepare builds the whole frame's SPyNet input only when the latent stage will use it: tiles
+    crop their own. A frame prepared for tiles and then restored densely gets it on demand, the
+    same bits as one prepared for the dense pass."""
+    x, r = frames(1, 64, 96, 5), frames(1, 64, 96, 6)
+    tiled = [tiny_restorer.prepare(f, tile=48, tile_overlap=16) for f in (x, r)]
+    assert all(p.small is None for p in tiled)
+    dense = [tiny_restorer.prepare(f, tile=0) for f in (x, r)]
+    assert all(p.small is not None for p in dense)
+    assert tiny_restorer.prepare(x, tile=80, tile_overlap=32).small is not None  # 8x12 <= 10x10: one piece
+    got = tiny_restorer.restore_prepared(*tiled, color_fix="none", tile=0)
+    assert torch.equal(got, tiny_restorer.restore_prepared(*dense, color_fix="none", tile=0))
+    assert torch.equal(tiled[0].small, dense[0].small)
+
+
 def test_nan_and_inf_inputs_give_finite_output(tiny_restorer):
     x = frames(1, 24, 24)
     x[0, 0, 3, 3] = float("nan")

@@ -288,6 +288,33 @@ def test_oom_retries_once_with_smaller_latent_tiles(tiny_restorer, monkeypatch):
     assert len(warnings) == 2 and "differs from theirs" in warnings[1]
 
 
+def test_oom_retry_tiles_a_frame_whose_area_fits_the_tile(tiny_restorer, monkeypatch):
+    """A dense 560x320 frame (latent 40x70: 2800 positions, within a 64-position tile's 4096 but
+    longer than 64 on one side) must retry in tiles that do tile it (the latent tiles' test is the
+    area): 32-position tiles, not a 64-position one that reruns the same dense pass; the OOM hint
+    suggests a tile that tiles it too."""
+    import vsdloral.model.restorer as restorer_mod
+
+    assert tiny_restorer._smaller_tiling((40, 70), None) == (256, 80)
+    assert tiny_restorer._smaller_tiling((40, 70), 512) == (256, 80)  # 512 px does not tile it either
+    assert tiny_restorer._smaller_tiling((4, 4), None) is None  # nothing smaller tiles 16 positions
+    assert "pass tile=256 " in oom_message("cuda", 560, 320, None, 8)
+    x = torch.rand(1, 3, 320, 560, generator=torch.Generator().manual_seed(1))
+    unet, calls = tiny_restorer._unet_fn, []
+
+    def refuse_large(z, *a, **k):
+        calls.append(tuple(z.shape[-2:]))
+        if z.shape[-2] * z.shape[-1] > 32 * 32:
+            raise torch.OutOfMemoryError(_TORCH_OOM)
+        return unet(z, *a, **k)
+
+    monkeypatch.setattr(tiny_restorer, "_unet_fn", refuse_large)
+    monkeypatch.setattr(tiny_restorer, "_oom_fallback", {})
+    monkeypatch.setattr(restorer_mod.log, "warning", lambda msg, *a: None)
+    tiny_restorer.restore(x, color_fix="none", tile=0)
+    assert calls[0] == (40, 70) and set(calls[1:]) == {(32, 32)} and len(calls) > 2
+
+
 @needs_bs
 def test_filter_oom_is_a_vs_error(tiny_restorer, monkeypatch, sample_clip):
     clip = core.std.SetFrameProps(core.resize.Bicubic(core.bs.VideoSource(str(sample_clip))[:2], 64, 32), _Matrix=6)

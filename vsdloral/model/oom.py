@@ -17,10 +17,12 @@ class RestoreOutOfMemoryError(torch.OutOfMemoryError):
 
 def suggest_tile(width: int, height: int, tile: int | None, factor: int) -> int:
     """A tile size (output pixels) worth trying after an OOM: 512 when untiled (halved while it
-    would still cover the whole frame), else half the current tile; a multiple of ``factor``, at least 4x it."""
+    would not tile the frame: the latent tiles' test is the area, :func:`latent_tiles.needs_tiles`),
+    else half the current tile; a multiple of ``factor``, at least 4x it."""
     lo = 4 * factor
     t = 512 if not tile else tile // 2
-    while not tile and t >= max(width, height) and t // 2 >= lo:
+    positions = -(-width // factor) * -(-height // factor)  # the padded latent's area
+    while not tile and positions <= (t // factor) ** 2 and t // 2 >= lo:
         t //= 2
     return max(lo, t // factor * factor)
 

@@ -41,11 +41,13 @@ class PreparedFrame:
     """What a frame contributes as current frame *or* as reference; cache it to reuse.
 
     ``image``: padded input in [-1,1] (N,3,Hp,Wp); ``small``: it bicubically downscaled to the
-    latent grid (SPyNet input); ``latent``: scaled VAE posterior mean; ``size``: the unpadded (H, W).
+    latent grid (the whole frame's SPyNet input), or None until a frame-wide flow needs it (latent
+    tiles crop their own: :meth:`Restorer.flow_small` fills it in); ``latent``: scaled VAE
+    posterior mean; ``size``: the unpadded (H, W).
     """
 
     image: torch.Tensor
-    small: torch.Tensor
+    small: torch.Tensor | None
     latent: torch.Tensor
     size: tuple[int, int]
 
@@ -215,7 +217,9 @@ class Restorer:
         img = 2.0 * x - 1.0
         if (hp, wp) != (h, w):
             img = F.pad(img, (0, wp - w, 0, hp - h), mode="replicate")
-        small = flow_input(img, (hp // f, wp // f), self.meta.cfr.flow_downscale)
+        # the whole frame's flow input only when the frame runs in one piece: tiles crop their own
+        one_piece = tile is None or not lt.needs_tiles(hp // f, wp // f, tile // f)
+        small = flow_input(img, (hp // f, wp // f), self.meta.cfr.flow_downscale) if one_piece else None
         with self._lock:
             with self._stage("vae_encode"):
                 x_in = img.to(self.dtype).contiguous(memory_format=torch.channels_last)
@@ -307,16 +311,18 @@ class Restorer:
 
     def _smaller_tiling(self, latent_hw: tuple[int, int], tile: int | None) -> tuple[int, int] | None:
         """Tiles half the side of those that ran out of memory (dense: the largest of 512, 256, ...
-        pixels that splits the frame), overlap a third; ``None`` when already at 4 latent positions."""
+        pixels, or the frame's longer side halved, that does tile the frame: the authors' test is
+        the area, so a side shorter than the frame's longer one is not enough), overlap a third;
+        ``None`` when already at 4 latent positions."""
         f = self.factor
         h, w = latent_hw
         if tile is None or not lt.needs_tiles(h, w, tile // f):
             side = min(max(h, w), 512 // f)
-            while side >= max(h, w) and side > 4:
+            while not lt.needs_tiles(h, w, side) and side > 4:
                 side //= 2
         else:
             side = lt.tile_side(h, w, tile // f) // 2
-        if side < 4:
+        if side < 4 or not lt.needs_tiles(h, w, side):
             return None
         return side * f, side // 3 * f
 
@@ -330,7 +336,8 @@ class Restorer:
         h, w = cur.latent.shape[-2:]
         t = None if tile is None else tile // f
         if t is None or not lt.needs_tiles(h, w, t):
-            z_new, eps = self._latent_tile(cur.small, ref.small, cur.latent, ref.latent, cfr_kw)
+            z_new, eps = self._latent_tile(self.flow_small(cur), self.flow_small(ref), cur.latent, ref.latent,
+                                           cfr_kw)
             return z_new - eps
         side = lt.tile_side(h, w, t)
         weight = lt.gaussian_weights(side, self.device)
@@ -351,6 +358,13 @@ class Restorer:
             z_acc[..., ys, xs] += z_new.float() * weight
             norm[ys, xs] += weight
         return (z_acc / norm - eps_acc / norm).to(cur.latent.dtype)
+
+    def flow_small(self, p: PreparedFrame) -> torch.Tensor:
+        """``p.small``, the whole frame's SPyNet input, computed (and kept on ``p``) when
+        :meth:`prepare` left it out because that tiling cropped its own."""
+        if p.small is None:
+            p.small = flow_input(p.image, tuple(p.latent.shape[-2:]), self.meta.cfr.flow_downscale)
+        return p.small
 
     def _latent_tile(self, cur_small: torch.Tensor, ref_small: torch.Tensor, z_cur: torch.Tensor,
                      z_ref: torch.Tensor, cfr_kw: dict) -> tuple[torch.Tensor, torch.Tensor]:
