@@ -109,4 +109,6 @@ def load_model(
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     n = resolve_threads(threads)  # checked before the (slow) weights load
-    return Restorer(DLoRALModel.load(path), dev, dt, compile=compile, threads=n)
+    restorer = Restorer(DLoRALModel.load(path), dev, dt, compile=compile, threads=n)
+    restorer.source = Path(path)  # what an exported graph of it is made from (vsdloral.runtime)
+    return restorer

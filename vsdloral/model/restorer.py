@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 import time
-from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..utils.log import get_logger
 from . import latent_tiles as lt
 from . import vae_tiling
 from .cfr import CFR_MODES
-from .colorfix import COLOR_FIXES, apply_color_fix
+from .colorfix import COLOR_FIXES
+from .frame_net import FrameNet, Hooks, PreparedFrame
 from .oom import oom_hint
-from .temporal import flow_input, warp_reference
 from .threads import resolve_threads, with_own_threads
 from .weights import DLoRALModel
 
@@ -34,22 +31,6 @@ def _quiet_diffusers():
         yield
     finally:
         dlog.set_verbosity(prev)
-
-
-@dataclass
-class PreparedFrame:
-    """What a frame contributes as current frame *or* as reference; cache it to reuse.
-
-    ``image``: padded input in [-1,1] (N,3,Hp,Wp); ``small``: it bicubically downscaled to the
-    latent grid (the whole frame's SPyNet input), or None until a frame-wide flow needs it (latent
-    tiles crop their own: :meth:`Restorer.flow_small` fills it in); ``latent``: scaled VAE
-    posterior mean; ``size``: the unpadded (H, W).
-    """
-
-    image: torch.Tensor
-    small: torch.Tensor | None
-    latent: torch.Tensor
-    size: tuple[int, int]
 
 
 def check_compile_backend(device: torch.device) -> None:
@@ -74,6 +55,10 @@ def check_compile_backend(device: torch.device) -> None:
 class Restorer:
     """A loaded DLoRAL model on one device. Thread-safe: model calls are serialised by a lock.
 
+    The computation itself is :class:`~vsdloral.model.frame_net.FrameNet` (``self.net``, the
+    module that is also exported as an ONNX graph); this class runs its steps, caching prepared
+    frames, with the lock, thread control, out-of-memory retry, stats and timings around them.
+
     ``stats`` counts ``vae_encodes`` (frames encoded), ``vae_decodes``, ``frames`` restored and
     ``unet_calls`` (one per latent tile, or per frame batch when untiled).
     ``threads``: torch's intra-op thread count for every compute call, whichever thread makes it
@@ -87,21 +72,19 @@ class Restorer:
         self.dtype = dtype
         self.meta = model.meta
         # channels-last: measured 1.7x faster VAE decode on CPU (benchmarks/README.md); convs prefer it on GPUs too
-        cl = torch.channels_last
         with _quiet_diffusers():  # its dtype-cast advice does not apply to inference-only modules
-            self.unet = model.unet.to(self.device, dtype, memory_format=cl).eval().requires_grad_(False)
-            self.vae = model.vae.to(self.device, dtype, memory_format=cl).eval().requires_grad_(False)
-        self.cfr = model.cfr.to(self.device, dtype).eval().requires_grad_(False)
-        # flow runs in fp32: it is cheap at latent resolution and grid_sample is precision sensitive
-        self.spynet = model.spynet.to(self.device, torch.float32).eval().requires_grad_(False)
-        self.prompt_embeds = model.prompt_embeds.to(self.device, dtype)
+            self.net = FrameNet(model, self.device, dtype, channels_last=True)
+        # the net's own modules (the same objects), under the names callers and tests use
+        self.unet, self.vae, self.cfr, self.spynet = self.net.unet, self.net.vae, self.net.cfr, self.net.spynet
+        self.prompt_embeds = self.net.prompt_embeds
+        #: where the weights were loaded from (set by :func:`vsdloral.load_model`; None: built in memory)
+        self.source = None
         self.factor = model.meta.vae_factor
         self.scaling_factor = model.meta.scaling_factor
         self.stats = {"vae_encodes": 0, "vae_decodes": 0, "frames": 0, "unet_calls": 0}
         #: (latent shape, tile, overlap) -> the smaller (tile, overlap) an out-of-memory fell back to
         self._oom_fallback: dict[tuple, tuple[int, int]] = {}
         self._lock = threading.RLock()
-        self._timestep = torch.tensor([1], device=self.device)
         #: set to a dict to accumulate seconds per stage (benchmarks); None disables timing
         self.timings: dict[str, float] | None = None
         self._unet_fn = self.unet  # the UNet as called: torch.compile'd when compile=True
@@ -211,22 +194,10 @@ class Restorer:
         tile, tile_overlap = self.resolve_tiling(tile, tile_overlap)
         vae_tile = self.resolve_vae_tile(vae_tile)
         x = self._check_frames(frames, "frames")
-        h, w = x.shape[-2:]
-        f = self.factor
-        hp, wp = math.ceil(h / f) * f, math.ceil(w / f) * f
-        img = 2.0 * x - 1.0
-        if (hp, wp) != (h, w):
-            img = F.pad(img, (0, wp - w, 0, hp - h), mode="replicate")
-        # the whole frame's flow input only when the frame runs in one piece: tiles crop their own
-        one_piece = tile is None or not lt.needs_tiles(hp // f, wp // f, tile // f)
-        small = flow_input(img, (hp // f, wp // f), self.meta.cfr.flow_downscale) if one_piece else None
+        prepared = self.net.prepare(x, tile=tile, vae_tile=vae_tile, hooks=self._hooks())
         with self._lock:
-            with self._stage("vae_encode"):
-                x_in = img.to(self.dtype).contiguous(memory_format=torch.channels_last)
-                vt = vae_tiling.encoder_tile(vae_tile, hp, wp)
-                latent = vae_tiling.encode(self.vae, x_in, vt).mode().contiguous() * self.scaling_factor
-            self.stats["vae_encodes"] += img.shape[0]
-        return PreparedFrame(img, small, latent, (h, w))
+            self.stats["vae_encodes"] += x.shape[0]
+        return prepared
 
     @with_own_threads
     @oom_hint
@@ -272,16 +243,11 @@ class Restorer:
         with self._lock:
             z_hat = self._latent_with_retry(cur, ref, tile, tile_overlap, cfr_kw)
             with self._stage("vae_decode"):
-                z_in = (z_hat / self.scaling_factor).contiguous(memory_format=torch.channels_last)
-                vt = vae_tiling.decoder_tile(vae_tile, z_in.shape[-2], z_in.shape[-1], self.factor)
-                y = vae_tiling.decode(self.vae, z_in, vt).float().contiguous().clamp(-1, 1)
+                y = self.net.decode(z_hat, vae_tile)
             self.stats["vae_decodes"] += y.shape[0]
             self.stats["frames"] += y.shape[0]
-        h, w = cur.size
-        y = (y[..., :h, :w] + 1) / 2
-        src = (cur.image[..., :h, :w].float() + 1) / 2
         with self._stage("color_fix"):
-            return apply_color_fix(color_fix, y, src).clamp(0, 1)
+            return self.net.finish(y, cur, color_fix)
 
     # -- the latent stage: flow, warp, CFR, UNet (SPEC sections 1 and 1b) -------------------------
     def _latent_with_retry(self, cur: PreparedFrame, ref: PreparedFrame, tile: int | None, overlap: int,
@@ -328,62 +294,21 @@ class Restorer:
 
     def _latent(self, cur: PreparedFrame, ref: PreparedFrame, tile: int | None, overlap: int,
                 cfr_kw: dict) -> torch.Tensor:
-        """``z_hat = z' - eps`` for the whole frame: in one piece (dense, or a latent with at most
-        ``tile**2`` positions, as the authors), else on the authors' latent tiles: each tile runs
-        flow on its own pixel crops, the zero-padded warp, CFR over its positions and the UNet, and
-        both ``eps`` and ``z'`` are blended with :func:`latent_tiles.gaussian_weights`."""
-        f = self.factor
-        h, w = cur.latent.shape[-2:]
-        t = None if tile is None else tile // f
-        if t is None or not lt.needs_tiles(h, w, t):
-            z_new, eps = self._latent_tile(self.flow_small(cur), self.flow_small(ref), cur.latent, ref.latent,
-                                           cfr_kw)
-            return z_new - eps
-        side = lt.tile_side(h, w, t)
-        weight = lt.gaussian_weights(side, self.device)
-        n, c = cur.latent.shape[:2]
-        eps_acc = torch.zeros(n, c, h, w, device=self.device, dtype=torch.float32)
-        z_acc = torch.zeros_like(eps_acc)
-        norm = torch.zeros(h, w, device=self.device, dtype=torch.float32)
-        fd = self.meta.cfr.flow_downscale
-        for y0, x0 in lt.tile_grid(h, w, side, lt.effective_overlap(side, overlap // f)):
-            ys, xs = slice(y0, y0 + side), slice(x0, x0 + side)
-            py, px = slice(y0 * f, (y0 + side) * f), slice(x0 * f, (x0 + side) * f)
-            with self._stage("flow"):  # SPyNet sees the tile's own pixels, bicubic to its latent size
-                cur_small = flow_input(cur.image[..., py, px], (side, side), fd)
-                ref_small = cur_small if ref is cur else flow_input(ref.image[..., py, px], (side, side), fd)
-            z_new, eps = self._latent_tile(cur_small, ref_small, cur.latent[..., ys, xs], ref.latent[..., ys, xs],
-                                           cfr_kw)
-            eps_acc[..., ys, xs] += eps.float() * weight
-            z_acc[..., ys, xs] += z_new.float() * weight
-            norm[ys, xs] += weight
-        return (z_acc / norm - eps_acc / norm).to(cur.latent.dtype)
+        """:meth:`FrameNet.latent`, one tile after the other, under this restorer's hooks."""
+        return self.net.latent(cur, ref, tile, overlap, cfr_kw, batch_tiles=False, hooks=self._hooks())
+
+    def _hooks(self) -> Hooks:
+        return Hooks(stage=self._stage, unet=self._call_unet, lock=self._lock)
+
+    def _call_unet(self, *args, **kwargs):
+        """``self._unet_fn`` (looked up per call: tests and benchmarks replace it), counted."""
+        out = self._unet_fn(*args, **kwargs)
+        self.stats["unet_calls"] += 1
+        return out
 
     def flow_small(self, p: PreparedFrame) -> torch.Tensor:
-        """``p.small``, the whole frame's SPyNet input, computed (and kept on ``p``) when
-        :meth:`prepare` left it out because that tiling cropped its own."""
-        if p.small is None:
-            p.small = flow_input(p.image, tuple(p.latent.shape[-2:]), self.meta.cfr.flow_downscale)
-        return p.small
-
-    def _latent_tile(self, cur_small: torch.Tensor, ref_small: torch.Tensor, z_cur: torch.Tensor,
-                     z_ref: torch.Tensor, cfr_kw: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """One latent tile (or the whole latent): flow n -> n-1 and the warp, CFR, the UNet.
-        Returns the CFR-updated latent ``z'`` and the UNet output ``eps``."""
-        with self._stage("flow"):  # SPyNet in fp32, then the warp (zero padding at the tile's edge)
-            z_ref_w = warp_reference(self.spynet, cur_small, ref_small, z_ref)
-        with self._stage("cfr"):
-            mode = cfr_kw["mode"]
-            z_new = z_cur + self.cfr(z_cur, z_ref_w, mode, window=cfr_kw["window"], topk=cfr_kw["topk"])
-        with self._stage("unet"):
-            eps = self._unet(torch.cat([z_ref_w, z_new], dim=1))
-        self.stats["unet_calls"] += 1
-        return z_new, eps
-
-    def _unet(self, x: torch.Tensor) -> torch.Tensor:
-        prompt = self.prompt_embeds.expand(x.shape[0], -1, -1)
-        x = x.contiguous(memory_format=torch.channels_last)
-        return self._unet_fn(x, self._timestep, encoder_hidden_states=prompt).sample.contiguous()
+        """:meth:`FrameNet.flow_small`: the whole frame's SPyNet input, computed when needed."""
+        return self.net.flow_small(p)
 
     def restore(
         self, cur: torch.Tensor, ref: torch.Tensor | None = None, *, color_fix: str | None = None, cfr: str | None = None,

@@ -88,7 +88,8 @@ class SPyNet(nn.Module):
 
     def forward(self, ref: torch.Tensor, supp: torch.Tensor) -> torch.Tensor:
         h, w = ref.shape[-2:]
-        h_up, w_up = -(-h // 32) * 32, -(-w // 32) * 32
+        # ceil to a multiple of 32 without negative floor division (ONNX's integer Div truncates)
+        h_up, w_up = (h + 31) // 32 * 32, (w + 31) // 32 * 32
         ref = F.interpolate(ref, size=(h_up, w_up), mode="bilinear", align_corners=False)
         supp = F.interpolate(supp, size=(h_up, w_up), mode="bilinear", align_corners=False)
         flow = F.interpolate(self._compute_flow(ref, supp), size=(h, w), mode="bilinear", align_corners=False)
