@@ -90,7 +90,7 @@ def _authors_frame(r, m: AuthorsModules, cur: torch.Tensor, prev: torch.Tensor, 
     z_ref = z_ref.to(m.dtype)
     z_cur = z[0] + _authors_cfr(m.cfr, z[0], z_ref)  # no chunking
     prompt = m.prompt_embeds.expand(z_cur.shape[0], -1, -1)
-    eps = m.lora_unet(torch.cat([z_ref, z_cur], 1), r._timestep, encoder_hidden_states=prompt).sample
+    eps = m.lora_unet(torch.cat([z_ref, z_cur], 1), r.net.timestep, encoder_hidden_states=prompt).sample
     y = m.vae.decode((z_cur - eps) / r.scaling_factor).sample.float().clamp(-1, 1)
     y = (y[..., :h, :w] + 1) / 2
     return adain_color_fix(y, cur.to(y.device)).clamp(0, 1)
