@@ -16,6 +16,8 @@ import numpy as np
 
 from .flow import EWARP_SCALE, FLOW_METHOD, DISFlow, flow_epe, valid_mask, warping_error
 from .grid import grid_ratio_image
+from .colour import colour_error
+from .recall import band_energies
 from .texture import flat_excess
 from .io import FrameSource, open_frames
 from .metrics import frame_metrics, luma
@@ -35,6 +37,8 @@ class _Accumulator:
     ewarp: list[float] = field(default_factory=list)
     grid: list[float] = field(default_factory=list)
     flat: list[float] = field(default_factory=list)
+    recall: dict[str, list[float]] = field(default_factory=lambda: {"mid": [0.0, 0.0], "fine": [0.0, 0.0]})
+    colour: list[float] = field(default_factory=list)
     tof: list[float] = field(default_factory=list)
     prev: np.ndarray | None = None
     prev_u8: np.ndarray | None = None
@@ -51,6 +55,10 @@ class _Accumulator:
             self.grid.append(grid)
         if min(ref.shape[:2]) >= 8:
             self.flat.append(flat_excess(cand[None], ref[None]))
+            for k, (eo, eg) in band_energies(cand, ref).items():
+                self.recall[k][0] += eo
+                self.recall[k][1] += eg
+            self.colour.append(colour_error(cand, ref))
         self.frames += 1
         cand_u8 = flow.to_u8(luma(cand))
         if self.prev is not None:
@@ -64,6 +72,9 @@ class _Accumulator:
         res["tof"] = float(np.mean(self.tof)) if self.tof else None
         res["grid"] = float(np.mean(self.grid)) if self.grid else None
         res["flat_excess"] = float(np.mean(self.flat)) if self.flat else None
+        for k, (eo, eg) in self.recall.items():  # energies summed over frames (vsdloral.evaluation.recall)
+            res[f"recall_{k}"] = eo / eg if eg > 0 else None
+        res["colour_error"] = float(np.mean(self.colour)) if self.colour else None
         if with_lpips:
             res["lpips"] = self.lpips_sum / self.frames
         res["niqe"] = float(np.mean(self.niqe)) if self.niqe else None
@@ -115,7 +126,10 @@ def evaluate(
     installed, and with ``niqe=False``), ``grid`` (:func:`vsdloral.evaluation.grid.grid_ratio`, the share of
     fine detail that is a 4-px latent-grid pattern, which NIQE does not see; ``grid_reference`` for the
     reference), ``flat_excess`` (:func:`vsdloral.evaluation.texture.flat_excess` per frame: detail drawn over
-    the reference's flat regions, e.g. a mesh on bokeh, 0 for none),
+    the reference's flat regions, e.g. a mesh on bokeh, 0 for none), ``recall_mid`` and ``recall_fine``
+    (:mod:`vsdloral.evaluation.recall`: the output's band energy over the reference's in the reference's more
+    textured half of 8x8 cells; 1 for the reference), ``colour_error`` (:mod:`vsdloral.evaluation.colour`: mean
+    CIEDE2000 on low-passed frames, 0 for the reference),
     ``flow_method``, ``notes`` and, when ``lq`` is given, ``baseline``: the same metrics for a bicubic upscale
     of ``lq`` to the reference size. With ``max_frames`` only the first N frames of each input are compared.
     """
