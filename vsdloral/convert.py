@@ -1,7 +1,8 @@
 """Convert the DLoRAL authors' released checkpoint into a vsdloral weights file.
 
-Inputs: the authors' ``model.pkl`` (SPEC section 4) and a Stable Diffusion 2.1-base folder in
-diffusers layout (``vae/``, ``unet/config.json``, ``text_encoder/``, ``tokenizer/``). The UNet is
+Inputs: the authors' ``model.pkl`` (SPEC section 4) and Stable Diffusion 2.1-base as a diffusers
+folder, a single-file checkpoint (``v2-1_512-ema-pruned.safetensors``) or a Hub repository id
+(:mod:`vsdloral.sd_base`); only its VAE, text encoder, tokenizer and UNet config are read. The UNet is
 rebuilt exactly as the authors built it (8-channel ``conv_in``, six PEFT LoRA adapters), loaded
 strictly, and both LoRA branches are merged with PEFT itself. The CFR network's SPyNet and
 cross-attention weights are taken from ``state_dict_bpp`` by an explicit allow-list.
@@ -297,20 +298,13 @@ def compose_prompt(tags: str = "", prompt: str = "") -> str:
     return f"{tags}, {prompt},"
 
 
-def encode_prompt(sd: SDBase, prompt: str) -> torch.Tensor:
-    """Encode ``prompt`` with the SD text encoder: padded to the tokenizer's max length (77),
+def encode_prompt(tokenizer, text_encoder: nn.Module, prompt: str) -> torch.Tensor:
+    """Encode ``prompt`` as the authors do: padded to the tokenizer's max length (77),
     ``text_encoder(ids)[0]`` -> (1, 77, D) float32."""
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    try:
-        tok = CLIPTokenizer.from_pretrained(str(sd.tokenizer))
-        enc = CLIPTextModel.from_pretrained(str(sd.text_encoder)).eval()
-    except (OSError, ValueError) as exc:
-        raise ConvertError(f"cannot load the SD tokenizer/text encoder from {sd.root} ({_one_line(exc)})") from None
-    ids = tok(prompt, max_length=tok.model_max_length, padding="max_length", truncation=True,
-              return_tensors="pt").input_ids
+    ids = tokenizer(prompt, max_length=tokenizer.model_max_length, padding="max_length", truncation=True,
+                    return_tensors="pt").input_ids
     with torch.inference_mode():
-        return enc(ids)[0].float().clone()
+        return text_encoder.eval()(ids)[0].float().clone()
 
 
 # -- the whole conversion ------------------------------------------------------------------------
@@ -322,15 +316,18 @@ def convert_checkpoint(
     tags: str = "",
     scale: int = 4,
     branches: tuple[str, ...] = BRANCHES,
+    trust_base: bool = False,
+    revision: str | None = None,
 ) -> DLoRALModel:
-    """Build a :class:`DLoRALModel` (LoRA merged) from the authors' checkpoint and an SD folder.
+    """Build a :class:`DLoRALModel` (LoRA merged) from the authors' checkpoint and SD 2.1-base
+    (``sd_base``: folder, single file or Hub repository id, see :func:`vsdloral.sd_base.load_sd_base`;
+    ``trust_base`` skips the single file's UNet check, ``revision`` picks a Hub revision).
 
     The text conditioning is the authors' :func:`compose_prompt` of ``tags`` and ``prompt``.
     ``branches=("consistency",)`` merges only the three consistency adapters (C-LoRA): the
     authors' ``--stages 0`` (adapter weights 1, 1, 1 for consistency, 0 for quality). The metadata
     records the authors' latent tiles (96/32 positions) and their inference kernel (``pil``)."""
-    from diffusers import AutoencoderKL
-
+    from . import sd_base as sdb
     from .model.latent_tiles import AUTHORS_OVERLAP, AUTHORS_TILE
 
     if scale < 1:
@@ -338,17 +335,17 @@ def convert_checkpoint(
     branches = tuple(b for b in BRANCHES if b in branches)  # the checkpoint's order, no repeats
     if not branches:
         raise ConvertError(f"branches must name some of {', '.join(BRANCHES)}")
-    sd = check_sd_base(sd_base)
+    kind = sdb.kind_of(sd_base)
+    if kind == "folder":
+        check_sd_base(sd_base)  # before reading the (large) checkpoint
     ckpt_path = Path(checkpoint)
     ckpt = load_checkpoint(ckpt_path)
-    unet_config = read_unet_config(sd)
     spy_sd, cfr_sd, cfr_cfg = extract_cfr(ckpt["state_dict_bpp"])
 
-    log.info("loading the VAE from %s", sd.vae)
-    try:
-        vae = AutoencoderKL.from_pretrained(str(sd.vae))
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise ConvertError(f"cannot load the SD VAE from {sd.vae} ({_one_line(exc)})") from None
+    base = sdb.load_sd_base(sd_base, ckpt["state_dict_unet"], trust=trust_base, revision=revision)
+    unet_config = dict(base.unet_config)
+    unet_config["in_channels"] = 2 * int(unet_config.get("out_channels", 4))
+    vae = base.vae
     vae_config = _public_config(vae.config)
     vae_config.setdefault("scaling_factor", 0.18215)
     if int(vae_config.get("latent_channels", 4)) != cfr_cfg.latent_channels:
@@ -364,7 +361,7 @@ def convert_checkpoint(
 
     text = compose_prompt(tags, prompt)
     log.info("encoding the prompt %r", text)
-    prompt_embeds = encode_prompt(sd, text)
+    prompt_embeds = encode_prompt(base.tokenizer, base.text_encoder, text)
     if prompt_embeds.shape[-1] != unet_config.get("cross_attention_dim"):
         raise ConvertError(
             f"the text encoder's width {prompt_embeds.shape[-1]} differs from the UNet's cross_attention_dim "
@@ -376,7 +373,8 @@ def convert_checkpoint(
         "converter_version": CONVERTER_VERSION,
         "checkpoint": ckpt_path.name,
         "checkpoint_sha256": sha256_file(ckpt_path),
-        "sd_base": str(Path(sd_base).resolve()),
+        "sd_base": str(Path(sd_base).resolve()) if kind != "hub" else str(sd_base),
+        "sd_base_source": base.provenance,
         "lora_rank_unet_quality": ckpt[RANK_KEYS["quality"]],
         "lora_rank_unet_consistency": ckpt[RANK_KEYS["consistency"]],
         "lora_alpha": 8,
@@ -408,6 +406,8 @@ def convert(
     scale: int = 4,
     branches: tuple[str, ...] = BRANCHES,
     force: bool = False,
+    trust_base: bool = False,
+    revision: str | None = None,
 ) -> Path:
     """Convert and write ``output`` atomically. Refuses to overwrite unless ``force``."""
     out = Path(output)
@@ -424,7 +424,8 @@ def convert(
         raise ConvertError(f"cannot write {out} ({parent} is not a folder)")
     if not os.access(parent, os.W_OK):
         raise ConvertError(f"cannot write {out} ({parent} is not writable)")
-    model = convert_checkpoint(sd_base, checkpoint, prompt=prompt, tags=tags, scale=scale, branches=branches)
+    model = convert_checkpoint(sd_base, checkpoint, prompt=prompt, tags=tags, scale=scale, branches=branches,
+                               trust_base=trust_base, revision=revision)
     try:
         model.save(out, dtype=dtype)
     except OSError as exc:
