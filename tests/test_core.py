@@ -381,7 +381,7 @@ def test_compile_without_a_cpp_compiler_fails_at_load_with_a_clear_error(tiny_mo
 
 
 def test_bundled_model_has_the_lite2_preset_architecture():
-    """`--preset lite2` must build what is shipped, decoder included, so docs/default-model.md's
+    """`--preset lite2` must build what is shipped, decoder included, so docs/training-log.md's
     recipe reproduces the bundled file (the VAE's scaling factor is measured by the vae stage, not
     preset)."""
     from vsdloral.loading import DEFAULT_MODEL_PATH

@@ -75,7 +75,7 @@ TINY_VAE = {
 # The bundled CPU model: a x4 VAE (3 levels, 8/16/64 channels, 8 latent channels), a convolutional
 # UNet without self-attention, flow 4x coarser than the latent grid and windowed CFR, chosen from
 # FLOP counts at 1280x720 and, for the VAE, from training runs (the VAE does most of the restoring;
-# see docs/default-model.md, "Changing the preset").
+# see docs/training-log.md, "Changing the preset").
 LITE_LATENT_CHANNELS = 8  # the VAE's latent width; the UNet (current + reference latents) and CFR follow it
 
 LITE_UNET = {
@@ -109,7 +109,7 @@ LITE_VAE = {
 # lite2: lite's encoder, UNet, flow and CFR with a decoder that spends its FLOPs on the latent grid
 # (vsdloral.model.decoders.LatentSRDecoder: 64 channels, 6 residual blocks at 1/4 of the output's
 # size, then a x4 pixel shuffle). About half lite's decoder time at 1280x720 in bf16 on 2 cores,
-# with 64 channels where lite's full-resolution levels have 8 and 16 (docs/default-model.md). A
+# with 64 channels where lite's full-resolution levels have 8 and 16 (docs/training-log.md). A
 # small full-resolution residual refinement (refine: 16 channels, about 1.6 GFLOPs at 720p) lets
 # neighbouring sub-pixel phases agree, so that texture is not a 4-px dither. The bundled file
 # (2026-12-07) is this preset.
