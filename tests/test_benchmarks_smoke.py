@@ -184,6 +184,9 @@ def test_quality_smoke(tmp_path):
             # NIQE needs 194x194 frames: none on carphone (176x144), on every method of the 256x208 still
             assert (m["niqe"] is not None and m["niqe"] > 0) if still else m["niqe"] is None
         assert (row["niqe_reference"] is not None) == still
+        for method in ("bicubic", "realesrgan", "per_frame", "temporal"):  # issue 31's measures, every row
+            m = row[method]
+            assert m["recall_mid"] > 0 and m["recall_fine"] >= 0 and m["colour_error"] >= 0
         # the latent-grid measure on every method and on the ground truth (a share of the fine detail)
         assert all(0 <= row[m]["grid"] <= 1 for m in ("bicubic", "realesrgan", "per_frame", "temporal"))
         assert 0 <= row["grid_reference"] < 0.1
@@ -205,6 +208,45 @@ def test_quality_smoke(tmp_path):
     s = r["speed"]
     assert _pos(s["ours_temporal"]) and _pos(s["realesrgan"])
     assert s["speedup"] == pytest.approx(s["realesrgan"] / s["ours_temporal"])
+    # per category (carphone: test_clip; the still: smoke) and overall, with the per-category checks
+    for deg in ("bicubic", "realistic"):
+        cats = r["by_category"][deg]
+        assert set(cats) == {"test_clip", "smoke", "overall"}
+        assert cats["smoke"]["temporal"]["recall_mid"] == next(
+            row["temporal"]["recall_mid"] for row in r["rows"] if row["degradation"] == deg and "still" in row["content"])
+    assert "all" in r["ship_rule"]
+
+
+def _cat(recall_b, recall_o, colour_p, colour_o, psnr_b, psnr_o, niqe=5.0, ewarp_p=3.0, ewarp_o=0.9):
+    none = dict.fromkeys(("recall_mid", "colour_error", "psnr_y", "niqe", "ewarp"))
+    return {"bicubic": {**none, "recall_mid": recall_b, "psnr_y": psnr_b},
+            "realesrgan": {**none, "colour_error": colour_p, "ewarp": ewarp_p},
+            "per_frame": none,
+            "temporal": {"recall_mid": recall_o, "colour_error": colour_o, "psnr_y": psnr_o, "niqe": niqe,
+                         "ewarp": ewarp_o}}
+
+
+def test_quality_ship_rule():
+    """Issue 31's rule: every category's three checks, overall NIQE against today's file and E*warp against the
+    peer's, speed; a missing figure fails it."""
+    from benchmarks.quality import ship_rule
+
+    good = _cat(0.6, 0.7, 2.0, 1.5, 25.0, 24.2)
+    prev = {"by_category": {"bicubic": {"overall": {"temporal": {"niqe": 5.6}}}}}
+    fast = {"ours_fps": 1.2}
+    assert ship_rule({"bicubic": {"fur": good, "overall": good}}, fast, prev)["all"] is True
+    for bad, check in ((_cat(0.6, 0.59, 2.0, 1.5, 25.0, 24.2), "recall_mid>=bicubic"),
+                       (_cat(0.6, 0.7, 2.0, 2.1, 25.0, 24.2), "colour<=peer"),
+                       (_cat(0.6, 0.7, 2.0, 1.5, 25.0, 23.9), "psnr_y>=bicubic-1dB")):
+        r = ship_rule({"bicubic": {"fur": good, "fabric": bad, "overall": good}}, fast, prev)
+        assert r["bicubic"]["fabric"][check] is False and r["bicubic"]["fur"][check] is True and r["all"] is False
+    r = ship_rule({"bicubic": {"fur": good, "overall": _cat(0.6, 0.7, 2.0, 1.5, 25.0, 24.2, niqe=5.2)}}, fast, prev)
+    assert r["bicubic"]["overall"]["niqe<=previous-0.5"] is False and not r["all"]
+    r = ship_rule({"bicubic": {"fur": good, "overall": _cat(0.6, 0.7, 2.0, 1.5, 25.0, 24.2, ewarp_o=1.1)}}, fast, prev)
+    assert r["bicubic"]["overall"]["ewarp<=peer/3"] is False and not r["all"]
+    assert ship_rule({"bicubic": {"fur": good, "overall": good}}, {"ours_fps": 0.9}, prev)["all"] is False
+    r = ship_rule({"bicubic": {"fur": good, "overall": good}}, None, None)  # no previous run, not timed
+    assert r["bicubic"]["overall"]["niqe<=previous-0.5"] is None and r["fps>=1"] is None and r["all"] is False
 
 
 def test_pipeline_counts_cpu_flash_attention_flops():
