@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml .ci/find-python
 	  $$PYBIN -m venv $(VENV); \
 	fi; \
 	$(PY) -m pip install -q --upgrade pip >&2; \
-	$(PY) -m pip install -q -e '.[test,train,eval,sources,cluster,onnx]' >&2; \
+	$(PY) -m pip install -q -e '.[test,train,eval,sources,cluster,mlrt,onnx]' >&2; \
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/vapoursynth config >&2; \
 	touch $(STAMP)
 

@@ -39,10 +39,38 @@ MAX_SCALE = 16
 _BICUBIC = resize_params("torch")
 _MODELS: dict[tuple, Any] = {}
 _MODELS_LOCK = threading.Lock()
+#: ``upscale(backend=)`` when none is given (see upscale's docstring)
+DEFAULT_BACKEND = "torch"
 
 
 def _err(msg: str) -> vs.Error:
     return vs.Error(f"upscale: {msg}")
+
+
+def _resolve_backend(backend, *, dtype, device_index, num_streams, threads, device, compile):
+    """``backend=`` and its options -> a :class:`vsdloral.mlrt.BackendChoice`, or ``None`` for the
+    torch path (which takes neither ``device_index`` nor ``num_streams``)."""
+    if isinstance(backend, str) and backend == "torch":
+        if device_index is not None or num_streams is not None:
+            raise _err("device_index and num_streams apply to vs-mlrt backends; with backend='torch' pass "
+                       "device='cuda:N' (or backend='auto' / a vsscale.Backend)")
+        return None
+    from .mlrt.select import BackendError, resolve_backend
+
+    try:
+        choice = resolve_backend(backend, dtype=dtype, device_index=device_index, num_streams=num_streams,
+                                 threads=threads)
+    except BackendError as exc:
+        raise _err(str(exc)) from None
+    if choice is None:  # "auto" chose the torch path
+        return _resolve_backend("torch", dtype=dtype, device_index=device_index, num_streams=num_streams,
+                                threads=threads, device=device, compile=compile)
+    if device is not None:
+        raise _err(f"device={device!r} applies to backend='torch'; backend {choice.name} takes device_index=N")
+    if compile is not False:
+        raise _err(f"compile applies to backend='torch' (torch.compile); backend {choice.name} compiles the "
+                   "graph itself (drop compile)")
+    return choice
 
 
 def _load_restorer(model, device, dtype, compile=False, threads=None):
@@ -203,6 +231,9 @@ def upscale(
     threads: int | None = None,
     kernel: str | None = None,
     vae_tile: int | None = None,
+    backend: Any = DEFAULT_BACKEND,
+    device_index: int | None = None,
+    num_streams: int | None = None,
 ) -> vs.VideoNode:
     """Upscale ``clip`` with DLoRAL (one-step diffusion VSR, SPEC section 1).
 
@@ -228,7 +259,22 @@ def upscale(
     1968; never for models trained here), ``0``: never. ``threads``: torch's intra-op thread
     count for every frame, whichever VapourSynth thread computes it (``None``: this thread's
     ``torch.get_num_threads()`` when the model loads); the output is bit-identical for a given
-    device, dtype, torch version and thread count, whatever ``core.num_threads`` and the request order."""
+    device, dtype, torch version and thread count, whatever ``core.num_threads`` and the request order.
+
+    ``backend``: what runs the model. ``"torch"`` (the default): the PyTorch path above.
+    ``"auto"``: with CUDA, TensorRT when its vs-mlrt plugin and build tools are installed, else
+    ONNX Runtime's CUDA provider when installed, else torch; without CUDA, OpenVINO's CPU backend
+    when its plugin is installed, else torch. A name (``"ov-cpu"``, ``"ort-cpu"``, ``"trt"``,
+    ``"ort-cuda"``, ``"ov-gpu"``, ``"ort-dml"``, ``"ort-coreml"``, ``"trt-rtx"``, ``"migx"``) or a
+    ``vsscale.Backend`` instance (``Backend.OV_CPU()``, ``Backend.TRT(...)``; ``pip install
+    'vsdloral[mlrt]'``): the model's whole per-frame computation, exported once per model, size and
+    options as an ONNX graph (cached, :mod:`vsdloral.runtime`), run by that vs-mlrt backend on the
+    same RGB frames and reference frames as the torch path, with the same conversions, props and
+    ``DLoRALReference``. With a backend, ``dtype`` is the backend's precision (its ``fp16``/``bf16``
+    flag); ``None``: a precision set on the instance, else fp32 for ONNX Runtime on a CPU, bf16 for
+    OpenVINO on a CPU with native bf16 (fp32 elsewhere), fp16 on GPUs. ``device_index`` (HolyWu's
+    name; the backend's ``device_id``) and ``num_streams`` (vs-mlrt's) apply to backends only;
+    ``threads`` sets OpenVINO's CPU thread count; ``device`` and ``compile`` are torch-only."""
     from .model.cfr import CFR_MODES
     from .model.colorfix import COLOR_FIXES
 
@@ -256,6 +302,17 @@ def upscale(
     if vae_tile is not None:
         vae_tile = _check_positive_int("vae_tile", vae_tile, 0, MAX_DIM)
     out_w, out_h = output_size(clip, scale, width, height)
+    if matrix_in is not None:
+        _matrix_kwargs(matrix_in, "_in")  # type check before the (slow) model load or export
+    choice = _resolve_backend(backend, dtype=dtype, device_index=device_index, num_streams=num_streams,
+                              threads=threads, device=device, compile=compile)
+    if choice is not None:
+        from .mlrt.upscale import upscale_with_backend
+
+        return upscale_with_backend(
+            clip, choice, model, out_w, out_h, matrix_in=matrix_in, kernel=kernel, scene_change=scene_change,
+            graph_options={"cfr": cfr, "cfr_window": cfr_window, "color_fix": color_fix, "tile": tile,
+                           "tile_overlap": tile_overlap, "vae_tile": vae_tile})
 
     if not isinstance(compile, bool):
         raise _err(f"compile must be True or False, got {compile!r}")
@@ -270,8 +327,6 @@ def upscale(
         check_vae_tile(vae_tile, restorer.factor)
     except ValueError as exc:
         raise _err(f"{str(exc).removeprefix('restore: ')} (vae_tile=0 turns VAE tiling off)") from None
-    if matrix_in is not None:
-        _matrix_kwargs(matrix_in, "_in")  # type check before the (slow) model load
 
     rgb, back = to_rgb_at_size(clip, out_w, out_h, matrix_in, kernel or restorer.meta.inference_kernel())
     prev = rgb if rgb.num_frames == 1 else rgb[0] + rgb[:-1]

@@ -134,16 +134,21 @@ class CrossFrameRetrieval(nn.Module):
         # applied after value_conv), so whatever weight they get adds nothing and needs no mask.
         # Blocks of rows small enough to stay in cache while all offsets pass over them: 2.2x
         # faster than whole-frame passes for the lite model at 720p (memory-bound loop).
-        out = torch.zeros_like(q)
+        # Each block accumulates into its own tensor, joined at the end: an in-place add into a view
+        # of one output tensor is lost when the loop is traced for ONNX export (the exported graph
+        # differed by 8e-2 in the CFR output); the sums, and their order, are the same.
         rows = max(1, block_elems // max(1, b * nh * d * w))
         ry, rx = min(r, h - 1), min(r, w - 1)
+        blocks = []
         for y0 in range(0, h, rows):
             y1 = min(h, y0 + rows)
-            qb, tb, ob = q[..., y0:y1, :], t[..., y0:y1, :], out[..., y0:y1, :]
+            qb, tb = q[..., y0:y1, :], t[..., y0:y1, :]
+            ob = torch.zeros_like(qb)
             for dy in range(-ry, ry + 1):
                 for dx in range(-rx, rx + 1):
                     ks = kp[..., r + dy + y0 : r + dy + y1, r + dx : r + dx + w]
                     vs = vp[..., r + dy + y0 : r + dy + y1, r + dx : r + dx + w]
                     att = torch.relu(((qb * ks).sum(2) * scale - tb) / temp)  # (B, nh, rows, W)
                     ob.addcmul_(att.unsqueeze(2), vs)
-        return out
+            blocks.append(ob)
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-2)

@@ -137,6 +137,11 @@ def export_onnx(net: FrameNet, width: int, height: int, path: str | os.PathLike,
             torch.onnx.export(graph, (x,), str(raw), input_names=["input"], output_names=["output"],
                               opset_version=opset, dynamo=False, do_constant_folding=True)
         model = onnx.load(str(raw))  # with any external data the exporter wrote (one file per tensor)
+        # the tracer leaves the output's batch and spatial dims unnamed; the size is static: say so
+        # (TensorRT and MIGraphX plan buffers from the declared shapes)
+        for d, v in zip(model.graph.output[0].type.tensor_type.shape.dim, (1, 3, height, width)):
+            d.Clear()
+            d.dim_value = v
         for k, v in (metadata or {}).items():
             model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=str(v)))
         weights = sum(len(t.raw_data) for t in model.graph.initializer)
