@@ -9,6 +9,7 @@
 #   DEMO_SECONDS    seconds of video (default 3)
 #   DEMO_LQ         LQ size WxH (default 320x180 -> 1280x720: about 1 s/frame with the bundled model on 2 CPU cores)
 #   DEMO_SCALE      upscaling factor (default 4)
+#   DEMO_OUT        output file (default out/demo_xSCALE.mkv)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
@@ -28,7 +29,8 @@ if [ -n "${VSDLORAL_MODEL:-}" ]; then
   MODEL_ARGS=(--arg "model=$VSDLORAL_MODEL")
 fi
 
-OUT="$ROOT/out/demo_x${SCALE}.mkv"
+OUT=${DEMO_OUT:-"$ROOT/out/demo_x${SCALE}.mkv"}
+mkdir -p "$(dirname "$OUT")"
 echo "demo: $FRAMES frames of $(basename "$SRC"), LQ $LQ -> x$SCALE" >&2
 CRF=${CRF:-16} bash "$HERE/encode.sh" "$SRC" "$OUT" --arg "frames=$FRAMES" --arg "lq=$LQ" --arg "scale=$SCALE" \
   "${MODEL_ARGS[@]}"

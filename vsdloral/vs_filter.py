@@ -238,7 +238,7 @@ def upscale(
     """Upscale ``clip`` with DLoRAL (one-step diffusion VSR, SPEC section 1).
 
     Frame n is restored with frame n-1 as reference (frame 0 and frames whose ``_SceneChangePrev``
-    prop is set use themselves). ``model``: a weights file, a loaded :class:`Restorer` or ``None``
+    prop is set use themselves; ``scene_change=False``: only frame 0). ``model``: a weights file, a loaded :class:`Restorer` or ``None``
     for the bundled default. Output size: ``scale`` x input, or ``width``/``height``. RGBS/RGBH are
     processed directly; other constant formats are converted to RGB via frame 0's props and back to
     their own format. A YUV clip whose ``_Matrix`` is absent or unspecified gets the matrix of its
