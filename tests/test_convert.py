@@ -500,6 +500,29 @@ def test_hub_repository_from_the_local_cache(sd_base, ckpt, converted, tmp_path,
     assert not (tmp_path / "x.safetensors").exists()
 
 
+def test_hub_offline_with_the_environment_variable(sd_base, ckpt, converted, tmp_path):
+    """The same in a fresh process with HF_HUB_OFFLINE=1 and HF_HUB_CACHE set as a user would
+    (huggingface_hub reads them at import): the cached default mirror converts to the folder's
+    result; an uncached repository is one line naming what to download, and no output."""
+    import os
+    import subprocess
+    import sys
+
+    cache = tmp_path / "hub"
+    _hub_cache(cache, sd_base)
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    code = ("import sys; from vsdloral.cli import main; "
+            f"r = main(['convert', '--checkpoint', {str(ckpt)!r}, '-o', {str(a)!r}]); "
+            f"r2 = main(['convert', '--sd-base', 'someone/not-cached', '--checkpoint', {str(ckpt)!r}, '-o', {str(b)!r}]); "
+            "print(r, r2)")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "home")}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.stdout.split() == ["0", "2"], r.stderr[-2000:]
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("vsdloral convert: error:")]
+    assert len(errors) == 1 and "cannot get someone/not-cached" in errors[0] and SINGLE in errors[0], r.stderr
+    assert _tensors_equal(a, converted) and not b.exists()
+
+
 def test_sd_base_that_is_nothing_known(ckpt, tmp_path, capsys):
     txt = tmp_path / "notes.txt"
     txt.write_text("x")
