@@ -9,6 +9,10 @@ import pytest
 import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# upscale()'s default backend is "auto" (OpenVINO where the mlrt extra is installed): the suite pins
+# the torch path, which its figures and counters are about; tests/test_backends.py picks backends
+# explicitly and checks the default with this variable removed. Inherited by vspipe subprocesses.
+os.environ["VSDLORAL_BACKEND"] = "torch"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -199,6 +199,28 @@ def test_auto_picks_openvino_on_a_cpu():
     assert resolve_backend("torch") is None
 
 
+def test_default_backend_is_auto_unless_the_environment_says(graph, monkeypatch, tiny_model_path):
+    """upscale(clip) runs the graph through OpenVINO (auto) without $VSDLORAL_BACKEND; the variable,
+    device= and a loaded Restorer keep the torch path (the 'cur' graph returns the input frame:
+    a torch output differs from it)."""
+    import vsdloral.vs_filter as vf
+
+    graph("cur")
+    clip = numpy_clip(moving_frames(2))
+    rgb, _ = to_rgb_at_size(clip, W * SCALE, H * SCALE, None, "torch")
+    ran_graph = lambda out: np.array_equal(planes(out, 1), planes(rgb, 1))  # noqa: E731
+    monkeypatch.delenv(vf.BACKEND_ENV)
+    assert vf.default_backend() == "auto"
+    assert ran_graph(vsdloral.upscale(clip, SCALE, model=tiny_model_path, kernel="torch", dtype="fp32"))
+    assert not ran_graph(vsdloral.upscale(clip, SCALE, model=tiny_model_path, kernel="torch", device="cpu"))
+    restorer = vsdloral.load_model(tiny_model_path, device="cpu", dtype="fp32")
+    assert not ran_graph(vsdloral.upscale(clip, SCALE, model=restorer, kernel="torch"))
+    monkeypatch.setenv(vf.BACKEND_ENV, "torch")
+    assert not ran_graph(vsdloral.upscale(clip, SCALE, model=tiny_model_path, kernel="torch"))
+    monkeypatch.setenv(vf.BACKEND_ENV, "ort-cpu")
+    assert ran_graph(vsdloral.upscale(clip, SCALE, model=tiny_model_path, kernel="torch"))
+
+
 # -- one-line errors ---------------------------------------------------------------------------------------
 
 

@@ -226,6 +226,8 @@ def resolve_backend(value, *, dtype=None, device_index: int | None = None, num_s
             Backend = _vsscale_backend(value)
         except BackendError:
             return None
+        if importlib.util.find_spec("onnx") is None:  # no ONNX export ('onnx' extra): the torch path
+            return None
         b = _auto(Backend, quiet=True)
         if b is None:
             return None
