@@ -26,6 +26,7 @@ from torch import nn
 from . import latent_tiles as lt
 from . import vae_tiling
 from .colorfix import apply_color_fix
+from .stable_norm import patch_group_norms
 from .temporal import flow_input, warp_reference
 from .weights import DLoRALModel, ModelMeta
 
@@ -84,6 +85,10 @@ class FrameNet(nn.Module):
         self.memory_format = mf
         self.unet = model.unet.to(device, dtype, memory_format=mf).eval().requires_grad_(False)
         self.vae = model.vae.to(device, dtype, memory_format=mf).eval().requires_grad_(False)
+        if channels_last and dtype == torch.float32 and torch.device(device).type == "cpu":
+            # torch's channels-last CPU GroupNorm loses ~1e3x fp32 accuracy on large maps (stable_norm)
+            patch_group_norms(self.vae)
+            patch_group_norms(self.unet)
         self.cfr = model.cfr.to(device, dtype).eval().requires_grad_(False)
         # flow runs in fp32: it is cheap at latent resolution and grid_sample is precision sensitive
         self.spynet = model.spynet.to(device, torch.float32).eval().requires_grad_(False)

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..utils.log import get_logger
+from .stable_norm import StableGroupNorm
 
 log = get_logger("vsdloral.vae_tiling")
 
@@ -322,6 +323,11 @@ def _zero_outside(t: torch.Tensor, y0: int, x0: int, h: int, w: int) -> torch.Te
 _POINTWISE = (nn.SiLU, nn.ReLU, nn.GELU, nn.Mish, nn.Identity)
 
 
+def _plain_norm(n) -> bool:
+    """A GroupNorm whose computation is ``F.group_norm`` (plain, or patched for accuracy only)."""
+    return type(n) in (nn.GroupNorm, StableGroupNorm)
+
+
 def _plain_conv(c) -> bool:
     return (type(c) is nn.Conv2d and c.padding_mode == "zeros" and c.dilation == (1, 1)
             and isinstance(c.padding, tuple))
@@ -331,8 +337,8 @@ def _resnet_ok(r) -> bool:
     from diffusers.models.resnet import ResnetBlock2D
 
     return (isinstance(r, ResnetBlock2D) and r.upsample is None and r.downsample is None
-            and getattr(r, "time_emb_proj", None) is None and type(r.norm1) is nn.GroupNorm
-            and type(r.norm2) is nn.GroupNorm and isinstance(r.nonlinearity, _POINTWISE)
+            and getattr(r, "time_emb_proj", None) is None and _plain_norm(r.norm1)
+            and _plain_norm(r.norm2) and isinstance(r.nonlinearity, _POINTWISE)
             and _plain_conv(r.conv1) and _plain_conv(r.conv2)
             and (r.conv_shortcut is None or _plain_conv(r.conv_shortcut)))
 
@@ -356,7 +362,7 @@ def unsupported_reason(net: nn.Module) -> str | None:
     kind = type(net).__name__
     if not isinstance(net, (Encoder, Decoder)):
         return f"{kind} is not diffusers' Encoder/Decoder"
-    if not (_plain_conv(net.conv_in) and _plain_conv(net.conv_out) and type(net.conv_norm_out) is nn.GroupNorm
+    if not (_plain_conv(net.conv_in) and _plain_conv(net.conv_out) and _plain_norm(net.conv_norm_out)
             and isinstance(net.conv_act, _POINTWISE) and _mid_ok(net.mid_block)):
         return f"{kind} has layers other than plain convolutions, GroupNorm and a pointwise activation"
     if isinstance(net, Encoder):
