@@ -14,6 +14,10 @@ from pathlib import Path
 import torch
 
 CACHE = Path(os.environ.get("VSDLORAL_BENCH_CACHE", Path(tempfile.gettempdir()) / "vsdloral-bench"))
+# The benchmarks measure the torch path unless told otherwise: upscale()'s default backend is
+# "auto" (OpenVINO where the mlrt extra is installed), which would silently change what they time.
+# Inherited by their vspipe subprocesses; benchmarks.backends names its backends explicitly.
+os.environ.setdefault("VSDLORAL_BACKEND", "torch")
 
 
 def tensor_psnr(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -372,3 +372,58 @@ def test_converted_weights_on_latent_tiles_match_torch_path(converted_model, par
         tol_max, tol_mean = PARITY_TOL[backend]
         assert d.max() <= tol_max and d.mean() <= tol_mean, f"{backend}: max {d.max():.3g}, mean {d.mean():.3g}"
     assert len(list((tmp_path / "onnx").glob("*/model.onnx"))) == 1  # one export, both backends
+
+
+# -- the CLI and the chunked job ---------------------------------------------------------------------------
+
+
+def test_cli_backend_option(tmp_path, capsys):
+    import argparse
+
+    from vsdloral.cli import main
+    from vsdloral.commands.upscale import vspipe_command
+    from vsdloral.samples import sample_video
+
+    src = sample_video("bikes.mp4")
+    assert main(["upscale", str(src), str(tmp_path / "o.mkv"), "--backend", "nope"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "unknown --backend 'nope'" in err[0] and "ov-cpu" in err[0], err
+    args = argparse.Namespace(input=str(src), model=None, scale=4, start=0, end=None, cfr=None, color_fix=None,
+                              tile=None, vae_tile=None, kernel=None, backend="ov-cpu", device=None, dtype=None,
+                              lq=None, scene_cuts=None, threads=None)
+    assert "backend=ov-cpu" in vspipe_command(args, tmp_path / "s.vpy")
+
+
+def test_distributed_job_records_backend_and_versions(tmp_path, monkeypatch):
+    """The chunked job resolves the backend once (auto: OpenVINO on CPU workers, torch on GPU
+    workers or with --device) and records it with its plugin's and vs-jetpack's versions."""
+    import argparse
+    import importlib.metadata
+
+    import vsdloral.vs_filter as vf
+    from vsdloral.distributed.driver import job_backend, job_identity
+
+    monkeypatch.delenv(vf.BACKEND_ENV)
+    src = tmp_path / "src.mkv"
+    src.write_bytes(b"x")
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(b"m")
+
+    def ns(**kw):
+        base = dict(backend=None, device=None, dtype=None, scale=2, cfr=None, color_fix=None, tile=None, vae_tile=None,
+                    kernel=None, lq=None, codec="ffv1", crf=None, preset=None)
+        return argparse.Namespace(**{**base, **kw})
+
+    name, info = job_backend(ns(), "cpu")
+    assert name == "ov-cpu" and info["backend"] == "OV_CPU"
+    assert info["ov.version"].lstrip("v") == importlib.metadata.version("vapoursynth-mlrt-ov").lstrip("v")
+    assert info["vsjetpack"] == importlib.metadata.version("vsjetpack")
+    job = job_identity(ns(), src, model, "cpu", 1, 10, 0, 10, 5, [], {"torch": "x"}, (name, info))
+    assert job["settings"]["backend"] == "ov-cpu" and job["settings"]["dtype"] == info["precision"]
+    assert job["runtime"]["backend"] == info and job["runtime"]["torch"] == "x"
+    assert job_backend(ns(backend="ort-cpu"), "cpu")[1]["precision"] == "fp32"
+    assert job_backend(ns(), "cuda") == ("torch", None)
+    assert job_backend(ns(device="cpu"), "cpu") == ("torch", None)
+    assert job_backend(ns(backend="torch"), "cpu") == ("torch", None)
+    plain = job_identity(ns(), src, model, "cpu", 1, 10, 0, 10, 5, [], {"torch": "x"})
+    assert plain["settings"]["backend"] == "torch" and "backend" not in plain["runtime"]

@@ -124,6 +124,7 @@ def test_make_demo_script_runs(tmp_path):
     r = subprocess.run(["bash", str(ROOT / "examples" / "demo.sh")], env=env, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert "demo: backend torch: set by VSDLORAL_BACKEND" in r.stderr  # the suite pins torch (conftest.py)
     probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_frames", "-show_entries",
                             "stream=width,height,nb_read_frames", "-of", "csv=p=0", str(out)],
                            capture_output=True, text=True, check=True)

@@ -55,6 +55,10 @@ def register(sub) -> None:
     p.add_argument("--kernel", choices=("pil", "torch"),
                    help="LQ upscaling kernel: pil (bicubic a=-0.5, the authors' inference) or torch (a=-0.75, "
                    "their training and ours) (default: the model's own)")
+    p.add_argument("--backend", help="what runs the model: torch, auto, or a vs-mlrt backend: ov-cpu, ort-cpu, trt, "
+                                     "ort-cuda, ov-gpu, ort-dml, ort-coreml, trt-rtx, migx (pip install "
+                                     "'vsdloral[mlrt,onnx]'; default: $VSDLORAL_BACKEND, else auto: OpenVINO on a CPU "
+                                     "where installed, else torch; docs/backends.md)")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA when available)")
     p.add_argument("--dtype", help="fp32, fp16, bf16 (default: fp16 on CUDA; on a CPU bf16 where it computes bf16 "
                                    "natively (AVX-512 BF16 or AMX), else fp32)")
@@ -138,6 +142,11 @@ def _check_args(args) -> tuple[Path, Path, str]:
         check_codec(args.codec, args.crf, args.preset, fmt)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    if args.backend is not None:
+        from ..mlrt.select import BACKEND_NAMES
+
+        if args.backend not in ("torch", "auto", *BACKEND_NAMES):
+            raise CLIError(f"unknown --backend {args.backend!r}; choose torch, auto or one of {', '.join(BACKEND_NAMES)}")
     if args.threads is not None and args.threads < 1:
         raise CLIError(f"--threads must be >= 1, got {args.threads}")
     if args.start < 0 or (args.end is not None and args.end <= args.start):
@@ -152,7 +161,7 @@ def vspipe_command(args, script: Path) -> list[str]:
     stdout, with one ``--arg name=value`` for each option the user set (graph.build's names)."""
     vs_args = {"src": str(Path(args.input).resolve()), "model": args.model and str(Path(args.model).resolve()),
                "scale": args.scale, "start": args.start, "end": args.end, "cfr": args.cfr,
-               "color_fix": args.color_fix, "tile": args.tile, "vae_tile": args.vae_tile, "kernel": args.kernel, "device": args.device, "dtype": args.dtype,
+               "color_fix": args.color_fix, "tile": args.tile, "vae_tile": args.vae_tile, "kernel": args.kernel, "backend": args.backend, "device": args.device, "dtype": args.dtype,
                "lq": args.lq, "scene_cuts": args.scene_cuts, "threads": args.threads}
     cmd = _vspipe() + ["-p", "-c", "y4m", str(script), "-"]
     for k, v in vs_args.items():

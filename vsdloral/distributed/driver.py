@@ -138,17 +138,48 @@ def _dtype_name(dtype: str | None, kind: str) -> str:
     return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dt]
 
 
+def job_backend(args, kind: str) -> tuple[str, dict | None]:
+    """The backend every chunk renders with, resolved once here so that all workers agree:
+    ``--backend`` or upscale's default (``$VSDLORAL_BACKEND``, else ``auto``). ``auto`` is
+    OpenVINO's CPU backend on CPU workers when its plugin is installed (as a single-process
+    render), else the torch path; on GPU workers, and with ``--device``, the torch path (name
+    ``--backend trt`` or ``ort-cuda`` for those). Returns the name (``torch`` or a
+    :data:`~vsdloral.mlrt.select.BACKEND_NAMES` key) and, for a vs-mlrt backend, its
+    :func:`~vsdloral.mlrt.select.describe` (precision, plugin and vs-jetpack versions)."""
+    from ..vs_filter import default_backend
+
+    value = getattr(args, "backend", None) or default_backend()
+    if value == "torch" or (value == "auto" and (kind != "cpu" or args.device is not None)):
+        return "torch", None
+    from ..mlrt.select import BackendError, backend_name, describe, resolve_backend
+
+    try:
+        choice = resolve_backend(value, dtype=args.dtype)
+    except BackendError as exc:
+        raise DistributedError(f"--backend {value}: {exc}") from None
+    if choice is None:
+        return "torch", None
+    return backend_name(choice), describe(choice)
+
+
 def job_identity(args, src: Path, model: Path, kind: str, threads: int | None, n_src: int, start: int,
-                 end: int, chunk_frames: int, scene_cuts: list[int], runtime: dict) -> dict:
+                 end: int, chunk_frames: int, scene_cuts: list[int], runtime: dict,
+                 backend: tuple[str, dict | None] = ("torch", None)) -> dict:
     """Everything that decides the output's bits: a work folder holds chunks of one such job.
-    ``runtime``: the renderers' :func:`~vsdloral.distributed.runtime.runtime_identity` (versions, CPU level)."""
+    ``runtime``: the renderers' :func:`~vsdloral.distributed.runtime.runtime_identity` (versions, CPU level);
+    ``backend``: :func:`job_backend` (its identity joins the runtime: a resume after a plugin upgrade
+    is refused)."""
     st = src.stat()
+    name, info = backend
+    if info is not None:
+        runtime = {**runtime, "backend": info}
     job = {
         "source": {"path": str(src.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "frames": n_src},
         "model_sha256": sha256_file(model),
         "range": [start, end], "chunk_frames": chunk_frames,
         "settings": {"scale": args.scale, "cfr": args.cfr, "color_fix": args.color_fix, "tile": args.tile,
-                     "vae_tile": getattr(args, "vae_tile", None), "kernel": getattr(args, "kernel", None), "lq": args.lq, "scene_cuts": scene_cuts, "device": kind, "dtype": _dtype_name(args.dtype, kind)},
+                     "vae_tile": getattr(args, "vae_tile", None), "kernel": getattr(args, "kernel", None), "lq": args.lq, "scene_cuts": scene_cuts, "device": kind, "backend": name,
+                     "dtype": info["precision"] if info else _dtype_name(args.dtype, kind)},
         "encode": resolved_codec(args.codec, args.crf, args.preset),
         "runtime": runtime,
     }
@@ -349,7 +380,7 @@ def run_distributed(args, src: Path, out: Path, fmt: str) -> int:
             else:
                 runtime = runtime_identity()  # a local instance renders with this machine's
             job = job_identity(args, src, model, where.kind, where.threads, n_src, start, end, chunk_frames,
-                               scene_cuts, runtime)
+                               scene_cuts, runtime, job_backend(args, where.kind))
             with locked(work_dir):
                 try:
                     m = open_manifest(work_dir, job, chunks)
@@ -385,10 +416,13 @@ def _run_job(ray, m: Manifest, job: dict, where: Placement, src: Path, model: Pa
         + (f"resuming: {done} done, rendering {_ranges([c['index'] for c in pending]) or 'none'}" if done
            else f"rendering on {where.workers or 'all'} {where.kind} worker(s)"))
     s = job["settings"]
+    backend = s.get("backend", "torch")
     graph = {"src": str(src.resolve()), "model": str(model), "scale": s["scale"], "cfr": s["cfr"],
-             "color_fix": s["color_fix"], "tile": s["tile"], "vae_tile": s.get("vae_tile"), "kernel": s.get("kernel"), "lq": s["lq"], "device": s["device"],
+             "color_fix": s["color_fix"], "tile": s["tile"], "vae_tile": s.get("vae_tile"), "kernel": s.get("kernel"), "lq": s["lq"],
+             "backend": backend, "device": s["device"] if backend == "torch" else None,
              "dtype": s["dtype"], "scene_cuts": ",".join(map(str, s["scene_cuts"])) or None,
-             "threads": where.threads}
+             # OpenVINO takes a thread count (num_threads); ONNX Runtime's CPU backend picks its own
+             "threads": where.threads if backend in ("torch", "ov-cpu") else None}
     spec = {"graph": {k: (None if v is None else str(v)) for k, v in graph.items()}, "codec": job["encode"],
             "chunk_dir": str(m.chunk_dir.resolve()), "threads": where.threads}
     stats: dict = {}

@@ -8,6 +8,7 @@ frame 0 and where ``_SceneChangePrev`` is set (``scene_change=True``), as on the
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import vapoursynth as vs
@@ -37,7 +38,15 @@ def run_graph(rgb: vs.VideoNode, choice: BackendChoice, network: str | Path, sce
     ``choice``'s backend, one tile of the whole frame. Output: RGBS, same frame count, each frame
     with ``rgb``'s props and ``DLoRALReference`` (the reference frame's number)."""
     ref = reference_clip(rgb, scene_change)
-    out = choice.backend.inference([rgb, ref], str(network), overlap=(0, 0), tilesize=(rgb.width, rgb.height))
+    # vsscale logs the clips and the network path at INFO on every call (vspipe prints them as
+    # "Information: ..."); vsdloral.mlrt logs the backend and graph once, itself
+    quiet = logging.getLogger("vsscale.mlrt.backend")
+    level = quiet.level
+    quiet.setLevel(max(level, logging.WARNING))
+    try:
+        out = choice.backend.inference([rgb, ref], str(network), overlap=(0, 0), tilesize=(rgb.width, rgb.height))
+    finally:
+        quiet.setLevel(level)
     if out.format.id != vs.RGBS:  # a 16-bit backend hands back half floats
         out = vs.core.resize.Point(out, format=vs.RGBS)
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import vapoursynth as vs
 
-__all__ = ["BACKEND_NAMES", "BackendChoice", "BackendError", "default_precision", "describe", "resolve_backend"]
+__all__ = ["BACKEND_NAMES", "BackendChoice", "BackendError", "auto_backend", "backend_name", "default_precision", "describe",
+           "resolve_backend"]
 
 #: ``--backend`` names -> ``vsscale.Backend`` attributes ("torch" and "auto" are handled apart)
 BACKEND_NAMES: dict[str, str] = {
@@ -280,6 +281,34 @@ def resolve_backend(value, *, dtype=None, device_index: int | None = None, num_s
     if change:
         b = dataclasses.replace(b, **change)
     return BackendChoice(b, name, precision_of(b), _plugin(b)[0])
+
+
+def backend_name(choice: BackendChoice) -> str:
+    """The :data:`BACKEND_NAMES` key of ``choice`` (``"ov-cpu"``), what ``--backend`` takes."""
+    for key, cls in BACKEND_NAMES.items():
+        if cls == choice.name:
+            return key
+    return choice.name
+
+
+def auto_backend() -> tuple[str, str]:
+    """What ``backend="auto"`` runs here: (``--backend`` name, one line for people), e.g.
+    ``("ov-cpu", "OpenVINO CPU (vs-mlrt v17.1), bf16")`` or ``("torch", "torch, bf16 on cpu")``."""
+    try:
+        choice = resolve_backend("auto")
+    except BackendError:
+        choice = None
+    if choice is None:
+        import torch
+
+        from ..loading import resolve_device, resolve_dtype
+
+        device = resolve_device(None)
+        dtype = str(resolve_dtype(None, device)).removeprefix("torch.")
+        return "torch", f"torch {torch.__version__}, {dtype} on {device.type} (no faster backend installed)"
+    info = describe(choice)
+    plugin = info.get(f"{choice.namespace}.version", "?")
+    return backend_name(choice), f"{choice.name} (vs-mlrt {choice.namespace} plugin {plugin}), {choice.precision}"
 
 
 def describe(choice: BackendChoice) -> dict:

@@ -3,7 +3,7 @@
 Arguments (all strings, as vspipe passes them): ``src`` (required), ``model``, ``scale``,
 ``start``/``end`` (frame range, end exclusive), ``frames`` (keep the first N), ``lq`` (``WxH``:
 shrink the source first, for previews and tests), ``cfr``, ``color_fix``, ``tile``, ``vae_tile``, ``kernel``, ``device``,
-``dtype``, ``matrix_in``, ``scene_cuts`` (``7,17``: source frames that start a new shot), ``threads``
+``dtype``, ``backend`` (``torch``, ``auto``, ``ov-cpu``, ...; left out: upscale's default), ``matrix_in``, ``scene_cuts`` (``7,17``: source frames that start a new shot), ``threads``
 (torch's intra-op threads for the model). The range
 is cut from the upscaled clip, so frame ``start`` still uses source frame ``start-1`` as its
 reference. A YUV source whose matrix is unspecified gets the one of its own size
@@ -110,7 +110,7 @@ def build(args: Mapping) -> vs.VideoNode:
         clip, scale, model=args.get("model") or None, device=args.get("device") or None,
         dtype=args.get("dtype") or None, cfr=args.get("cfr") or None,
         color_fix=args.get("color_fix") or None, tile=tile, matrix_in=matrix_in, threads=threads,
-        kernel=args.get("kernel") or None, vae_tile=vae_tile,
+        kernel=args.get("kernel") or None, vae_tile=vae_tile, backend=args.get("backend") or None,
     )
     # Trimmed after the filter: frame `start` keeps source frame start-1 as its reference, so any
     # range [start, end) is exactly those frames of a full render (the chunked mode relies on it).
