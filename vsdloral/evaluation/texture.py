@@ -16,6 +16,11 @@ import torch.nn.functional as F
 
 TEXTURE_CELL = 8
 FLAT_SHARE = 0.3  # the ground truth's flattest 30% of cells are "flat"
+#: the least ground-truth mean cell energy :func:`flat_excess` divides by (frames in [0,1]): about
+#: an eighth of an 8-bit level of local deviation, 5x below the flattest sample clip here (bikes,
+#: 2.8e-3; carphone 2.0e-2). A frame with less (a black leader, a fade) has no texture scale of its
+#: own; dividing by its near-zero energy gave 1e5 to 1e9, which swamped a clip's mean.
+FLAT_ENERGY_FLOOR = 5e-4
 
 
 def texture_energy(x: torch.Tensor, pool: int = TEXTURE_CELL) -> torch.Tensor:
@@ -27,10 +32,11 @@ def texture_energy(x: torch.Tensor, pool: int = TEXTURE_CELL) -> torch.Tensor:
 
 
 def flat_excess(frames: np.ndarray, gt: np.ndarray, share: float = FLAT_SHARE) -> float:
-    """Frames and ground truth (N,H,W,3 floats, the same scale): the mean over the ground truth's
+    """Frames and ground truth (N,H,W,3 floats in [0,1]): the mean over the ground truth's
     flattest ``share`` of 8x8 cells of the output's energy beyond the ground truth's
-    (``relu(E(y) - E(gt))``), over the ground truth's mean cell energy. 0: nothing drawn on flat
-    regions beyond what the ground truth has there."""
+    (``relu(E(y) - E(gt))``), over the ground truth's mean cell energy or
+    :data:`FLAT_ENERGY_FLOOR`, whichever is larger (a flat ground truth gives the excess on that
+    fixed scale). 0: nothing drawn on flat regions beyond what the ground truth has there."""
     if frames.shape != gt.shape:
         raise ValueError(f"flat_excess: frames {frames.shape} and ground truth {gt.shape} differ in shape")
 
@@ -42,4 +48,4 @@ def flat_excess(frames: np.ndarray, gt: np.ndarray, share: float = FLAT_SHARE) -
         if eg.numel() == 0:
             raise ValueError(f"flat_excess: frames of at least {TEXTURE_CELL}x{TEXTURE_CELL} pixels")
         flat = eg <= torch.quantile(eg.flatten(), share)
-        return float((F.relu(ey - eg) * flat).sum() / flat.sum() / eg.mean().clamp_min(1e-12))
+        return float((F.relu(ey - eg) * flat).sum() / flat.sum() / eg.mean().clamp_min(FLAT_ENERGY_FLOOR))
