@@ -334,6 +334,10 @@ def test_start_up_deletes_parts_of_killed_writes_but_not_of_writes_under_way(tmp
     os.utime(stale, (old, old))
     TeacherCache(tmp_path, "t" * 64, max_bytes=10**9)
     assert not stale.exists() and young.exists() and cache.path(key).is_file()
+    stale.write_bytes(b"another killed write")
+    os.utime(stale, (old, old))
+    TeacherCache(tmp_path, "t" * 64)  # an unbounded cache (teacher.cache_max_gb 0, the default) never prunes
+    assert not stale.exists() and young.exists() and cache.path(key).is_file()
 
 
 def _truncate_bin(folder: Path) -> None:

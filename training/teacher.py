@@ -157,7 +157,8 @@ class TeacherCache:
     """Teacher outputs on disk: ``ROOT/<teacher id[:16]>/<key[:2]>/<key>.safetensors``, one uint8
     (3,H,W) frame each, written atomically. Each file carries its key, its teacher id and the
     sha256 of its payload; a file that fails to read or to verify is treated as a miss (and
-    overwritten). ``max_bytes``: at start-up the least recently used entries beyond it are deleted.
+    overwritten). ``max_bytes``: at start-up the least recently used entries beyond it are deleted
+    (0: unbounded); either way the ``.part`` files of writes killed long ago are.
     A write that fails (full disk, unwritable folder) is logged once and ends the writing
     (``write_error``): the outputs are still returned, only no longer cached."""
 
@@ -167,7 +168,9 @@ class TeacherCache:
         self.hits = self.misses = self.corrupt = 0
         self.write_error: OSError | None = None
         if max_bytes > 0:
-            self.prune(max_bytes)
+            self.prune(max_bytes)  # drops the stale .part files too
+        else:  # unbounded: no pruning, but killed writes still leave .part files
+            self.drop_stale_parts()
 
     #: a ``.part`` file older than this is a write that was killed, not one under way
     STALE_PART_S = 3600.0
