@@ -298,6 +298,15 @@ def test_temporal_and_warm_start_errors_are_one_line(stage, tmp_path):
     config_mod.set_dotted(bad, "decoder.warm_start", str(tmp_path / "missing.safetensors"))
     with pytest.raises(ValueError, match="no weights file"):
         DecoderTask(bad)
+    # the discriminator steps on its own, with no gradient scaler: fp16 is refused, bf16 is not
+    adv = copy.deepcopy(stage)
+    config_mod.set_dotted(adv, "decoder.adversarial", 0.1)
+    config_mod.set_dotted(adv, "train.mixed_precision", "fp16")
+    with pytest.raises(ValueError, match="mixed_precision=fp16") as err:
+        DecoderTask(adv)
+    assert "\n" not in str(err.value)
+    config_mod.set_dotted(adv, "train.mixed_precision", "bf16")
+    assert DecoderTask(adv).adversary is not None
 
 
 def test_texture_loss_wants_texture_wherever_its_strands_lie():

@@ -31,8 +31,10 @@ from vsdloral.model.weights import DLoRALModel, read_metadata
 from vsdloral.utils.log import get_logger
 
 from .adversarial import Adversary
-from .decoder_data import (Store, build_store_teacher, gt_flow, init_path, latents, load_sources, pipeline_net,
-                           section, window_dataset)
+from .losses import colour_loss
+from .decoder_data import (Store, build_store_teacher, gt_flow, init_path, load_sources, pipeline_net, section,
+                           window_dataset)
+from .nets import upscale
 from .task import Task, psnr, register
 
 log = get_logger("vsdloral.train.decoder")
@@ -131,7 +133,7 @@ class DecoderTask(Task):
         self.weights = {"teacher": float(c.get("teacher", 1.0)), "gt": float(c.get("gt", 0.0)),
                         "temporal": float(c.get("temporal", 0.0)), "texture": float(c.get("texture", 0.0)),
                         "grid": float(c.get("grid", 0.0)), "adversarial": float(c.get("adversarial", 0.0)),
-                        "excess": float(c.get("excess", 0.0))}
+                        "excess": float(c.get("excess", 0.0)), "colour": float(c.get("colour", 0.0))}
         self.texture_target = str(c.get("texture_target", "gt"))
         if self.texture_target not in ("gt", "teacher"):
             raise ValueError(f"decoder.texture_target must be gt or teacher, not {self.texture_target!r}")
@@ -146,6 +148,10 @@ class DecoderTask(Task):
         self.adversary = None
         self.adversarial_start = int(c.get("adversarial_start", 0))
         if self.weights["adversarial"] > 0:
+            if str((cfg.get("train") or {}).get("mixed_precision", "no")) == "fp16":
+                # its backward() runs under the loop's fp16 autocast with no gradient scaler
+                raise ValueError("decoder.adversarial: the discriminator's own steps have no gradient scaler, so "
+                                 "train.mixed_precision=fp16 can underflow its gradients; use bf16 or no")
             self.adversary = Adversary(int(c.get("d_channels", 32)), float(c.get("d_lr", 1e-4)),
                                        str(c.get("adversarial_cells", "texture")), self.autocast)
         self._init_model = init  # for the held-out windows (build_data)
@@ -211,9 +217,11 @@ class DecoderTask(Task):
         out = []
         for i in range(n):
             s = ds.sample(10 ** 6 + i)
-            z = latents(net, s["lq"][None])
-            y0 = (net(s["lq"][None])["y"][0] + 1) / 2
-            item = {"z": z, "teacher": teacher(s["lq"][1:]), "hq": s["hq"][1:], "init": y0}
+            u, cur = net.unet_inputs(s["lq"][None])  # the UNet's input too, for a stage that trains it
+            z = cur - net.eps(u)  # = latents(net, lq)
+            y0 = (net.codec.decode(z) + 1) / 2
+            item = {"z": z, "u": u, "cur": cur, "teacher": teacher(s["lq"][1:]), "hq": s["hq"][1:], "init": y0,
+                    "bicubic": upscale(s["lq"][1:], self.scale)}
             if item["hq"].shape[0] >= 2:
                 item["flow"], item["mask"] = gt_flow(item["hq"])
             out.append(item)
@@ -229,6 +237,10 @@ class DecoderTask(Task):
         return dataset.batch(step, batch_size, crop, seed, rank, world)
 
     # -- training ------------------------------------------------------------------------
+    def restore(self, model, window: dict, device: torch.device) -> torch.Tensor:
+        """A held-out window's restored frames in [-1,1] (here: its stored latents, decoded)."""
+        return model(window["z"].to(device))
+
     def forward(self, model, batch):
         return {"y": model(batch["z"])}
 
@@ -246,6 +258,8 @@ class DecoderTask(Task):
             terms["excess"] = excess_texture_loss(y, gt)
         if self.weights["grid"] > 0:
             terms["grid"] = grid_ratio(y)
+        if self.weights["colour"] > 0:
+            terms["colour"] = colour_loss(y, gt)
         if self.weights["temporal"] > 0:
             terms["temporal"] = warped_temporal_loss(y, gt, batch["flow"], batch["mask"])
         logs = {}
@@ -285,11 +299,16 @@ class DecoderTask(Task):
         NIQE (crops of at least 194 px) of the decoder, of the teacher and of the init model; with
         windows of 3 or more frames also their warping error (E*warp's measure: x1000 mean squared
         difference to the next frame warped back along the ground truth's flow, valid pixels), and
-        the texture energy relative to the ground truth's (``val_texture``, 1: as much detail)."""
+        the texture energy relative to the ground truth's (``val_texture``, 1: as much detail), issue 31's
+        texture recall (``val_recall_mid``, ``val_recall_fine``: :mod:`vsdloral.evaluation.recall`, per window)
+        and colour error (``val_colour``: :mod:`vsdloral.evaluation.colour`); each also for the teacher, the init
+        model and the bicubic upscale (``_teacher``, ``_init``, ``_bicubic``) where the window has them."""
         if not windows:
             return {}
+        from vsdloral.evaluation.colour import colour_error
         from vsdloral.evaluation.flow import EWARP_SCALE, warping_error
         from vsdloral.evaluation.niqe import niqe
+        from vsdloral.evaluation.recall import texture_recall
 
         def hwc(t: torch.Tensor) -> np.ndarray:
             return t.permute(1, 2, 0).double().numpy()
@@ -297,11 +316,18 @@ class DecoderTask(Task):
         dev = next(model.parameters()).device
         res: dict[str, list[float]] = {}
         for w in windows:
-            y = ((model(w["z"].to(dev)) + 1) / 2).clamp(0, 1).cpu()
+            y = ((self.restore(model, w, dev) + 1) / 2).clamp(0, 1).cpu()
             res.setdefault("val_l1_teacher", []).append((2 * y - 2 * w["teacher"]).abs().mean().item())
             gt_energy = max(texture_energy(w["hq"].float()).mean().item(), 1e-8)
-            for name, img in (("", y), ("_teacher", w["teacher"]), ("_init", w["init"])):
+            gt_hwc = w["hq"].permute(0, 2, 3, 1).float().numpy()
+            for name, img in (("", y), ("_teacher", w["teacher"]), ("_init", w["init"]), ("_bicubic", w.get("bicubic"))):
+                if img is None:
+                    continue
                 res.setdefault(f"val_psnr{name}", []).append(psnr(img, w["hq"]))
+                img_hwc = img.permute(0, 2, 3, 1).float().numpy()
+                for band, r in texture_recall(img_hwc, gt_hwc).items():
+                    res.setdefault(f"val_recall_{band}{name}", []).append(r)
+                res.setdefault(f"val_colour{name}", []).append(colour_error(img_hwc, gt_hwc))
                 if min(img.shape[-2:]) >= 194:
                     res.setdefault(f"val_niqe{name}", []).append(niqe(hwc(img[0])))
                 res.setdefault(f"val_grid{name}", []).append(grid_ratio(img).item())
@@ -314,15 +340,19 @@ class DecoderTask(Task):
         return {k: sum(v) / len(v) for k, v in res.items()}
 
 
-def export_decoder(state: dict, output: str | Path, dtype: str = "fp32") -> DLoRALModel:
+def export_decoder(state: dict, output: str | Path, dtype: str = "fp32", unet: nn.Module | None = None,
+                   stage: str = "decoder") -> DLoRALModel:
     """The init model of a ``decoder`` checkpoint with the trained decoder in place of its own,
-    recorded as ``decoder_config``, with provenance (init file and lineage, data, teacher, steps)."""
+    recorded as ``decoder_config``, with provenance (init file and lineage, data, teacher, steps).
+    ``unet``: a plain UNet replacing the init model's too (the joint stage's, its D-LoRA merged), with
+    ``stage`` and that stage's config section recorded."""
     from vsdloral.utils.hashing import sha256_file
 
     cfg = state["config"]
     ipath = init_path(cfg)
     model = DLoRALModel.load(ipath)
-    model = DLoRALModel(model.unet.float(), model.vae.float(), model.spynet.float(), model.cfr.float(),
+    model = DLoRALModel((unet if unet is not None else model.unet).float(), model.vae.float(), model.spynet.float(),
+                        model.cfr.float(),
                         model.prompt_embeds.float(), model.meta)
     dc = dict(state["task"]["decoder_config"])
     swap_decoder(model.vae, dc)
@@ -335,7 +365,7 @@ def export_decoder(state: dict, output: str | Path, dtype: str = "fp32") -> DLoR
     meta.decoder_config = decoder_config_of(model.vae)
     meta.preset = cfg.get("arch")
     meta.provenance = {
-        "source": "vsdloral-train", "stage": "decoder", "preset": cfg.get("preset"), "arch": cfg.get("arch"),
+        "source": "vsdloral-train", "stage": stage, "preset": cfg.get("preset"), "arch": cfg.get("arch"),
         "init": ipath.name, "init_sha256": sha256_file(ipath),
         "init_provenance": read_metadata(ipath).get("provenance", {}),
         "data_files": store_info.get("data_files", state.get("data_files", [])),
@@ -345,7 +375,8 @@ def export_decoder(state: dict, output: str | Path, dtype: str = "fp32") -> DLoR
         "config_sha256": hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest(),
         "settings": {"decoder": {k: v for k, v in c.items() if k not in ("init", "store", "val_images")},
                      "degradation": dict(cfg.get("degradation") or {}),
-                     "store": store_info.get("settings", {}), "decoder_config": dc},
+                     "store": store_info.get("settings", {}), "decoder_config": dc,
+                     **({stage: dict(cfg.get(stage) or {})} if stage != "decoder" else {})},
         "branches": ["quality", "consistency"],
     }
     model.save(output, dtype)
