@@ -1,4 +1,5 @@
-"""``vsdloral-train`` (also ``python -m training``): vae | base | dloral | flow | export | teacher | degrade | data.
+"""``vsdloral-train`` (also ``python -m training``): vae | base | dloral | flow | decoder | joint | export | teacher |
+degrade | data.
 
 Each training subcommand takes ``--preset`` (tiny, lite, sd21), ``--config FILE.yaml`` and
 ``--set key=value`` overrides (plus the explicit flags below, which win) and prints the
@@ -67,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--init", default=None, help="weights file whose encoder, UNet, flow and CFR make the latents")
     p.add_argument("--store", default=None, help="folder of precomputed latents and teacher outputs (decoder-data)")
+    p = sub.add_parser("joint", help="train the UNet's D-LoRA and the VAE decoder together on a store made with "
+                       "decoder.unet_inputs=true (training/joint_task.py; --preset lite2)")
+    _common(p)
+    p.add_argument("--init", default=None, help="weights file whose encoder, UNet, flow and CFR made the store")
+    p.add_argument("--store", default=None, help="folder of the precomputed store (decoder-data)")
     p = sub.add_parser("decoder-data", help="precompute the decoder stage's latents and teacher outputs into a store")
     _config_and_data(p, "training preset (lite2)", "decoder")
     p.add_argument("--windows", type=int, default=None, help="windows in the store (decoder.windows)")
@@ -130,7 +136,7 @@ def _train(args: argparse.Namespace) -> int:
         "seed": args.seed, "train.device": args.device,
         "base.vae": getattr(args, "vae", None), "dloral.base": getattr(args, "base", None),
         "dloral.init": getattr(args, "init", None) if cmd == "dloral" else None,
-        "decoder.init": getattr(args, "init", None) if cmd == "decoder" else None,
+        "decoder.init": getattr(args, "init", None) if cmd in ("decoder", "joint") else None,
         "decoder.store": getattr(args, "store", None),
     }
     cfg = config_mod.build_config(args.preset, args.config, args.overrides, explicit)

@@ -17,7 +17,11 @@ or more frames (``decoder.frames >= 3``) restore consecutive frames, and their c
 for each consecutive pair of restored frames (t, t+1), ``flow`` (fp16, P x 2 x H x W): the OpenCV
 DIS flow t -> t+1 on the ground truth's luma, and ``mask`` (uint8, P x 1 x H x W): its valid pixels
 (inside the frame and forward-backward consistent), the measure of :mod:`vsdloral.evaluation.flow`
-that E*warp uses. The decoder stage's temporal term (``decoder.temporal``) reads them. ``--shard I/N``
+that E*warp uses. The decoder stage's temporal term (``decoder.temporal``) reads them. With
+``decoder.unet_inputs: true`` the chunks also hold ``u`` (fp16, N x 2C x h x w: the UNet's input, the warped
+reference latent and the current one after CFR) and ``cur`` (fp16, N x C x h x w: the current latent), so that
+the joint stage (training/joint_task.py) can run the UNet's detail branch itself without the encoder, flow and CFR,
+which it does not train (``z = cur - UNet(u)``). ``--shard I/N``
 processes split the chunks (chunk ``c`` belongs to shard ``c % N``); chunks already written are
 skipped, so an interrupted precompute continues where it stopped, and a store grows by raising
 ``decoder.windows``.
@@ -63,7 +67,8 @@ def store_settings(cfg: dict, init_sha256: str) -> dict:
             "crop": int(c["crop"]), "frames": int(c.get("frames", 2)), "chunk": int(c.get("chunk", 50)),
             "holdout": int(d.get("holdout", 0)), "flip": bool(d.get("flip", True)),
             "pseudo_shift": int(d.get("pseudo_shift", 4)), "max_frames": int(d.get("max_frames", 0)),
-            "degradation": dict(cfg.get("degradation") or {}), "init_sha256": init_sha256}
+            "degradation": dict(cfg.get("degradation") or {}), "init_sha256": init_sha256,
+            **({"unet_inputs": True} if c.get("unet_inputs") else {})}  # absent when off: older stores keep their key
 
 
 def settings_key(settings: dict) -> str:
@@ -203,11 +208,18 @@ def precompute(cfg: dict, store: str | Path, *, shard: tuple[int, int] = (0, 1))
     for k in tqdm(todo, file=sys.stderr, desc=f"decoder store {index}/{count}", dynamic_ncols=True,
                   disable=not cfg["train"].get("progress", True)):
         ids = list(range(k * chunk, min((k + 1) * chunk, windows)))
-        zs, ts, hs, fs, ms = [], [], [], [], []
+        zs, ts, hs, fs, ms, us, cs = [], [], [], [], [], [], []
         for i in ids:
             s = dataset.sample(i)
             lq = s["lq"][None]
-            zs.append(latents(net, lq).to(torch.float16))
+            if settings.get("unet_inputs"):
+                with torch.no_grad():
+                    u, cur = net.unet_inputs(lq)
+                    zs.append((cur - net.eps(u)).to(torch.float16))  # = latents(net, lq)
+                us.append(u.to(torch.float16))
+                cs.append(cur.to(torch.float16))
+            else:
+                zs.append(latents(net, lq).to(torch.float16))
             ts.append(teacher(s["lq"][1:]).mul(255).round().to(torch.uint8))
             hq = s["hq"][1:].mul(255).round().to(torch.uint8)
             hs.append(hq)
@@ -219,6 +231,8 @@ def precompute(cfg: dict, store: str | Path, *, shard: tuple[int, int] = (0, 1))
                    "hq": torch.cat(hs).contiguous()}
         if fs:
             tensors.update(flow=torch.cat(fs).contiguous(), mask=torch.cat(ms).contiguous())
+        if us:
+            tensors.update(u=torch.cat(us).contiguous(), cur=torch.cat(cs).contiguous())
         with atomic_path(chunk_path(store, k)) as tmp:
             save_file(tensors, str(tmp), metadata={"key": key, "chunk": str(k), "first": str(ids[0]),
                                                    "windows": str(len(ids)), "teacher": teacher.identity})
@@ -255,7 +269,8 @@ class Store:
             raise ValueError(f"decoder store {store}: {len(missing)} of {n_chunks} chunks missing (first: {missing[0]}); "
                              "run vsdloral-train decoder-data with the same settings first")
         per = int(settings["frames"]) - 1  # restored frames per window
-        names = ("z", "teacher", "hq") + (("flow", "mask") if per >= 2 else ())
+        names = ("z", "teacher", "hq") + (("flow", "mask") if per >= 2 else ()) \
+            + (("u", "cur") if settings.get("unet_inputs") else ())
         parts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
         for k in range(n_chunks):
             with safe_open(str(chunk_path(store, k)), framework="pt") as f:
@@ -269,6 +284,16 @@ class Store:
         self.flow = self.mask = None  # per consecutive pair of restored frames (frames >= 3)
         if per >= 2:
             self.flow, self.mask = (torch.cat(parts[n])[: self.windows * (per - 1)] for n in ("flow", "mask"))
+        self.u = self.cur = None  # the UNet's whole-window input and the current latent (decoder.unet_inputs)
+        if settings.get("unet_inputs"):
+            self.u, self.cur = (torch.cat(parts[n])[: self.windows * per] for n in ("u", "cur"))
+
+    def _unet_parts(self, ids: list[int], boxes: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+        """``u``, ``cur`` (whole windows, float32) and ``pos`` ((y, x) of each latent crop) of frames
+        ``ids``, for a stage that runs the UNet (training/joint_task.py); empty without them."""
+        if self.u is None:
+            return {}
+        return {"u": self.u[ids].float(), "cur": self.cur[ids].float(), "pos": torch.tensor(boxes, dtype=torch.long)}
 
     def batch(self, step: int, batch_size: int, crop: int, seed: int, rank: int = 0,
               world: int = 1) -> dict[str, torch.Tensor]:
@@ -281,14 +306,16 @@ class Store:
         h, w = self.z.shape[-2:]
         scale = self.hq.shape[-1] // w  # pixels per latent position
         ch, cw = (min(crop, h), min(crop, w)) if crop else (h, w)
-        zs, ts, hs = [], [], []
+        zs, ts, hs, ids, boxes = [], [], [], [], []
         for i in rng.integers(0, self.frames, size=batch_size):
             y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+            ids.append(int(i))
+            boxes.append((y, x))
             zs.append(self.z[i, :, y:y + ch, x:x + cw])
             ts.append(self.teacher[i, :, y * scale:(y + ch) * scale, x * scale:(x + cw) * scale])
             hs.append(self.hq[i, :, y * scale:(y + ch) * scale, x * scale:(x + cw) * scale])
         return {"z": torch.stack(zs).float(), "teacher": torch.stack(ts).float() / 255,
-                "hq": torch.stack(hs).float() / 255}
+                "hq": torch.stack(hs).float() / 255, **self._unet_parts(ids, boxes)}
 
     @property
     def pairs(self) -> int:
@@ -313,12 +340,15 @@ class Store:
         names = ("z", "teacher", "hq")
         first: dict[str, list[torch.Tensor]] = {n: [] for n in names}
         second: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-        flows, masks = [], []
+        flows, masks, ids, boxes = [], [], ([], []), []
         for p in rng.integers(0, self.pairs, size=batch_size):
             window, k = divmod(int(p), self.per - 1)
             i = window * self.per + k  # frame t of the pair; t + 1 follows it
             y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
             ys, xs = slice(y * scale, (y + ch) * scale), slice(x * scale, (x + cw) * scale)
+            ids[0].append(i)
+            ids[1].append(i + 1)
+            boxes.append((y, x))
             for part, j in ((first, i), (second, i + 1)):
                 part["z"].append(self.z[j, :, y:y + ch, x:x + cw])
                 part["teacher"].append(self.teacher[j, :, ys, xs])
@@ -331,7 +361,7 @@ class Store:
         out = {n: first[n] + second[n] for n in names}
         return {"z": torch.stack(out["z"]).float(), "teacher": torch.stack(out["teacher"]).float() / 255,
                 "hq": torch.stack(out["hq"]).float() / 255, "flow": torch.stack(flows),
-                "mask": torch.stack(masks).float()}
+                "mask": torch.stack(masks).float(), **self._unet_parts(ids[0] + ids[1], boxes + boxes)}
 
 
 __all__ = ["RUNTIMES", "Store", "build_store_teacher", "gt_flow", "latents", "pipeline_net", "precompute", "section",

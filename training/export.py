@@ -58,6 +58,10 @@ def export(checkpoint: str | Path, output: str | Path, dtype: str = "fp32", prom
     if not branches or any(b not in lora.BRANCHES for b in branches):
         raise ValueError(f"export: branches must be some of {', '.join(lora.BRANCHES)}, not {branches!r}")
     state = load_checkpoint(checkpoint)
+    if state.get("task_name") == "joint":  # D-LoRA merged into the init's UNet, the trained decoder (training/joint_task.py)
+        from .joint_task import export_joint
+
+        return export_joint(state, output, dtype)
     if state.get("task_name") == "decoder":  # the init model with the trained decoder (training/decoder_task.py)
         from .decoder_task import export_decoder
 

@@ -25,7 +25,7 @@ from vsdloral.utils.dicts import changed_keys
 from vsdloral.utils.log import get_logger
 
 from . import config as config_mod
-from . import decoder_task, flow_task, tasks  # noqa: F401  the task modules register their tasks; a new task's module goes here
+from . import decoder_task, flow_task, joint_task, tasks  # noqa: F401  the task modules register their tasks; a new task's module goes here
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .data import build_data, step_batch
 from .task import task_class

@@ -1,4 +1,5 @@
-"""Losses: L2, LPIPS (local weights only), differentiable flow consistency, flow-free temporal consistency, CSD."""
+"""Losses: L2, LPIPS (local weights only), differentiable flow consistency, flow-free temporal consistency, CSD,
+low-passed chroma (colour)."""
 
 from __future__ import annotations
 
@@ -86,3 +87,28 @@ def csd_loss(teacher: nn.Module, alphas_cumprod: torch.Tensor, z: torch.Tensor, 
         weight = (z.float() - x0_g).abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
         grad = torch.nan_to_num((x0_u - x0_g) / weight)
     return 0.5 * F.mse_loss(z.float(), (z.float() - grad).detach())
+
+
+def gaussian_lowpass(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (N,C,H,W) per channel (radius 3 sigma, reflect padding), differentiable."""
+    r = max(1, int(3 * sigma + 0.5))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float32, device=x.device) / sigma) ** 2)
+    k = (k / k.sum()).to(x.dtype)
+    c = x.shape[1]
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+#: BT.601 chroma rows (Cb, Cr) of RGB: luma-free, so a change of brightness or zero-mean luma texture is not colour
+_CHROMA = torch.tensor([[-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+COLOUR_SIGMA = 4.0  # output px, as vsdloral.evaluation.colour.LOWPASS_SIGMA
+
+
+def colour_loss(pred: torch.Tensor, target: torch.Tensor, sigma: float = COLOUR_SIGMA) -> torch.Tensor:
+    """L1 between the low-passed chroma (Cb, Cr) of ``pred`` and ``target`` (N,3,H,W, any common range):
+    a tint or hue shift over a few to tens of pixels costs, drawn texture and edges do not (the training
+    side of :func:`vsdloral.evaluation.colour.colour_error`)."""
+    m = _CHROMA.to(pred.device, torch.float32)
+    cp = torch.einsum("kc,nchw->nkhw", m, pred.float())
+    ct = torch.einsum("kc,nchw->nkhw", m, target.float())
+    return (gaussian_lowpass(cp, sigma) - gaussian_lowpass(ct, sigma)).abs().mean()

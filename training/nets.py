@@ -95,6 +95,21 @@ class DLoRALNet(nn.Module):
         """``lq`` (B,T,3,h,w) in [0,1] -> ``y`` (B,T-1,3,H,W) in [-1,1]: frames 1..T-1 restored
         with frames 0..T-2 as references; ``z_hat`` (B*(T-1),C,H/8,W/8)."""
         b, t = lq.shape[:2]
+        u, cur = self.unet_inputs(lq)
+        z_hat = cur - self.eps(u)
+        y = self.codec.decode(z_hat)
+        return {"y": y.unflatten(0, (b, t - 1)), "z_hat": z_hat}
+
+    def eps(self, u: torch.Tensor) -> torch.Tensor:
+        """The UNet's one step at t=1 on its input ``u`` (N,2C,h,w): ``z_hat = cur - eps(u)``."""
+        steps = torch.ones(u.shape[0], device=u.device, dtype=torch.long)
+        prompt = self.prompt_embeds.expand(u.shape[0], -1, -1).to(u.dtype)
+        return self.unet(u, steps, encoder_hidden_states=prompt).sample
+
+    def unet_inputs(self, lq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Everything before the UNet for LQ windows (B,T,3,h,w): ``u`` (B*(T-1),2C,h',w'), the warped
+        reference latent then the current one after CFR (the UNet's input), and ``cur``, the latter alone."""
+        b, t = lq.shape[:2]
         x = 2 * upscale(lq.flatten(0, 1), self.scale) - 1            # (B*T,3,H,W) in [-1,1]
         h, w = x.shape[-2:]
         z = self.codec.encode(x)
@@ -105,12 +120,7 @@ class DLoRALNet(nn.Module):
         # the same alignment and retrieval as inference (vsdloral.model.temporal, the model's CFR mode)
         ref_w = warp_reference(self.spynet, small[:, 1:].flatten(0, 1), small[:, :-1].flatten(0, 1), ref)
         cur = cur + self.cfr(cur, ref_w, cfg.mode, window=cfg.window)
-        steps = torch.ones(cur.shape[0], device=cur.device, dtype=torch.long)
-        prompt = self.prompt_embeds.expand(cur.shape[0], -1, -1).to(cur.dtype)
-        eps = self.unet(torch.cat([ref_w, cur], 1), steps, encoder_hidden_states=prompt).sample
-        z_hat = cur - eps
-        y = self.codec.decode(z_hat)
-        return {"y": y.unflatten(0, (b, t - 1)), "z_hat": z_hat}
+        return torch.cat([ref_w, cur], 1), cur
 
 
 def widen_conv_in(unet: UNet2DConditionModel, config: dict) -> UNet2DConditionModel:
