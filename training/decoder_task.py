@@ -362,12 +362,22 @@ def export_decoder(state: dict, output: str | Path, dtype: str = "fp32", unet: n
     if c.get("store") and (Path(c["store"]) / "store.json").is_file():
         store_info = json.loads((Path(c["store"]) / "store.json").read_text())
     meta = model.meta
+    init_md = read_metadata(ipath)
+    # the init's inference settings, resolved while its own provenance still says what it is (a
+    # converted init: the authors' tiles and kernel), then recorded explicitly: the provenance below
+    # replaces the one they were resolved from
+    meta.tile, meta.tile_overlap = meta.inference_tiling()
+    meta.kernel = meta.inference_kernel()
+    converted = meta.converted
+    branches = init_md.get("branches")  # the init UNet's merged branches; a joint run adds D-LoRA (quality)
+    if unet is not None and branches is not None:
+        branches = [b for b in ("quality", "consistency") if b == "quality" or b in branches]
     meta.decoder_config = decoder_config_of(model.vae)
     meta.preset = cfg.get("arch")
     meta.provenance = {
         "source": "vsdloral-train", "stage": stage, "preset": cfg.get("preset"), "arch": cfg.get("arch"),
         "init": ipath.name, "init_sha256": sha256_file(ipath),
-        "init_provenance": read_metadata(ipath).get("provenance", {}),
+        "init_provenance": init_md.get("provenance", {}),
         "data_files": store_info.get("data_files", state.get("data_files", [])),
         "trained_on": state.get("trained_on", "unknown"), "steps": int(state["step"]), "seed": cfg.get("seed"),
         "teacher": store_info.get("teacher", {}),
@@ -377,7 +387,8 @@ def export_decoder(state: dict, output: str | Path, dtype: str = "fp32", unet: n
                      "degradation": dict(cfg.get("degradation") or {}),
                      "store": store_info.get("settings", {}), "decoder_config": dc,
                      **({stage: dict(cfg.get(stage) or {})} if stage != "decoder" else {})},
-        "branches": ["quality", "consistency"],
+        **({"branches": branches} if branches else {}),
+        "converted": converted,  # weights from the authors' checkpoint keep their inference rules
     }
     model.save(output, dtype)
     return model

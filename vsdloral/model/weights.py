@@ -54,8 +54,10 @@ class ModelMeta:
 
     @property
     def converted(self) -> bool:
-        """True for weights converted from the authors' released checkpoint (``vsdloral convert``)."""
-        return self.provenance.get("source") == "vsdloral convert"
+        """True for weights converted from the authors' released checkpoint (``vsdloral convert``),
+        and for files trained here from such weights (provenance ``converted: true``, recorded by the
+        decoder and joint stages' export): they keep the authors' inference rules."""
+        return self.provenance.get("source") == "vsdloral convert" or self.provenance.get("converted") is True
 
     def inference_tiling(self) -> tuple[int, int | None]:
         """The model's own latent tiling ``(tile, overlap)`` in output pixels (``tile=0``: dense).
