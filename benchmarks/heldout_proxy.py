@@ -4,6 +4,8 @@ and no peer; NIQE, PSNR-Y and E*warp per model, means over the stills.
 
     python -m benchmarks.heldout_proxy MODEL.safetensors [MODEL ...] --data DATA [--frames 3] [--json]
 
+``--smoke``: 256x208 pseudo-videos of 2 frames (the models and data given as usual).
+
 It is a proxy: benchmarks.quality (7 contents, 4 frames, the Real-ESRGAN column) gives the figures
 the targets are judged on; this takes a fraction of its time, so it can score many checkpoints.
 """
@@ -22,8 +24,10 @@ from .common import emit, parser, setup_threads
 METRICS = ("psnr_y", "niqe", "ewarp")
 
 
-def score(model: str, data: Path, frames: int, seed: int, degradations: list[str]) -> dict:
-    """Mean NIQE / PSNR-Y / E*warp of ``model`` (temporal) over the held-out stills, per LQ kind."""
+def score(model: str, data: Path, frames: int, seed: int, degradations: list[str],
+          size: tuple[int, int] | None = None) -> dict:
+    """Mean NIQE / PSNR-Y / E*warp of ``model`` (temporal) over the held-out stills, per LQ kind;
+    ``size``: the pseudo-videos' (width, height), benchmarks.quality's STILL_SIZE by default."""
     import cv2
 
     import vsdloral
@@ -38,7 +42,7 @@ def score(model: str, data: Path, frames: int, seed: int, degradations: list[str
     with tempfile.TemporaryDirectory() as tmp:
         for k, f in enumerate(x for x in manifest["stills"]["files"] if x["split"] == "holdout"):
             img = cv2.cvtColor(cv2.imread(str(data / f["output"])), cv2.COLOR_BGR2RGB)
-            gt = _write_lossless(_still_video(img, frames, STILL_SIZE, seed + k), Path(tmp) / f"gt-{k}.mkv")
+            gt = _write_lossless(_still_video(img, frames, size or STILL_SIZE, seed + k), Path(tmp) / f"gt-{k}.mkv")
             for deg in degradations:
                 lq = Path(tmp) / f"lq-{k}-{deg}.mkv"
                 degrade_video(gt, lq, preset=deg, scale=restorer.scale, seed=seed)
@@ -68,10 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--degradations", default="bicubic,realistic")
     a = p.parse_args(argv)
     setup_threads(a.threads)
+    size = None
+    if a.smoke:
+        a.frames, size = 2, (256, 208)
     models = {}
     for m in a.models:
         print(f"heldout_proxy: {m}", file=sys.stderr)
-        models[m] = score(m, Path(a.data), a.frames, a.seed, a.degradations.split(","))
+        models[m] = score(m, Path(a.data), a.frames, a.seed, a.degradations.split(","), size)
     emit({"frames": a.frames, "seed": a.seed, "models": models}, a.json, _table)
     return 0
 
