@@ -6,7 +6,7 @@ tensors). Heavy modules are imported on first use.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 __all__ = ["load_model", "upscale", "Restorer", "WeightsError", "__version__"]
 
 

@@ -327,12 +327,17 @@ def upscale(
     choice = _resolve_backend(backend, dtype=dtype, device_index=device_index, num_streams=num_streams,
                               threads=threads, device=device, compile=compile, model=model)
     if choice is not None:
-        from .mlrt.upscale import upscale_with_backend
+        from .mlrt.upscale import model_meta, upscale_with_backend
 
-        return upscale_with_backend(
-            clip, choice, model, out_w, out_h, matrix_in=matrix_in, kernel=kernel, scene_change=scene_change,
+        meta = model_meta(model)  # the header only: the weights load (once) for the export
+        rgb, back = to_rgb_at_size(clip, out_w, out_h, matrix_in, kernel or meta.inference_kernel())
+        res = upscale_with_backend(
+            rgb, choice, model, scene_change=scene_change,
             graph_options={"cfr": cfr, "cfr_window": cfr_window, "color_fix": color_fix, "tile": tile,
                            "tile_overlap": tile_overlap, "vae_tile": vae_tile})
+        if back is not None:
+            res = core.resize.Bicubic(res, **_BICUBIC, dither_type="error_diffusion", **back)
+        return res
 
     if not isinstance(compile, bool):
         raise _err(f"compile must be True or False, got {compile!r}")

@@ -66,17 +66,14 @@ def graph_for(model, width: int, height: int, options: dict[str, Any]) -> Path:
         raise _err(f"cannot export the model's graph: {_one_line(msg)}") from None
 
 
-def upscale_with_backend(clip: vs.VideoNode, choice: BackendChoice, model, out_w: int, out_h: int, *,
-                         matrix_in, kernel: str | None, scene_change: bool,
+def upscale_with_backend(rgb: vs.VideoNode, choice: BackendChoice, model, *, scene_change: bool,
                          graph_options: dict[str, Any]) -> vs.VideoNode:
-    """The backend path of :func:`vsdloral.upscale` (its arguments already checked): ``clip`` to
-    float RGB at the output size with the model's kernel, the graph through ``choice``'s backend,
-    and back to ``clip``'s own format, exactly as the torch path converts."""
-    from ..vs_filter import _BICUBIC, to_rgb_at_size
+    """The backend path of :func:`vsdloral.upscale` (its arguments already checked): ``rgb``, the
+    clip in float RGB at the output size (converted by the filter as for the torch path), through
+    the model's graph at that size on ``choice``'s backend; returns the same format (RGBS/RGBH)."""
     from ..utils.log import get_logger
 
-    meta = model_meta(model)
-    rgb, back = to_rgb_at_size(clip, out_w, out_h, matrix_in, kernel or meta.inference_kernel())
+    out_w, out_h = rgb.width, rgb.height
     half = rgb.format.id == vs.RGBH
     if half:  # the graph takes fp32; the backend converts to its own precision
         rgb = vs.core.resize.Point(rgb, format=vs.RGBS)
@@ -91,6 +88,4 @@ def upscale_with_backend(clip: vs.VideoNode, choice: BackendChoice, model, out_w
                    f"{_one_line(exc)}") from None
     if half:
         res = vs.core.resize.Point(res, format=vs.RGBH)
-    if back is not None:
-        res = vs.core.resize.Bicubic(res, **_BICUBIC, dither_type="error_diffusion", **back)
     return res

@@ -71,7 +71,7 @@ def graph_key(weights: str, width: int, height: int, options: dict, opset: int) 
     """Everything that changes a graph, as a JSON-able dict."""
     onnx = require_onnx()
 
-    from .. import __version__
+    from .._version import __version__
 
     return {"format": FORMAT, "weights_sha256": weights, "width": int(width), "height": int(height),
             "options": dict(options), "opset": int(opset), "vsdloral": __version__,
