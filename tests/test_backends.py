@@ -427,3 +427,26 @@ def test_distributed_job_records_backend_and_versions(tmp_path, monkeypatch):
     assert job_backend(ns(backend="torch"), "cpu") == ("torch", None)
     plain = job_identity(ns(), src, model, "cpu", 1, 10, 0, 10, 5, [], {"torch": "x"})
     assert plain["settings"]["backend"] == "torch" and "backend" not in plain["runtime"]
+
+
+def test_external_data_graph_runs_through_both_plugins(tiny_model_path, tiny_restorer, tmp_path, monkeypatch):
+    """A graph whose weights are in an external-data file (SD 2.1-size models) runs through ORT and
+    OV from any working directory, with the inline graph's output (vs-mlrt's ort plugin reads the
+    model as bytes, so ONNX Runtime looks for the data in the working directory unless upscale
+    points it at the graph's folder)."""
+    from vsdloral.runtime.onnx_export import export_onnx, resolve_options
+
+    opts = resolve_options(tiny_restorer)
+    ext = export_onnx(tiny_restorer.net, W * SCALE, H * SCALE, tmp_path / "ext" / "model.onnx", opts,
+                      external_threshold=0)
+    inline = export_onnx(tiny_restorer.net, W * SCALE, H * SCALE, tmp_path / "inline" / "model.onnx", opts)
+    assert [f.name for f in ext] == ["model.onnx", "model.onnx.data"] and len(inline) == 1
+    clip = numpy_clip(moving_frames(2))
+    monkeypatch.chdir(tmp_path)  # not the graph's folder
+    for backend in BACKENDS:
+        got = {}
+        for name, files in (("ext", ext), ("inline", inline)):
+            monkeypatch.setattr(mlrt_upscale, "graph_for", lambda *a, f=files: f[0])
+            got[name] = planes(vsdloral.upscale(clip, SCALE, model=tiny_model_path, backend=backend, dtype="fp32"), 1)
+        assert np.array_equal(got["ext"], got["inline"]), backend
+    assert __import__("os").getcwd() == str(tmp_path)

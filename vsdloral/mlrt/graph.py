@@ -8,7 +8,10 @@ frame 0 and where ``_SceneChangePrev`` is set (``scene_change=True``), as on the
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import threading
 from pathlib import Path
 
 import vapoursynth as vs
@@ -33,6 +36,29 @@ def reference_clip(rgb: vs.VideoNode, scene_change: bool) -> vs.VideoNode:
     return vs.core.std.FrameEval(rgb, pick, prop_src=rgb)
 
 
+_CWD_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _external_data_dir(choice: BackendChoice, network: Path):
+    """For a graph with an external-data file on ONNX Runtime or OpenVINO: the graph's folder as
+    the working directory while the plugin loads it. vs-mlrt's ort and ov plugins parse the graph
+    themselves and hand the runtime its bytes, which then resolves the external data against the
+    working directory (measured with ort v17.1.1: 'External data path does not exist:
+    <cwd>/model.onnx.data'; ov v17.1: 'invalid external data'); both read the weights inside
+    ``inference``. The working directory is process-wide: a lock keeps two such loads apart."""
+    if choice.namespace not in ("ort", "ov") or not network.with_name(network.name + ".data").exists():
+        yield
+        return
+    with _CWD_LOCK:
+        old = os.getcwd()
+        os.chdir(network.parent)
+        try:
+            yield
+        finally:
+            os.chdir(old)
+
+
 def run_graph(rgb: vs.VideoNode, choice: BackendChoice, network: str | Path, scene_change: bool) -> vs.VideoNode:
     """Restore every frame of ``rgb`` (RGBS at the output size) with the graph ``network`` through
     ``choice``'s backend, one tile of the whole frame. Output: RGBS, same frame count, each frame
@@ -44,7 +70,8 @@ def run_graph(rgb: vs.VideoNode, choice: BackendChoice, network: str | Path, sce
     level = quiet.level
     quiet.setLevel(max(level, logging.WARNING))
     try:
-        out = choice.backend.inference([rgb, ref], str(network), overlap=(0, 0), tilesize=(rgb.width, rgb.height))
+        with _external_data_dir(choice, Path(network)):
+            out = choice.backend.inference([rgb, ref], str(network), overlap=(0, 0), tilesize=(rgb.width, rgb.height))
     finally:
         quiet.setLevel(level)
     if out.format.id != vs.RGBS:  # a 16-bit backend hands back half floats
