@@ -78,3 +78,27 @@ def test_frame_net_patches_fp32_cpu_only():
     net = FrameNet(init_model("tiny", seed=0), "cpu", torch.float32)
     assert vae_tiling.unsupported_reason(net.vae.encoder) is None
     assert vae_tiling.unsupported_reason(net.vae.decoder) is None
+
+
+def test_fp32_floor_benchmark_smoke():
+    """benchmarks.fp32_floor --smoke runs as a user runs it: fp32 against float64 for the fixture
+    (ours within 3x of the fp32 transcription's distance) and the VAE per memory format."""
+    import json
+    import math
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.fp32_floor", "--smoke", "--json", "--threads", "1"],
+                          cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout)
+    assert [(x["size"], x["dense"]) for x in r["parity"]] == [("136x72", False), ("64x64", True)]
+    for row in r["parity"]:
+        floor, ours = row["transcription_fp32"], row["ours_fp32"]
+        assert 0 < floor["max"] < 1e-4 and 0 < ours["max"] < 3 * floor["max"], row
+    v = r["vae"]["variants"]
+    assert set(v) == {"nchw", "channels_last_torch_groupnorm", "channels_last_stable"}
+    for part in ("encode_err", "decode_err"):
+        assert v["channels_last_stable"][part]["max"] < 3 * v["nchw"][part]["max"]
+    assert all(math.isfinite(x[k]) and x[k] > 0 for x in v.values() for k in ("encode_s", "decode_s"))

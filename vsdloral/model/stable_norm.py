@@ -25,8 +25,8 @@ from torch import nn
 
 __all__ = ["StableGroupNorm", "group_norm_channels_last", "patch_group_norms", "uses_stable_path"]
 
-#: floats per band of rows whose deviations are squared at once (4 MB: a band stays in cache)
-_BAND_ELEMS = 1 << 20
+#: floats per band of rows whose deviations are squared at once (512 KB: a band stays in cache; measured fastest of 2^16..2^20)
+_BAND_ELEMS = 1 << 17
 
 
 def uses_stable_path(x: torch.Tensor) -> bool:
