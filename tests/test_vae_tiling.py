@@ -91,6 +91,39 @@ def test_channels_last_and_diffusers_tiling_untouched(vae):
         vae.tile_sample_min_size, vae.tile_latent_min_size = 512, 64
 
 
+# Reduced precision, tiled vs untiled (max and mean abs difference), measured on this CPU, and with
+# the GroupNorm shift computed in the format itself instead of float32 (the planted bug):
+#   bf16 encode of a low-contrast image: 0 / 0 (planted 0.024 / 0.0020);
+#   bf16 decode of a latent with an offset of 10: 0.016 / 1.05e-3 (planted 0.055 / 5.4e-3);
+#   fp16 encode: 7.9e-4 / 2.8e-5 (planted 2.6e-3 / 2.6e-4); fp16 decode: 3.9e-3 / 5e-4 (planted
+#   4.9e-3 / 6.5e-4: fp16's 10-bit mantissa leaves the decoder's shift error within its rounding).
+REDUCED_TOL = {  # (encode max, encode mean, decode max, decode mean)
+    torch.bfloat16: (4e-3, 4e-4, 0.04, 2.5e-3),
+    torch.float16: (1.5e-3, 1e-4, 0.01, 1e-3),
+}
+
+
+@pytest.mark.parametrize("dtype", list(REDUCED_TOL), ids=["bf16", "fp16"])
+@torch.no_grad()
+def test_reduced_precision_tiled_equals_untiled(vae, dtype):
+    """bf16 and fp16 (CPUs with bf16, and the converted weights' fp16 CUDA route): the tiled encode
+    and decode equal the untiled ones within the format's rounding. The GroupNorm is applied in
+    float32 (as torch's own GroupNorm accumulates): a shift rounded to the format carries |mean/std|
+    times its rounding into every value, which a low-contrast image and an offset latent expose."""
+    import copy
+
+    m = copy.deepcopy(vae).to(dtype)
+    enc_max, enc_mean, dec_max, dec_mean = REDUCED_TOL[dtype]
+    x = (0.5 + 0.02 * _image(44, 60)).to(dtype)
+    d = (vt.encode(m, x, 16).mean.float() - m.encode(x).latent_dist.mean.float()).abs()
+    assert d.max() < enc_max and d.mean() < enc_mean, (d.max().item(), d.mean().item())
+    z = (torch.randn(2, 4, 11, 15, generator=torch.Generator().manual_seed(2)) + 10).to(dtype)
+    got, ref = vt.decode(m, z, 16), m.decode(z).sample
+    assert got.dtype == dtype and got.shape == ref.shape
+    d = (got.float() - ref.float()).abs()
+    assert d.max() < dec_max and d.mean() < dec_mean, (d.max().item(), d.mean().item())
+
+
 class _PixelShuffleDecoder(nn.Module):
     def __init__(self) -> None:
         super().__init__()
