@@ -282,8 +282,8 @@ def upscale(
     vs-jetpack's order: with CUDA, TensorRT when its vs-mlrt plugin and build tools are installed,
     else ONNX Runtime's CUDA provider when installed, else torch; without CUDA, OpenVINO's CPU
     backend when its plugin and the ONNX export (``pip install 'vsdloral[mlrt,onnx]'``) are
-    installed (bf16 on CPUs with native bf16: about 1.6x the torch path's fps at 1280x720 with the
-    bundled model, docs/backends.md), else torch; ``device=``, ``compile=True`` or a loaded
+    installed (bf16 on CPUs with native bf16: 1.4-1.6x the torch path's fps at 1280x720 with the
+    bundled model on a shared 2-core machine, docs/backends.md), else torch; ``device=``, ``compile=True`` or a loaded
     ``Restorer`` as ``model`` keep the torch path. The choice is logged. A name (``"ov-cpu"``, ``"ort-cpu"``, ``"trt"``,
     ``"ort-cuda"``, ``"ov-gpu"``, ``"ort-dml"``, ``"ort-coreml"``, ``"trt-rtx"``, ``"migx"``) or a
     ``vsscale.Backend`` instance (``Backend.OV_CPU()``, ``Backend.TRT(...)``; ``pip install
