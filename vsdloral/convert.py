@@ -2,7 +2,7 @@
 
 Inputs: the authors' ``model.pkl`` (SPEC section 4) and Stable Diffusion 2.1-base as a diffusers
 folder, a single-file checkpoint (``v2-1_512-ema-pruned.safetensors``) or a Hub repository id
-(:mod:`vsdloral.sd_base`); only its VAE, text encoder, tokenizer and UNet config are read. The UNet is
+(:mod:`vsdloral.sd_base`, which also holds the folder checks and :class:`ConvertError`); only its VAE, text encoder, tokenizer and UNet config are read. The UNet is
 rebuilt exactly as the authors built it (8-channel ``conv_in``, six PEFT LoRA adapters), loaded
 strictly, and both LoRA branches are merged with PEFT itself. The CFR network's SPyNet and
 cross-attention weights are taken from ``state_dict_bpp`` by an explicit allow-list.
@@ -13,11 +13,9 @@ code when loaded is refused, never executed.
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,6 +24,7 @@ from torch import nn
 from .model.cfr import CFRConfig, CrossFrameRetrieval
 from .model.spynet import LEVELS, SPyNet
 from .model.weights import DTYPES, DLoRALModel, ModelMeta
+from .sd_base import ConvertError, _one_line, _public_config, check_sd_base
 from .utils.hashing import sha256_file
 from .utils.log import get_logger
 
@@ -42,17 +41,6 @@ _SPYNET_MEAN = (0.485, 0.456, 0.406)
 _SPYNET_STD = (0.229, 0.224, 0.225)
 
 log = get_logger("vsdloral.convert")
-
-
-class ConvertError(ValueError):
-    """The inputs of a conversion are missing, unsafe or inconsistent (message says which)."""
-
-
-def _one_line(exc: BaseException) -> str:
-    """An exception as one short line (library messages can span many lines)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    text = lines[0] if lines else type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def module_list_key(group: str, branch: str) -> str:
@@ -102,64 +90,6 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return ckpt
 
 
-# -- the SD base folder --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SDBase:
-    """Paths inside a Stable Diffusion 2.1-base folder (diffusers layout)."""
-
-    root: Path
-
-    @property
-    def vae(self) -> Path:
-        return self.root / "vae"
-
-    @property
-    def unet_config(self) -> Path:
-        return self.root / "unet" / "config.json"
-
-    @property
-    def text_encoder(self) -> Path:
-        return self.root / "text_encoder"
-
-    @property
-    def tokenizer(self) -> Path:
-        return self.root / "tokenizer"
-
-
-def check_sd_base(path: str | os.PathLike) -> SDBase:
-    """Check the SD folder has what conversion reads; raise one error listing everything missing."""
-    root = Path(path)
-    if not root.is_dir():
-        raise ConvertError(f"--sd-base {root} is not a folder (expected Stable Diffusion 2.1-base in diffusers layout)")
-    sd = SDBase(root)
-    need = [sd.vae / "config.json", sd.unet_config, sd.text_encoder / "config.json", sd.tokenizer]
-    missing = [str(p.relative_to(root)) for p in need if not p.exists()]
-    if not missing:
-        if not any(sd.vae.glob("diffusion_pytorch_model*")):
-            missing.append("vae/diffusion_pytorch_model.safetensors")
-        if not any(sd.text_encoder.glob("model*.safetensors")) and not any(sd.text_encoder.glob("pytorch_model*.bin")):
-            missing.append("text_encoder/model.safetensors")
-    if missing:
-        raise ConvertError(f"--sd-base {root} is incomplete: missing {', '.join(missing)} (diffusers layout expected)")
-    return sd
-
-
-def _public_config(cfg: dict) -> dict:
-    return {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
-
-
-def read_unet_config(sd: SDBase) -> dict:
-    """The SD UNet config with DLoRAL's 8-channel ``conv_in`` (2 x the latent channels)."""
-    try:
-        cfg = json.loads(sd.unet_config.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConvertError(f"cannot read {sd.unet_config} ({_one_line(exc)})") from None
-    cfg = _public_config(cfg)
-    cfg["in_channels"] = 2 * int(cfg.get("out_channels", 4))
-    return cfg
-
-
-# -- UNet: inject, load, merge -------------------------------------------------------------------
 def build_lora_unet(unet_config: dict, ckpt: dict) -> nn.Module:
     """Rebuild the authors' UNet: ``unet_config`` (8-channel ``conv_in``) with the six PEFT LoRA
     adapters injected as the authors did, ``state_dict_unet`` loaded strictly, all six active

