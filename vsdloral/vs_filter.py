@@ -252,49 +252,55 @@ def upscale(
 ) -> vs.VideoNode:
     """Upscale ``clip`` with DLoRAL (one-step diffusion VSR, SPEC section 1).
 
-    Frame n is restored with frame n-1 as reference (frame 0 and frames whose ``_SceneChangePrev``
-    prop is set use themselves; ``scene_change=False``: only frame 0). ``model``: a weights file, a loaded :class:`Restorer` or ``None``
-    for the bundled default. Output size: ``scale`` x input, or ``width``/``height``. RGBS/RGBH are
-    processed directly; other constant formats are converted to RGB via frame 0's props and back to
-    their own format. A YUV clip whose ``_Matrix`` is absent or unspecified gets the matrix of its
-    size (BT.709 above 1024x576, else BT.601: :func:`vsdloral.colorspace.matrix_from_resolution`,
-    logged once); ``matrix_in`` (an int or a name such as ``'709'``) overrides the props and the
-    guess. Output frames carry the source props, the ``_Matrix`` used, and ``DLoRALReference``
-    (the reference frame number). ``cfr``/``cfr_window`` ``None``: the
-    retrieval the model was trained with (dense for converted released weights); ``color_fix``
-    ``None``: the model's own (adain unless its metadata says otherwise). ``compile=True``:
-    ``torch.compile`` the UNet and VAE (first frames are slow while it compiles; measure with
-    ``python -m benchmarks.compile`` before relying on it). ``tile``/``tile_overlap`` (output
-    pixels, a multiple of 8): the authors' latent tiles (flow, CFR and UNet per tile, blended);
-    ``None``: the model's own (768/256 for converted released weights, as the authors; dense for
-    models trained here), ``0``: dense over the whole frame. ``kernel``: the LQ upscaling kernel,
-    ``pil`` (a=-0.5, the authors' inference) or ``torch`` (a=-0.75); ``None``: the model's own. ``vae_tile`` (pixels): the VAE's own tiles, with GroupNorm statistics
-    over the whole frame (equal to untiled up to float rounding; bounds memory); ``None``: the
-    model's own (the authors' rule for converted weights, encoder above 1088 pixels, decoder above
-    1968; never for models trained here), ``0``: never. ``threads``: torch's intra-op thread
-    count for every frame, whichever VapourSynth thread computes it (``None``: this thread's
-    ``torch.get_num_threads()`` when the model loads); the output is bit-identical for a given
-    device, dtype, torch version and thread count, whatever ``core.num_threads`` and the request order.
+    Frame n is restored with frame n-1 as its reference (frame 0, and frames whose
+    ``_SceneChangePrev`` prop is set, use themselves). Output frames carry the source props, the
+    ``_Matrix`` used and ``DLoRALReference`` (the reference frame number). RGBS/RGBH are processed
+    directly; other constant RGB/YUV formats are converted to RGB via frame 0's props and back.
 
-    ``backend``: what runs the model. ``None`` (the default): ``$VSDLORAL_BACKEND`` when set
-    (``tests/conftest.py`` sets ``torch``, so the suite is fast and its figures are torch's), else
-    ``"auto"``. ``"torch"``: the PyTorch path above. ``"auto"``: the fastest runtime installed, by
-    vs-jetpack's order: with CUDA, TensorRT when its vs-mlrt plugin and build tools are installed,
-    else ONNX Runtime's CUDA provider when installed, else torch; without CUDA, OpenVINO's CPU
-    backend when its plugin and the ONNX export (``pip install 'vsdloral[mlrt,onnx]'``) are
-    installed (bf16 on CPUs with native bf16: 1.4-1.6x the torch path's fps at 1280x720 with the
-    bundled model on a shared 2-core machine, docs/backends.md), else torch; ``device=``, ``compile=True`` or a loaded
-    ``Restorer`` as ``model`` keep the torch path. The choice is logged. A name (``"ov-cpu"``, ``"ort-cpu"``, ``"trt"``,
-    ``"ort-cuda"``, ``"ov-gpu"``, ``"ort-dml"``, ``"ort-coreml"``, ``"trt-rtx"``, ``"migx"``) or a
-    ``vsscale.Backend`` instance (``Backend.OV_CPU()``, ``Backend.TRT(...)``; ``pip install
-    'vsdloral[mlrt]'``): the model's whole per-frame computation, exported once per model, size and
-    options as an ONNX graph (cached, :mod:`vsdloral.runtime`), run by that vs-mlrt backend on the
-    same RGB frames and reference frames as the torch path, with the same conversions, props and
-    ``DLoRALReference``. With a backend, ``dtype`` is the backend's precision (its ``fp16``/``bf16``
-    flag); ``None``: a precision set on the instance, else fp32 for ONNX Runtime on a CPU, bf16 for
-    OpenVINO on a CPU with native bf16 (fp32 elsewhere), fp16 on GPUs. ``device_index`` (HolyWu's
-    name; the backend's ``device_id``) and ``num_streams`` (vs-mlrt's) apply to backends only;
-    ``threads`` sets OpenVINO's CPU thread count; ``device`` and ``compile`` are torch-only."""
+    Args:
+        ``clip``: constant-format RGB or YUV clip (not grayscale).
+        ``scale``: output size = ``scale`` x input (default 4); ignored when ``width``/``height`` are given.
+        ``width``, ``height``: output size in pixels instead of ``scale`` (given one, the other keeps the aspect ratio).
+        ``model``: a weights file, a loaded :class:`Restorer`, or ``None`` for the bundled default model.
+        ``device``: torch device (``"cuda:1"``, ``"cpu"``); ``None``: CUDA when available, else CPU. Torch only.
+        ``dtype``: ``"fp32"``, ``"fp16"`` or ``"bf16"``; ``None``: fp16 on CUDA, bf16 on CPUs with native
+            bf16, else fp32. With a vs-mlrt backend, the backend's precision (``None``: set on the
+            instance, else fp32 for ONNX Runtime on CPU, bf16 for OpenVINO on native-bf16 CPUs, fp16 on GPUs).
+        ``cfr``: cross-frame retrieval, ``"dense"``, ``"topk"`` or ``"window"``; ``None``: the model's own
+            (dense for converted released weights).
+        ``color_fix``: ``"adain"``, ``"wavelet"`` or ``"none"``; ``None``: the model's own (adain unless its metadata says otherwise).
+        ``tile``, ``tile_overlap``: the authors' latent tiles in output pixels (multiples of 8; flow, CFR and
+            UNet per tile, Gaussian-blended); ``None``: the model's own (768/256 for converted released
+            weights, dense for models trained here); ``tile=0``: dense over the whole frame.
+        ``scene_change``: ``True``: frames with ``_SceneChangePrev`` use themselves as reference; ``False``: only frame 0 does.
+        ``matrix_in``: YUV matrix of the input (an int or a name such as ``'709'``), overriding ``_Matrix``
+            and the size-based guess (BT.709 above 1024x576, else BT.601, logged once).
+        ``cfr_window``: radius r of ``cfr="window"`` in latent positions ((2r+1)^2 keys); ``None``: the model's own.
+        ``compile``: ``torch.compile`` the UNet and VAE (first frames slow while it compiles; measure with
+            ``python -m benchmarks.compile``). Torch only.
+        ``threads``: torch's intra-op threads for every frame, whichever VapourSynth thread computes it
+            (``None``: this thread's count when the model loads); also OpenVINO's CPU threads. Output is
+            bit-identical for a given device, dtype, torch version and thread count, whatever
+            ``core.num_threads`` and the request order.
+        ``kernel``: LQ upscaling kernel, ``"pil"`` (a=-0.5, the authors' inference) or ``"torch"`` (a=-0.75);
+            ``None``: the model's own.
+        ``vae_tile``: VAE tiles in pixels, GroupNorm statistics over the whole frame (equal to untiled up to
+            rounding; bounds memory); ``None``: the model's own (the authors' rule for converted weights:
+            encoder above 1088 px, decoder above 1968; never for models trained here); ``0``: never.
+        ``backend``: what runs the model. ``None`` (default): ``$VSDLORAL_BACKEND`` when set (the test suite
+            sets ``torch``), else ``"auto"``. ``"torch"``: the PyTorch path. ``"auto"``: with CUDA,
+            TensorRT when its vs-mlrt plugin and build tools are installed, else ONNX Runtime's CUDA
+            provider, else torch; without CUDA, OpenVINO's CPU backend when ``vsdloral[mlrt,onnx]`` is
+            installed (1.4-1.6x the torch path's fps at 1280x720 with the bundled model,
+            docs/backends.md), else torch; ``device=``, ``compile=True`` or a loaded ``Restorer`` keep
+            torch; the choice is logged. A name (``"ov-cpu"``, ``"ort-cpu"``, ``"trt"``, ``"ort-cuda"``,
+            ``"ov-gpu"``, ``"ort-dml"``, ``"ort-coreml"``, ``"trt-rtx"``, ``"migx"``) or a
+            ``vsscale.Backend`` instance runs the whole per-frame computation as one ONNX graph per model,
+            size and options (cached, :mod:`vsdloral.runtime`) through that vs-mlrt backend, on the same
+            frames and references, with the same conversions and props.
+        ``device_index``: GPU index for a vs-mlrt backend (HolyWu's name; the backend's ``device_id``).
+        ``num_streams``: vs-mlrt's concurrent streams for a backend.
+    """
     from .model.cfr import CFR_MODES
     from .model.colorfix import COLOR_FIXES
 
