@@ -9,11 +9,11 @@ the same command resumes. When every chunk is done they are joined with ffmpeg's
 (stream copy) and the source's audio is muxed in.
 
 Modules: :mod:`.options` (CLI options), :mod:`.chunks` (the plan), :mod:`.manifest` (job identity
-and done-state), :mod:`.media` (ffprobe/frame counts), :mod:`.render` (one chunk, no Ray needed),
+and done-state), :mod:`.render` (one chunk, no Ray needed),
 :mod:`.tasks` (the Ray task), :mod:`.cluster` (starting or joining Ray, node checks),
 :mod:`.runtime` (the versions and CPU level a job records), :mod:`.reaper` (a local run's Ray
 processes die with the driver),
 :mod:`.progress` (the bar), :mod:`.concat` (the final mux), :mod:`.driver` (the command, raising
-:class:`.errors.DistributedError`; media look-ups it shares with the single-process path are in
-:mod:`vsdloral.media`).
+:class:`.errors.DistributedError`); the media look-ups (ffprobe, frame counts, audio options), some
+shared with the single-process path, are in :mod:`vsdloral.media`.
 """

@@ -18,12 +18,11 @@ from pathlib import Path
 
 from .errors import DistributedError
 from ..encoding import resolved as resolved_codec
-from ..media import audio_options, frame_rate
+from ..media import audio_options, count_frames, frame_rate, source_frames
 from ..utils.atomic import atomic_path
 from ..utils.hashing import sha256_file
 from .chunks import default_chunk_frames, plan_chunks
 from .manifest import LOCK, MANIFEST, Manifest, WorkDirError, check_foreign, locked, open_manifest
-from .media import count_frames, source_frames
 
 MAX_RETRIES = 3  # Ray reruns a chunk whose worker or node died, or whose encode failed, this often
 # A finished chunk the driver cannot count yet (shared storage catching up with the worker's write)

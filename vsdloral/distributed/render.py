@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..encoding import video_args
-from .media import count_frames
+from ..media import count_frames
 
 
 class ChunkRetry(Exception):
