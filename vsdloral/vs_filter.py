@@ -291,7 +291,7 @@ def upscale(
             sets ``torch``), else ``"auto"``. ``"torch"``: the PyTorch path. ``"auto"``: with CUDA,
             TensorRT when its vs-mlrt plugin and build tools are installed, else ONNX Runtime's CUDA
             provider, else torch; without CUDA, OpenVINO's CPU backend when ``vsdloral[mlrt,onnx]`` is
-            installed (1.4-1.6x the torch path's fps at 1280x720 with the bundled model,
+            installed (2.5x the torch path's fps at 1280x720 with the bundled model on 2 idle cores,
             docs/backends.md), else torch; ``device=``, ``compile=True`` or a loaded ``Restorer`` keep
             torch; the choice is logged. A name (``"ov-cpu"``, ``"ort-cpu"``, ``"trt"``, ``"ort-cuda"``,
             ``"ov-gpu"``, ``"ort-dml"``, ``"ort-coreml"``, ``"trt-rtx"``, ``"migx"``) or a
