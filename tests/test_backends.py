@@ -377,6 +377,32 @@ def test_converted_weights_on_latent_tiles_match_torch_path(converted_model, par
 # -- the CLI and the chunked job ---------------------------------------------------------------------------
 
 
+def test_auto_keeps_torch_for_converted_weights_above_a_megapixel(converted_model, monkeypatch):
+    """Converted weights' graph is wrong through OpenVINO at 1920x1080 (docs/backends.md, known
+    problem): ``auto`` keeps the torch path for them above AUTO_MAX_CONVERTED_PIXELS, not below it,
+    and an explicitly named backend is still used."""
+    import vsdloral.mlrt.upscale as mu
+    import vsdloral.vs_filter as vf
+
+    class RanGraph(Exception):
+        pass
+
+    def fake(*a, **k):
+        raise RanGraph
+
+    monkeypatch.setattr(mu, "upscale_with_backend", fake)
+    monkeypatch.delenv(vf.BACKEND_ENV)
+    clip = numpy_clip(moving_frames(2))
+    big = dict(width=1280, height=800)
+    assert 1280 * 800 > vf.AUTO_MAX_CONVERTED_PIXELS
+    out = vsdloral.upscale(clip, model=converted_model, **big)  # torch: no graph
+    assert (out.width, out.height) == (1280, 800)
+    with pytest.raises(RanGraph):
+        vsdloral.upscale(clip, SCALE, model=converted_model)  # small: the graph
+    with pytest.raises(RanGraph):
+        vsdloral.upscale(clip, model=converted_model, backend="ov-cpu", **big)
+
+
 def test_cli_backend_option(tmp_path, capsys):
     import argparse
 
