@@ -320,33 +320,31 @@ class _Tensors:
         return {k: self.get(k) for k in sorted(self.keys) if k.startswith(prefix)}
 
 
-def _load_ckpt(path: Path) -> dict:
-    """A ``.ckpt`` read with ``weights_only=True`` only; its ``state_dict`` (plus ``global_step``)."""
+def _weights_only_load(path: Path, *, mmap: bool):
+    """``torch.load(path, weights_only=True)``; ``None`` when ``mmap`` is asked of an old (non-zip)
+    pickle, which cannot be memory-mapped; a one-line :class:`ConvertError` for anything else."""
     import pickle
 
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as exc:
-        if "mmap" not in str(exc):
-            raise ConvertError(f"--sd-base {path} is not a readable checkpoint ({_one_line(exc)})") from None
-        obj = None
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:
         raise ConvertError(
             f"--sd-base {path} needs more than weights-only unpickling (it could run code), so it is refused; "
             f"use the .safetensors file instead ({SINGLE_FILE_NAME})"
         ) from None
+    except RuntimeError as exc:
+        if mmap and "mmap" in str(exc):
+            return None
+        raise ConvertError(f"--sd-base {path} is not a readable checkpoint ({_one_line(exc)})") from None
     except Exception as exc:
         raise ConvertError(f"--sd-base {path} is not a readable checkpoint ({type(exc).__name__}: {_one_line(exc)})") from None
-    if obj is None:  # an old (non-zip) pickle cannot be memory-mapped
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            raise ConvertError(
-                f"--sd-base {path} needs more than weights-only unpickling (it could run code), so it is refused; "
-                f"use the .safetensors file instead ({SINGLE_FILE_NAME})"
-            ) from None
-        except Exception as exc:
-            raise ConvertError(f"--sd-base {path} is not a readable checkpoint ({_one_line(exc)})") from None
+
+
+def _load_ckpt(path: Path) -> dict:
+    """A ``.ckpt`` read with ``weights_only=True`` only; its ``state_dict`` (plus ``global_step``)."""
+    obj = _weights_only_load(path, mmap=True)
+    if obj is None:
+        obj = _weights_only_load(path, mmap=False)
     if not isinstance(obj, dict):
         raise ConvertError(f"--sd-base {path} holds a {type(obj).__name__}, not a Stable Diffusion state dict")
     sd = obj.get("state_dict", obj)
