@@ -69,6 +69,27 @@ def test_graph_io_and_parity_with_frame_net(graph, tiny_restorer):
     assert np.abs(got - x[:, :3].numpy()).max() > 1e-2  # the model did something (not the input)
 
 
+def test_exported_graph_has_no_instance_norm(graph):
+    """export_onnx traces every GroupNorm in the export form (no InstanceNormalization left)."""
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(graph), load_external_data=False).graph.node}
+    assert "InstanceNormalization" not in ops and "GroupNormalization" not in ops
+    assert "ReduceSum" in ops
+
+
+def test_graph_for_reduced_precision_keeps_fused_norms(tiny_model_path, tmp_path, capsys, monkeypatch):
+    """``--for-precision bf16`` leaves GroupNorm to the runtime's kernel (a graph of its own)."""
+    import onnx
+
+    monkeypatch.setenv("VSDLORAL_CACHE", str(tmp_path))
+    assert main(["export", f"{OW}x{OH}", "--model", str(tiny_model_path), "--for-precision", "bf16"]) == 0
+    path = capsys.readouterr().out.strip()
+    assert "InstanceNormalization" in {n.op_type for n in onnx.load(path).graph.node}
+    assert main(["export", f"{OW}x{OH}", "--model", str(tiny_model_path)]) == 0
+    assert capsys.readouterr().out.strip() != path
+
+
 def test_cached_graph_is_reused(graph, tiny_model_path, cache, monkeypatch):
     monkeypatch.setattr(graph_cache, "export_onnx", lambda *a, **k: pytest.fail("exported again"))
     assert cached_graph(tiny_model_path, OW, OH, cache_dir=cache) == graph
@@ -78,7 +99,7 @@ def test_cached_graph_is_reused(graph, tiny_model_path, cache, monkeypatch):
     assert set(entry["files"]) == {"model.onnx"}
 
 
-def test_key_changes_with_size_options_and_weights(tiny_model_path, tmp_path):
+def test_key_changes_with_size_options_code_and_weights(tiny_model_path, tmp_path, monkeypatch):
     from vsdloral.model.init import init_model
 
     other = tmp_path / "other.safetensors"
@@ -91,7 +112,9 @@ def test_key_changes_with_size_options_and_weights(tiny_model_path, tmp_path):
              graph_cache._key_name(graph_cache.graph_key(sha, OW, OH, {**base, "color_fix": "none"}, 17)),
              graph_cache._key_name(graph_cache.graph_key(sha, OW, OH, base, 18)),
              graph_cache._key_name(graph_cache.graph_key(graph_cache.weights_sha256(other), OW, OH, base, 17))}
-    assert len(names) == 5
+    monkeypatch.setattr(graph_cache, "graph_code_sha256", lambda: "0" * 64)  # the traced code changed
+    names.add(graph_cache._key_name(graph_cache.graph_key(sha, OW, OH, base, 17)))
+    assert len(names) == 6
 
 
 def _entry_folder(graph, cache):

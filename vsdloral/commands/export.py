@@ -29,6 +29,10 @@ def register(sub) -> None:
     p.add_argument("--tile-overlap", type=int, help="latent tile overlap in output pixels (default: the model's own)")
     p.add_argument("--vae-tile", type=int, default=0, metavar="PX",
                    help="VAE tiles inside the graph, in pixels (default 0: none; the runtime plans its own memory)")
+    p.add_argument("--for-precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="what the runtime computes in: fp32 (default) keeps GroupNorm and colour-fix statistics at "
+                        "fp32 accuracy over a whole frame; bf16/fp16 leave them to the runtime's own fused kernels "
+                        "(faster, as accurate as those precisions allow)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.set_defaults(func=run)
 
@@ -54,7 +58,7 @@ def run(args) -> int:
     try:
         path = cached_graph(args.model, width, height, opset=args.opset, cfr=args.cfr, cfr_window=args.cfr_window,
                             color_fix=args.color_fix, tile=args.tile, tile_overlap=args.tile_overlap,
-                            vae_tile=args.vae_tile)
+                            vae_tile=args.vae_tile, exact_reductions=args.for_precision == "fp32")
     except OnnxUnavailable as exc:
         raise CLIError(str(exc)) from None
     if out is None:

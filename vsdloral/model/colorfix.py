@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .stable_norm import exporting, moments_for_export
+
 COLOR_FIXES = ("adain", "wavelet", "none")
 
 
@@ -12,9 +14,19 @@ def adain_color_fix(out: torch.Tensor, src: torch.Tensor, eps: float = 1e-5) -> 
     """Match the per-image, per-channel mean and std of ``out`` to ``src``, as the authors' colour
     fix (StableSR's ``adaptive_instance_normalization``): std = sqrt(unbiased variance + ``eps``) for
     both images, so a flat frame (a fade to black) is not amplified by a tiny output std."""
-    o_mean, o_std = out.mean((2, 3), keepdim=True), (out.var((2, 3), keepdim=True) + eps).sqrt()
-    s_mean, s_std = src.mean((2, 3), keepdim=True), (src.var((2, 3), keepdim=True) + eps).sqrt()
-    return (out - o_mean) / o_std * s_std + s_mean
+    o_mean, o_var = _mean_var(out)
+    s_mean, s_var = _mean_var(src)
+    return (out - o_mean) / (o_var + eps).sqrt() * (s_var + eps).sqrt() + s_mean
+
+
+def _mean_var(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image, per-channel mean and unbiased variance of (N,C,H,W) ``x`` (keepdim); in an
+    exported graph in the form runtimes keep accurate over a whole frame (stable_norm)."""
+    if not exporting():
+        return x.mean((2, 3), keepdim=True), x.var((2, 3), keepdim=True)
+    n, c, h, w = x.shape
+    mean, var = moments_for_export(x.reshape(n, c, 1, h, w), unbiased=True)
+    return mean.reshape(n, c, 1, 1), var.reshape(n, c, 1, 1)
 
 
 def _wavelet_blur(x: torch.Tensor, radius: int) -> torch.Tensor:

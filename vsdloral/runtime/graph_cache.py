@@ -2,15 +2,17 @@
 
 ``<cache_root>/onnx/<key>/`` holds ``model.onnx``, its ``model.onnx.data`` when the weights are
 external, and ``entry.json``: the key's fields (weights sha256, size, resolved options, opset,
-vsdloral, torch and onnx versions) and the size and sha256 of each graph file. An entry is built
-in a temporary folder and renamed into place; on use its ``entry.json`` must hold the expected
-key and every file its recorded size and sha256, else the entry (truncated, corrupt, another
-model's, size's or version's) is rebuilt, never used.
+vsdloral, torch and onnx versions, the traced code's sha256) and the size and sha256 of each
+graph file. An entry is built in a temporary folder and renamed into place; on use its
+``entry.json`` must hold the expected key and every file its recorded size and sha256, else the
+entry (truncated, corrupt, another model's, size's, version's or traced code's) is rebuilt, never
+used.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -26,12 +28,14 @@ from ..utils.hashing import sha256_file
 from ..utils.log import get_logger
 from .onnx_export import DEFAULT_OPSET, EXTERNAL_THRESHOLD, export_onnx, require_onnx, resolve_options
 
-__all__ = ["cached_graph", "graph_key", "onnx_cache_dir", "weights_sha256"]
+__all__ = ["cached_graph", "graph_code_sha256", "graph_key", "onnx_cache_dir", "weights_sha256"]
 
 log = get_logger("vsdloral.runtime")
 GRAPH = "model.onnx"
 ENTRY = "entry.json"
 FORMAT = 1
+#: the runtime package's modules that shape a traced graph (hashed into the key with vsdloral/model)
+_TRACED_RUNTIME = ("onnx_export.py", "chunked_attention.py")
 #: (path, size, mtime_ns) -> sha256 of files already hashed in this process
 _hashed: dict[tuple[str, int, int], str] = {}
 
@@ -67,6 +71,17 @@ def weights_sha256(model) -> str:
     return "tensors-" + h.hexdigest()
 
 
+@functools.cache
+def graph_code_sha256() -> str:
+    """sha256 of the source of the code that is traced into a graph (``vsdloral/model/*.py`` and
+    the exporter's modules): an edited checkout with the same version never reuses an older graph."""
+    pkg = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for f in sorted((pkg / "model").glob("*.py")) + [pkg / "runtime" / n for n in _TRACED_RUNTIME]:
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def graph_key(weights: str, width: int, height: int, options: dict, opset: int) -> dict:
     """Everything that changes a graph, as a JSON-able dict."""
     onnx = require_onnx()
@@ -75,7 +90,7 @@ def graph_key(weights: str, width: int, height: int, options: dict, opset: int) 
 
     return {"format": FORMAT, "weights_sha256": weights, "width": int(width), "height": int(height),
             "options": dict(options), "opset": int(opset), "vsdloral": __version__,
-            "torch": torch.__version__, "onnx": onnx.__version__}
+            "code": graph_code_sha256(), "torch": torch.__version__, "onnx": onnx.__version__}
 
 
 def _key_name(key: dict) -> str:
@@ -146,8 +161,8 @@ def cached_graph(model=None, width: int = 1280, height: int = 720, *, opset: int
     :class:`~vsdloral.model.restorer.Restorer` (its file when it was loaded from one) or
     :class:`~vsdloral.model.weights.DLoRALModel`. ``options``: those of
     :func:`~vsdloral.runtime.onnx_export.resolve_options` (``color_fix``, ``cfr``, ``cfr_window``,
-    ``cfr_topk``, ``tile``, ``tile_overlap``, ``vae_tile``, ``batch_tiles``; ``None``: the model's
-    own). ``cache_dir``: default :func:`onnx_cache_dir`."""
+    ``cfr_topk``, ``tile``, ``tile_overlap``, ``vae_tile``, ``batch_tiles``, ``exact_reductions``;
+    ``None``: the model's own). ``cache_dir``: default :func:`onnx_cache_dir`."""
     for name, v in (("width", width), ("height", height)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"cached_graph: {name} must be a positive int, got {v!r}")

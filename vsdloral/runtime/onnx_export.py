@@ -5,7 +5,9 @@ Graph I/O (what vs-mlrt passes and expects): one input ``input``, float32 (1, 6,
 0-2 the current frame's RGB in [0,1], channels 3-5 the reference frame's (vs-mlrt concatenates
 the clips it is given on channels, in order: ``[current, reference]``); one output ``output``,
 float32 (1, 3, H, W) in [0,1], colour fix included. H, W: the output size, static. The graph is
-fp32; runtimes choose their own fp16/bf16.
+fp32; runtimes choose their own fp16/bf16. With ``exact_reductions`` (for fp32 runtimes) GroupNorms
+are traced as :func:`~vsdloral.model.stable_norm.group_norm_for_export`; attention is traced in
+blocks of queries (:mod:`vsdloral.runtime.chunked_attention`).
 
 Graphs whose weights exceed ``external_threshold`` bytes (default just under ONNX's 2 GB protobuf
 limit; SD 2.1's UNet is 3.4 GB in fp32) keep them in ONE external-data file beside the graph,
@@ -24,6 +26,8 @@ import torch
 from torch import nn
 
 from ..model.frame_net import FrameNet
+from ..model.stable_norm import export_reductions, patch_group_norms
+from .chunked_attention import chunked_attention
 
 __all__ = ["DEFAULT_OPSET", "EXTERNAL_THRESHOLD", "GraphOptions", "OnnxUnavailable", "export_onnx", "graph_files",
            "require_onnx", "resolve_options"]
@@ -52,7 +56,10 @@ class GraphOptions:
 
     ``tile``: latent tiles in output pixels (None: one piece); ``vae_tile``: the VAE's own tiling
     (0: never; see :mod:`vsdloral.model.vae_tiling`); ``cfr``/``cfr_window``/``cfr_topk``: the
-    retrieval; ``batch_tiles``: all latent tiles through one batched UNet."""
+    retrieval; ``batch_tiles``: all latent tiles through one batched UNet; ``exact_reductions``:
+    GroupNorm and colour-fix statistics in the form runtimes keep at fp32 accuracy over a whole
+    frame (a graph for an fp32 runtime), else the plain ops that runtimes fuse (for bf16/fp16;
+    :func:`vsdloral.model.stable_norm.export_reductions`)."""
 
     color_fix: str
     cfr: str
@@ -62,6 +69,7 @@ class GraphOptions:
     tile_overlap: int
     vae_tile: int
     batch_tiles: bool = True
+    exact_reductions: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,7 +77,8 @@ class GraphOptions:
 
 def resolve_options(restorer, *, color_fix: str | None = None, cfr: str | None = None, cfr_window: int | None = None,
                     cfr_topk: int = 64, tile: int | None = None, tile_overlap: int | None = None,
-                    vae_tile: int | None = 0, batch_tiles: bool = True) -> GraphOptions:
+                    vae_tile: int | None = 0, batch_tiles: bool = True,
+                    exact_reductions: bool = True) -> GraphOptions:
     """The options as :meth:`Restorer.restore` resolves them (``None``: the model's own), checked.
     ``vae_tile`` defaults to 0 here: VAE tiles only bound torch's memory (the tiled result is the
     untiled one), and a runtime plans its own memory."""
@@ -90,7 +99,7 @@ def resolve_options(restorer, *, color_fix: str | None = None, cfr: str | None =
         raise ValueError("export: vae_tile=None (the authors' rule) is not an export option; pass 0 (never) "
                          "or a tile size in pixels")
     return GraphOptions(color_fix, cfr, int(cfr_window), int(cfr_topk), tile, int(tile_overlap), int(vae_tile),
-                        bool(batch_tiles))
+                        bool(batch_tiles), bool(exact_reductions))
 
 
 class _Graph(nn.Module):
@@ -128,11 +137,15 @@ def export_onnx(net: FrameNet, width: int, height: int, path: str | os.PathLike,
         raise ValueError("export_onnx: the FrameNet must be float32 on the CPU")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
+    # GroupNorms traced in the form runtimes keep accurate on large maps (stable_norm); outside
+    # tracing a patched norm computes what it did before, so patching ``net`` in place is harmless
+    patch_group_norms(net)
     graph = _Graph(net, options).eval()
     x = torch.rand(1, 6, height, width, generator=torch.Generator().manual_seed(0))
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:
         raw = Path(tmp) / "graph.onnx"
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), export_reductions(options.exact_reductions), \
+                chunked_attention():
             warnings.simplefilter("ignore")  # tracer warnings about Python values: the size is static
             torch.onnx.export(graph, (x,), str(raw), input_names=["input"], output_names=["output"],
                               opset_version=opset, dynamo=False, do_constant_folding=True)
