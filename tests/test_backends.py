@@ -299,10 +299,13 @@ def real_graph(tiny_model_path, tmp_path_factory):
 
 
 # (max, mean) abs difference in [0,1] against the torch fp32 path. Measured (256x192, 2 cores,
-# vs-mlrt v17.1/17.1.1, OpenVINO 2026.4, ONNX Runtime 1.32): tiny model, 3 frames of bikes.mp4:
-# ONNX Runtime 3.1e-4 / 3.2e-6, OpenVINO 2.8e-4 / 4.5e-6; converted fixture on 3 x 2 latent tiles,
-# 2 frames: 1.1e-4 / 3.2e-6 and 1.3e-4 / 4.0e-6. The bounds leave ~6x for thread counts and CPUs
-PARITY_TOL = {"ov-cpu": (2e-3, 3e-5), "ort-cpu": (2e-3, 3e-5)}
+# vs-mlrt v17.1/17.1.1, OpenVINO 2026.4, ONNX Runtime 1.32), with the graph's exact reductions
+# (stable_norm.group_norm_for_export): tiny model, 3 frames of bikes.mp4: ONNX Runtime 5.8e-5 /
+# 1.2e-6, OpenVINO 6.2e-5 / 1.2e-6; converted fixture on 3 x 2 latent tiles, 2 frames: 4.2e-5 /
+# 1.4e-6 and 3.5e-5 / 1.3e-6 (before: up to 3.1e-4 / 4.5e-6). The bounds leave ~6x for thread
+# counts and CPUs; at this size the plain reductions' error is still inside them: the large-map
+# checks are tests/test_export_precision.py
+PARITY_TOL = {"ov-cpu": (4e-4, 8e-6), "ort-cpu": (4e-4, 8e-6)}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -375,32 +378,6 @@ def test_converted_weights_on_latent_tiles_match_torch_path(converted_model, par
 
 
 # -- the CLI and the chunked job ---------------------------------------------------------------------------
-
-
-def test_auto_keeps_torch_for_converted_weights_above_a_megapixel(converted_model, monkeypatch):
-    """Converted weights' graph is wrong through OpenVINO at 1920x1080 (docs/backends.md, known
-    problem): ``auto`` keeps the torch path for them above AUTO_MAX_CONVERTED_PIXELS, not below it,
-    and an explicitly named backend is still used."""
-    import vsdloral.mlrt.upscale as mu
-    import vsdloral.vs_filter as vf
-
-    class RanGraph(Exception):
-        pass
-
-    def fake(*a, **k):
-        raise RanGraph
-
-    monkeypatch.setattr(mu, "upscale_with_backend", fake)
-    monkeypatch.delenv(vf.BACKEND_ENV)
-    clip = numpy_clip(moving_frames(2))
-    big = dict(width=1280, height=800)
-    assert 1280 * 800 > vf.AUTO_MAX_CONVERTED_PIXELS
-    out = vsdloral.upscale(clip, model=converted_model, **big)  # torch: no graph
-    assert (out.width, out.height) == (1280, 800)
-    with pytest.raises(RanGraph):
-        vsdloral.upscale(clip, SCALE, model=converted_model)  # small: the graph
-    with pytest.raises(RanGraph):
-        vsdloral.upscale(clip, model=converted_model, backend="ov-cpu", **big)
 
 
 def test_cli_backend_option(tmp_path, capsys):

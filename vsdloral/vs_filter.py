@@ -42,10 +42,6 @@ _MODELS_LOCK = threading.Lock()
 #: ``upscale(backend=None)``: ``$VSDLORAL_BACKEND`` when set (the test suite sets ``torch``), else this
 DEFAULT_BACKEND = "auto"
 BACKEND_ENV = "VSDLORAL_BACKEND"
-#: ``backend="auto"`` keeps torch for converted (SD 2.1-size) weights above this many output pixels:
-#: their exported graph was measured wrong through OpenVINO at 1920x1080 and right at 960x544
-#: (docs/backends.md, known problem)
-AUTO_MAX_CONVERTED_PIXELS = 1_000_000
 
 
 def _err(msg: str) -> vs.Error:
@@ -296,8 +292,8 @@ def upscale(
             TensorRT when its vs-mlrt plugin and build tools are installed, else ONNX Runtime's CUDA
             provider, else torch; without CUDA, OpenVINO's CPU backend when ``vsdloral[mlrt,onnx]`` is
             installed (2.5x the torch path's fps at 1280x720 with the bundled model on 2 idle cores,
-            docs/backends.md), else torch; ``device=``, ``compile=True``, a loaded ``Restorer``, or
-            converted weights above 1 megapixel (a known export problem) keep torch; the choice is logged. A name (``"ov-cpu"``, ``"ort-cpu"``, ``"trt"``, ``"ort-cuda"``,
+            docs/backends.md), else torch; ``device=``, ``compile=True`` or a loaded ``Restorer`` keep
+            torch; the choice is logged. A name (``"ov-cpu"``, ``"ort-cpu"``, ``"trt"``, ``"ort-cuda"``,
             ``"ov-gpu"``, ``"ort-dml"``, ``"ort-coreml"``, ``"trt-rtx"``, ``"migx"``) or a
             ``vsscale.Backend`` instance runs the whole per-frame computation as one ONNX graph per model,
             size and options (cached, :mod:`vsdloral.runtime`) through that vs-mlrt backend, on the same
@@ -337,23 +333,15 @@ def upscale(
     choice = _resolve_backend(backend, dtype=dtype, device_index=device_index, num_streams=num_streams,
                               threads=threads, device=device, compile=compile, model=model)
     if choice is not None:
-        from .mlrt.upscale import model_meta
+        from .mlrt.upscale import model_meta, upscale_with_backend
 
         meta = model_meta(model)  # the header only: the weights load (once) for the export
-        auto = (backend if backend is not None else default_backend()) == "auto"
-        if auto and meta.converted and out_w * out_h > AUTO_MAX_CONVERTED_PIXELS:
-            log.warning("upscale: backend='auto' keeps torch for converted weights at %dx%d: their exported graph "
-                        "is not yet right above about 1 megapixel (docs/backends.md, known problem)", out_w, out_h)
-            choice = _resolve_backend("torch", dtype=dtype, device_index=device_index, num_streams=num_streams,
-                                      threads=threads, device=device, compile=compile, model=model)
-    if choice is not None:
-        from .mlrt.upscale import upscale_with_backend
-
         rgb, back = to_rgb_at_size(clip, out_w, out_h, matrix_in, kernel or meta.inference_kernel())
         res = upscale_with_backend(
             rgb, choice, model, scene_change=scene_change,
             graph_options={"cfr": cfr, "cfr_window": cfr_window, "color_fix": color_fix, "tile": tile,
-                           "tile_overlap": tile_overlap, "vae_tile": vae_tile})
+                           "tile_overlap": tile_overlap, "vae_tile": vae_tile,
+                           "exact_reductions": choice.precision == "fp32"})
         if back is not None:
             res = core.resize.Bicubic(res, **_BICUBIC, dither_type="error_diffusion", **back)
         return res
