@@ -9,6 +9,7 @@ import json
 import cv2
 import pytest
 import torch
+from decoder_stage_setup import TINY_DECODER, point_at_tiny_setup, teacher_and_stills
 from ncnn_format import random_rrdbnet, write_rrdbnet_ncnn
 
 from training import config as config_mod
@@ -19,8 +20,6 @@ from vsdloral.model.errors import WeightsError
 from vsdloral.model.init import init_model
 from vsdloral.model.presets import get_preset
 from vsdloral.model.weights import DLoRALModel, read_metadata
-
-TINY_DECODER = {"kind": "latent-sr", "channels": 8, "blocks": 1}
 
 
 def test_lite2_preset_shapes():
@@ -93,25 +92,13 @@ def test_a_bad_decoder_config_is_a_one_line_error(tmp_path):
 def stage(tmp_path, sample_clip, tiny_model_path):
     """A decoder-stage config on the tiny preset (x8 VAE, x4 SR): a tiny ncnn teacher, 6 windows
     of 64 px in 3 chunks, batch 2 of 4x4 latent windows, checkpoints every 2 steps."""
-    teacher = tmp_path / "teacher"
-    write_rrdbnet_ncnn(random_rrdbnet(seed=0), teacher)
-    stills = tmp_path / "held-out"  # a held-out still for validation: one frame of the clip, mirrored
-    stills.mkdir()
-    from training.data import read_video
-
-    cv2.imwrite(str(stills / "still.png"), read_video(sample_clip, 1)[0, :, ::-1, ::-1])
+    teacher, stills = teacher_and_stills(tmp_path, sample_clip)
     cfg = config_mod.build_config("tiny", None, None)
     cfg["decoder"] = {"init": str(tiny_model_path), "store": str(tmp_path / "store"), "windows": 6, "chunk": 2,
                       "frames": 2, "crop": 64, "teacher_runtime": "torch", "steps": 4, "lr": 1e-3, "warmup": 0,
                       "batch_size": 2, "train_crop": 4, "teacher": 1.0, "gt": 0.5, "autocast": "none",
                       "val_images": [str(stills)], "val_windows": 1, "val_crop": 64}
-    over = {"data.videos": [str(sample_clip)], "data.max_frames": 12, "data.holdout": 4,
-            "degradation.kind": "bicubic", "model.decoder": TINY_DECODER, "train.device": "cpu",
-            "train.progress": False, "train.val_every": 2, "train.checkpoint_every": 2, "train.log_every": 1,
-            "teacher.kind": "realesrgan-x4plus", "teacher.path": str(teacher), "teacher.cache": str(tmp_path / "cache")}
-    for k, v in over.items():
-        config_mod.set_dotted(cfg, k, v)
-    return cfg
+    return point_at_tiny_setup(cfg, sample_clip, teacher, tmp_path)
 
 
 def test_store_is_sharded_and_resumable(stage, tmp_path):

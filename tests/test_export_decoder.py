@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from decoder_stage_setup import TINY_DECODER
 
 from training import config as config_mod
 from training.decoder_task import decoder_config, export_decoder
 from vsdloral.model.decoders import build_decoder
 from vsdloral.model.weights import DLoRALModel, read_metadata
-
-TINY_DECODER = {"kind": "latent-sr", "channels": 8, "blocks": 1}
 
 
 @pytest.fixture(scope="module")

@@ -10,15 +10,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from ncnn_format import random_rrdbnet, write_rrdbnet_ncnn
+from decoder_stage_setup import TINY_DECODER, point_at_tiny_setup, teacher_and_stills
 
 from training import config as config_mod
 from training.checkpoint import load_checkpoint
 from training.loop import train
 from training.losses import colour_loss
 from vsdloral.model.weights import DLoRALModel, read_metadata
-
-TINY_DECODER = {"kind": "latent-sr", "channels": 8, "blocks": 1}
 
 
 def _photo(sample_clip) -> torch.Tensor:
@@ -68,13 +66,7 @@ def test_colour_loss_sees_tints_not_texture_and_its_gradient_removes_a_tint(samp
 def joint_cfg(tmp_path, sample_clip, tiny_model_path):
     """A joint-stage config on the tiny preset: a tiny ncnn teacher, 4 windows of 3 frames (64 px) in 2
     chunks with the UNet's inputs, batch 2 (one pair) of 4x4 latent crops, every term on."""
-    teacher = tmp_path / "teacher"
-    write_rrdbnet_ncnn(random_rrdbnet(seed=0), teacher)
-    stills = tmp_path / "held-out"
-    stills.mkdir()
-    from training.data import read_video
-
-    cv2.imwrite(str(stills / "still.png"), read_video(sample_clip, 1)[0, :, ::-1, ::-1])
+    teacher, stills = teacher_and_stills(tmp_path, sample_clip)
     cfg = config_mod.build_config("tiny", None, None)
     cfg["decoder"] = {"init": str(tiny_model_path), "store": str(tmp_path / "store"), "windows": 4, "chunk": 2,
                       "frames": 3, "crop": 64, "teacher_runtime": "torch", "unet_inputs": True,
@@ -82,13 +74,7 @@ def joint_cfg(tmp_path, sample_clip, tiny_model_path):
     cfg["joint"] = {"steps": 4, "lr": 1e-3, "warmup": 0, "batch_size": 2, "train_crop": 4, "lora_rank": 2,
                     "lora_alpha": 4, "teacher": 1.0, "gt": 0.5, "temporal": 1.0, "colour": 2.0, "texture": 0.1,
                     "adversarial": 0.1, "adversarial_start": 1, "d_channels": 4, "autocast": "none"}
-    over = {"data.videos": [str(sample_clip)], "data.max_frames": 12, "data.holdout": 4,
-            "degradation.kind": "bicubic", "model.decoder": TINY_DECODER, "train.device": "cpu",
-            "train.progress": False, "train.val_every": 2, "train.checkpoint_every": 2, "train.log_every": 1,
-            "teacher.kind": "realesrgan-x4plus", "teacher.path": str(teacher), "teacher.cache": str(tmp_path / "cache")}
-    for k, v in over.items():
-        config_mod.set_dotted(cfg, k, v)
-    return cfg
+    return point_at_tiny_setup(cfg, sample_clip, teacher, tmp_path)
 
 
 def _tiny_init_with_decoder(cfg, tmp_path):
