@@ -1,9 +1,10 @@
 """Attention exported in blocks of queries, so that a runtime's memory stays bounded.
 
 Traced as is, diffusers' attention (``F.scaled_dot_product_attention``) becomes one MatMul-Softmax-
-MatMul over all positions: ONNX Runtime's CPU provider materialises the score matrix and its
-softmax, 2 x 4.2 GB for the SD VAE's mid-block at 1920x1080 (32,400 positions) and 2 x 10.9 GB for
-the fixture UNet's eight batched 96 x 96 latent tiles; it was killed above 21 GB. Within
+MatMul over all positions, whose score matrix and softmax ONNX Runtime's CPU provider
+materialises: from the shapes, 4.2 GB each for the SD VAE's mid-block at 1920x1080 (32,400
+positions) and 10.9 GB each for the fixture UNet's eight batched 96 x 96 latent tiles (4 heads). It
+was killed above 21 GB there; with blocks it peaked at 5.7 GB. Within
 :func:`chunked_attention` (used by :func:`vsdloral.runtime.onnx_export.export_onnx`) each call is
 split into blocks of queries whose scores hold at most :data:`SCORE_BUDGET` elements; every block
 sees all keys, so the result is the same attention (each query's softmax is its own row).
