@@ -90,6 +90,17 @@ def test_graph_for_reduced_precision_keeps_fused_norms(tiny_model_path, tmp_path
     assert capsys.readouterr().out.strip() != path
 
 
+@pytest.mark.parametrize("color_fix", ["wavelet", "lowpass", "none"])
+def test_every_colour_fix_exports(color_fix, tiny_model_path, tiny_restorer, cache):
+    """Each colour fix traces into the graph with constant kernels of known shape (the wavelet fix's
+    expanded kernel did not export) and gives FrameNet's frame (adain: the parity test above)."""
+    x = frames()
+    path = cached_graph(tiny_model_path, OW, OH, cache_dir=cache, color_fix=color_fix)
+    with torch.no_grad():
+        want = tiny_restorer.net(x[:, :3], x[:, 3:], color_fix=color_fix).numpy()
+    assert np.abs(run_graph(path, x.numpy()) - want).max() < 2e-4
+
+
 def test_cached_graph_is_reused(graph, tiny_model_path, cache, monkeypatch):
     monkeypatch.setattr(graph_cache, "export_onnx", lambda *a, **k: pytest.fail("exported again"))
     assert cached_graph(tiny_model_path, OW, OH, cache_dir=cache) == graph

@@ -106,3 +106,51 @@ def test_colour_error_zero_for_the_gt_growing_with_hue_rotation_blind_to_texture
     assert colour_error(noisy, base) < 0.25 * errs[1]
     with pytest.raises(ValueError, match="must be equal"):
         colour_error(gt, gt[:10])
+
+
+# -- the lowpass colour fix (vsdloral.model.colorfix.lowpass_color_fix) ---------------------------------
+
+
+def _t(img: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None].float()
+
+
+def _hwc(t) -> np.ndarray:
+    return t[0].permute(1, 2, 0).numpy().astype(np.float64)
+
+
+def test_lowpass_fix_takes_the_inputs_low_frequencies_and_keeps_the_outputs_detail(gt):
+    """A smooth tint and brightness drift of the ground truth, fixed against the bicubic upscale of
+    its x4 LQ: the colour error drops to about bicubic's, while the output's luma finer than the
+    fix's luma sigma and chroma finer than its chroma sigma stay the output's own."""
+    import torch
+
+    from vsdloral.model.colorfix import (_KB, _KR, CHROMA_SIGMA, LUMA_SIGMA, _gaussian_blur, apply_color_fix,
+                                         lowpass_color_fix)
+
+    gt = 0.1 + 0.8 * gt  # room for the drift inside [0, 1]
+    h, w = gt.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    drift = np.stack([0.04 * np.sin(6 * xx), 0.03 * np.cos(5 * yy), -0.05 * np.cos(4 * (xx + yy))], -1)
+    drifted = gt + drift.astype(np.float32)
+    assert drifted.min() >= 0 and drifted.max() <= 1
+    src = _bicubic_x4(gt)
+    fixed_t = lowpass_color_fix(_t(drifted), _t(src))
+    assert torch.equal(apply_color_fix("lowpass", _t(drifted), _t(src)), fixed_t)
+    fixed = _hwc(fixed_t)
+    e_drifted, e_fixed, e_bicubic = (colour_error(x, gt) for x in (drifted, fixed, src))
+    assert e_fixed < 0.3 * e_drifted and e_fixed < 1.5 * e_bicubic + 0.2, (e_drifted, e_fixed, e_bicubic)
+
+    def fine(x: np.ndarray, channel: slice, sigma: float) -> np.ndarray:
+        """The Y'CbCr components ``channel`` of x minus their Gaussian blur of ``sigma``."""
+        t = _t(x)
+        y = _KR * t[:, 0:1] + (1 - _KR - _KB) * t[:, 1:2] + _KB * t[:, 2:3]
+        c = torch.cat([y, t[:, 2:3] - y, t[:, 0:1] - y], 1)[:, channel]
+        return (c - _gaussian_blur(c, sigma)).numpy()
+
+    for channel, sigma in ((slice(0, 1), LUMA_SIGMA), (slice(1, 3), CHROMA_SIGMA)):
+        kept = np.abs(fine(fixed, channel, sigma) - fine(drifted, channel, sigma)).mean()
+        taken = np.abs(fine(src, channel, sigma) - fine(drifted, channel, sigma)).mean()  # all from the input
+        assert kept < 0.2 * taken, (channel, kept, taken)

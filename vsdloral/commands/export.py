@@ -23,7 +23,7 @@ def register(sub) -> None:
                                           "default: the cache ($VSDLORAL_CACHE/onnx), path printed on stdout")
     p.add_argument("--cfr", help="dense, topk or window (default: the model's own)")
     p.add_argument("--cfr-window", type=int, help="window radius for --cfr window (default: the model's own)")
-    p.add_argument("--color-fix", help="adain, wavelet or none (default: the model's own, else adain)")
+    p.add_argument("--color-fix", help="adain, wavelet, lowpass or none (default: the model's own, else adain)")
     p.add_argument("--tile", type=int, help="the authors' latent tiles, side in output pixels (default: the model's "
                                             "own; 0 = one piece)")
     p.add_argument("--tile-overlap", type=int, help="latent tile overlap in output pixels (default: the model's own)")
