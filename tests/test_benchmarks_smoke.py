@@ -410,3 +410,27 @@ def test_tiling_smoke():
     assert _pos(s["paths"]["dense"]["s_per_frame"]) and _pos(s["paths"]["tiled"]["s_per_frame"])
     assert s["paths"]["dense"]["unet_positions"] == 144 and s["unet_positions_ratio"] > 1
     assert len(s["load_avg_before"]) == 3
+
+
+def test_converted_parity_smoke():
+    """The converted fixture through ONNX Runtime against the torch path (OpenVINO left out: its
+    compile is the slow part and tests/test_backends.py checks it on the same fixture)."""
+    r = run_benchmark("converted_parity", "--backends", "ort-cpu")
+    rows = {x["backend"]: x for x in r["rows"]}
+    assert set(rows) == {"torch", "ort-cpu"} and "error" not in rows["ort-cpu"], rows
+    assert 0 < rows["ort-cpu"]["max"] < 1e-3 and rows["ort-cpu"]["mean"] < 1e-5
+    assert _pos(rows["torch"]["seconds"]) and _pos(rows["ort-cpu"]["peak_rss_gb"])
+
+
+def test_vae_colour_smoke(tmp_path):
+    import cv2
+
+    from training.data import read_video
+    from vsdloral.samples import sample_video
+
+    for i, frame in enumerate(read_video(sample_video("bikes.mp4"), 2)):
+        cv2.imwrite(str(tmp_path / f"still{i}.png"), frame[:, :, ::-1])
+    r = run_benchmark("vae_colour", "--images", str(tmp_path), "--crop", "64")
+    assert len(r["rows"]) == 2
+    m = r["mean"]
+    assert _pos(m["colour_vae"]) and m["colour_bicubic"] >= 0 and _pos(m["recall_mid_vae"])
