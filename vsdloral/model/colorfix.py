@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .stable_norm import exporting, moments_for_export
+from .stable_norm import exact_export, moments_for_export
 
 COLOR_FIXES = ("adain", "wavelet", "lowpass", "none")
 #: Gaussian sigmas (output pixels) below which ``lowpass`` takes the input's luma and chroma
@@ -26,7 +26,7 @@ def adain_color_fix(out: torch.Tensor, src: torch.Tensor, eps: float = 1e-5) -> 
 def _mean_var(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image, per-channel mean and unbiased variance of (N,C,H,W) ``x`` (keepdim); in an
     exported graph in the form runtimes keep accurate over a whole frame (stable_norm)."""
-    if not exporting():
+    if not exact_export():
         return x.mean((2, 3), keepdim=True), x.var((2, 3), keepdim=True)
     n, c, h, w = x.shape
     mean, var = moments_for_export(x.reshape(n, c, 1, h, w), unbiased=True)
@@ -35,7 +35,8 @@ def _mean_var(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _wavelet_blur(x: torch.Tensor, radius: int) -> torch.Tensor:
     # built from a Python list of the full shape: a constant of known shape in an exported graph
-    kernel = x.new_tensor([[[[1 / 16, 2 / 16, 1 / 16], [2 / 16, 4 / 16, 2 / 16], [1 / 16, 2 / 16, 1 / 16]]]] * x.shape[1])
+    taps = [[1 / 16, 2 / 16, 1 / 16], [2 / 16, 4 / 16, 2 / 16], [1 / 16, 2 / 16, 1 / 16]]
+    kernel = x.new_tensor([[taps]] * x.shape[1])
     x = F.pad(x, (radius,) * 4, mode="replicate")
     return F.conv2d(x, kernel, groups=x.shape[1], dilation=radius)
 

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["StableGroupNorm", "export_reductions", "exporting", "group_norm_channels_last", "group_norm_for_export", "moments_for_export",
-           "patch_group_norms", "rows_of", "uses_stable_path"]
+__all__ = ["StableGroupNorm", "exact_export", "export_reductions", "group_norm_channels_last", "group_norm_for_export",
+           "moments_for_export", "patch_group_norms", "rows_of", "uses_stable_path"]
 
 #: floats per band of rows whose deviations are squared at once (512 KB: a band stays in cache; measured fastest of 2^16..2^20)
 _BAND_ELEMS = 1 << 17
@@ -111,8 +111,9 @@ def group_norm_for_export(x: torch.Tensor, groups: int, weight: torch.Tensor | N
     over all of a group's positions, which runtimes may reduce in one fp32 accumulation)."""
     n, c = x.shape[:2]
     rows, row = rows_of(x)
-    mean, var = moments_for_export(x.reshape(n, groups, c // groups, rows, row))
-    y = ((x.reshape(n, groups, c // groups, rows, row) - mean) * torch.rsqrt(var + eps)).reshape(x.shape)
+    xg = x.reshape(n, groups, c // groups, rows, row)
+    mean, var = moments_for_export(xg)
+    y = ((xg - mean) * torch.rsqrt(var + eps)).reshape(x.shape)
     shape = (1, c) + (1,) * (x.dim() - 2)
     if weight is not None:
         y = y * weight.reshape(shape)
@@ -124,7 +125,7 @@ def group_norm_for_export(x: torch.Tensor, groups: int, weight: torch.Tensor | N
 _EXACT_EXPORT: contextvars.ContextVar[bool] = contextvars.ContextVar("vsdloral_exact_export", default=True)
 
 
-def exporting() -> bool:
+def exact_export() -> bool:
     """True while torch traces a module for export (TorchScript tracing or ``torch.onnx.export``)
     with exact reductions asked for (the default; see :func:`export_reductions`)."""
     return _EXACT_EXPORT.get() and (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
@@ -152,7 +153,7 @@ class StableGroupNorm(nn.GroupNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if uses_stable_path(x):
             return group_norm_channels_last(x, self.num_groups, self.weight, self.bias, self.eps)
-        if exporting() and x.dim() >= 3:
+        if exact_export() and x.dim() >= 3:
             return group_norm_for_export(x, self.num_groups, self.weight, self.bias, self.eps)
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
