@@ -53,10 +53,12 @@ def main(argv: list[str] | None = None) -> int:
             lq = F.interpolate(t, scale_factor=0.25, mode="bicubic", antialias=True)
             bic = ((F.interpolate(lq, scale_factor=4, mode="bicubic") + 1) / 2).clamp(0, 1)[0].permute(1, 2, 0).numpy()
         rows.append({"image": f.name, "colour_vae": colour_error(trip, gt), "colour_bicubic": colour_error(bic, gt),
-                     "recall_mid_vae": texture_recall(trip, gt)["mid"], "recall_mid_bicubic": texture_recall(bic, gt)["mid"]})
+                     "recall_mid_vae": texture_recall(trip, gt)["mid"],
+                     "recall_mid_bicubic": texture_recall(bic, gt)["mid"]})
         print(f"vae_colour: {f.name}: {rows[-1]['colour_vae']:.2f}", file=sys.stderr)
     keys = ("colour_vae", "colour_bicubic", "recall_mid_vae", "recall_mid_bicubic")
-    result = {"model": a.model, "crop": a.crop, "rows": rows, "mean": {k: float(np.mean([r[k] for r in rows])) for k in keys}}
+    means = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+    result = {"model": a.model, "crop": a.crop, "rows": rows, "mean": means}
 
     def table(r: dict) -> str:
         m = r["mean"]

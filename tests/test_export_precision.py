@@ -68,8 +68,8 @@ def _openvino_error(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], t
         exact = module.double()(*(t.double() for t in inputs))
         module.float()
     np.savez(tmp_path / "in.npz", **{f"x{i}": t.numpy() for i, t in enumerate(inputs)})
-    subprocess.run([sys.executable, "-c", _RUN_OPENVINO, str(path), str(tmp_path / "in.npz"), str(tmp_path / "out.npy")],
-                   check=True)
+    args = [str(path), str(tmp_path / "in.npz"), str(tmp_path / "out.npy")]
+    subprocess.run([sys.executable, "-c", _RUN_OPENVINO, *args], check=True)
     got = np.load(tmp_path / "out.npy")
     return float(np.abs(got - exact.numpy()).max()), float((got_torch - exact).abs().max())
 

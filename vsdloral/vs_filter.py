@@ -268,7 +268,9 @@ def upscale(
             instance, else fp32 for ONNX Runtime on CPU, bf16 for OpenVINO on native-bf16 CPUs, fp16 on GPUs).
         ``cfr``: cross-frame retrieval, ``"dense"``, ``"topk"`` or ``"window"``; ``None``: the model's own
             (dense for converted released weights).
-        ``color_fix``: ``"adain"``, ``"wavelet"``, ``"lowpass"`` (the input's luma below 4 output pixels and chroma below 2 under the model's detail; docs/generalisation.md) or ``"none"``; ``None``: the model's own (adain unless its metadata says otherwise).
+        ``color_fix``: ``"adain"``, ``"wavelet"``, ``"lowpass"`` (the input's luma below 4 output pixels and
+            chroma below 2 under the model's detail; docs/generalisation.md) or ``"none"``; ``None``: the
+            model's own (adain unless its metadata says otherwise).
         ``tile``, ``tile_overlap``: the authors' latent tiles in output pixels (multiples of 8; flow, CFR and
             UNet per tile, Gaussian-blended); ``None``: the model's own (768/256 for converted released
             weights, dense for models trained here); ``tile=0``: dense over the whole frame.

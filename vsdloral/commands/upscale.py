@@ -44,7 +44,8 @@ def register(sub) -> None:
     p.add_argument("--end", type=int, help="frame to stop at, exclusive (default: the end)")
     p.add_argument("--cfr", default=None,
                    help="cross-frame retrieval: dense (exact), topk, window (default: the mode the model was trained with)")
-    p.add_argument("--color-fix", default=None, help="adain, wavelet, lowpass or none (default: the model's own, else adain)")
+    p.add_argument("--color-fix", default=None,
+                   help="adain, wavelet, lowpass or none (default: the model's own, else adain)")
     p.add_argument("--tile", type=int, help="the authors' latent tiles, side in output pixels (a multiple of 8): flow, "
                    "CFR and UNet per tile, blended (default: the model's own: 768 for converted released weights as "
                    "the authors, dense for models trained here; 0 = dense over the whole frame)")

@@ -8,7 +8,8 @@ was killed above 21 GB there; with blocks it peaked at 5.7 GB. Within
 :func:`chunked_attention` (used by :func:`vsdloral.runtime.onnx_export.export_onnx`) each call is
 split into blocks of queries whose scores hold at most :data:`SCORE_BUDGET` elements; every block
 sees all keys, so the result is the same attention (each query's softmax is its own row).
-The torch path is unchanged: only diffusers' processors see the patch, only while tracing.
+The torch path computes the same: the patch swaps diffusers' processors' ``F`` for the duration of
+the export (process-wide, so a torch-path frame computed meanwhile gets the same attention in blocks).
 """
 
 from __future__ import annotations

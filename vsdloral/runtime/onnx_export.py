@@ -6,8 +6,8 @@ Graph I/O (what vs-mlrt passes and expects): one input ``input``, float32 (1, 6,
 the clips it is given on channels, in order: ``[current, reference]``); one output ``output``,
 float32 (1, 3, H, W) in [0,1], colour fix included. H, W: the output size, static. The graph is
 fp32; runtimes choose their own fp16/bf16. With ``exact_reductions`` (for fp32 runtimes) GroupNorms
-are traced as :func:`~vsdloral.model.stable_norm.group_norm_for_export`; attention is traced in
-blocks of queries (:mod:`vsdloral.runtime.chunked_attention`).
+are traced as :func:`~vsdloral.model.stable_norm.group_norm_for_export`. Attention is always traced
+in blocks of queries (:mod:`vsdloral.runtime.chunked_attention`).
 
 Graphs whose weights exceed ``external_threshold`` bytes (default just under ONNX's 2 GB protobuf
 limit; SD 2.1's UNet is 3.4 GB in fp32) keep them in ONE external-data file beside the graph,
