@@ -77,6 +77,7 @@ def _authors_frame(r, m: AuthorsModules, cur: torch.Tensor, prev: torch.Tensor, 
     network and constants; ``gen=None`` takes the posterior mean instead of a sample (to check
     that both paths compute the same function)."""
     from vsdloral.model.colorfix import adain_color_fix
+    from vsdloral.model.decoders import decode_latents
     from vsdloral.model.temporal import flow_input, warp_reference
 
     f = r.factor
@@ -91,7 +92,7 @@ def _authors_frame(r, m: AuthorsModules, cur: torch.Tensor, prev: torch.Tensor, 
     z_cur = z[0] + _authors_cfr(m.cfr, z[0], z_ref)  # no chunking
     prompt = m.prompt_embeds.expand(z_cur.shape[0], -1, -1)
     eps = m.lora_unet(torch.cat([z_ref, z_cur], 1), r.net.timestep, encoder_hidden_states=prompt).sample
-    y = m.vae.decode((z_cur - eps) / r.scaling_factor).sample.float().clamp(-1, 1)
+    y = decode_latents(m.vae, (z_cur - eps) / r.scaling_factor, xs[0].to(m.dtype)).float().clamp(-1, 1)
     y = (y[..., :h, :w] + 1) / 2
     return adain_color_fix(y, cur.to(y.device)).clamp(0, 1)
 

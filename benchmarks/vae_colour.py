@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     from vsdloral.evaluation.colour import colour_error
     from vsdloral.evaluation.recall import texture_recall
     from vsdloral.loading import DEFAULT_MODEL_PATH
+    from vsdloral.model.decoders import decode_latents
     from vsdloral.model.weights import DLoRALModel
 
     p = parser(__doc__.splitlines()[0])
@@ -49,9 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         t = torch.from_numpy(gt).permute(2, 0, 1)[None] * 2 - 1
         with torch.no_grad():
             z = vae.encode(t).latent_dist.mode()
-            trip = ((vae.decode(z).sample + 1) / 2).clamp(0, 1)[0].permute(1, 2, 0).numpy()
             lq = F.interpolate(t, scale_factor=0.25, mode="bicubic", antialias=True)
-            bic = ((F.interpolate(lq, scale_factor=4, mode="bicubic") + 1) / 2).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+            up = F.interpolate(lq, scale_factor=4, mode="bicubic")
+            # a decoder with input_skip also gets the image inference would give it: the LQ's upscale
+            trip = ((decode_latents(vae, z, up) + 1) / 2).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+            bic = ((up + 1) / 2).clamp(0, 1)[0].permute(1, 2, 0).numpy()
         rows.append({"image": f.name, "colour_vae": colour_error(trip, gt), "colour_bicubic": colour_error(bic, gt),
                      "recall_mid_vae": texture_recall(trip, gt)["mid"],
                      "recall_mid_bicubic": texture_recall(bic, gt)["mid"]})

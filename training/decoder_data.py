@@ -21,7 +21,9 @@ that E*warp uses. The decoder stage's temporal term (``decoder.temporal``) reads
 ``decoder.unet_inputs: true`` the chunks also hold ``u`` (fp16, N x 2C x h x w: the UNet's input, the warped
 reference latent and the current one after CFR) and ``cur`` (fp16, N x C x h x w: the current latent), so that
 the joint stage (training/joint_task.py) can run the UNet's detail branch itself without the encoder, flow and CFR,
-which it does not train (``z = cur - UNet(u)``). ``--shard I/N``
+which it does not train (``z = cur - UNet(u)``). With ``decoder.input_skip: true`` (a decoder that also sees the
+input image, :class:`vsdloral.model.decoders.LatentSRDecoder`) they hold ``up`` (uint8, N x 3 x H x W): the
+bicubic upscale of the LQ frame, what inference hands that decoder. ``--shard I/N``
 processes split the chunks (chunk ``c`` belongs to shard ``c % N``); chunks already written are
 skipped, so an interrupted precompute continues where it stopped, and a store grows by raising
 ``decoder.windows``.
@@ -43,7 +45,7 @@ from vsdloral.utils.hashing import sha256_file
 from vsdloral.utils.log import get_logger
 
 from .data import Sources, WindowDataset
-from .nets import DLoRALNet, LatentCodec
+from .nets import DLoRALNet, LatentCodec, upscale
 
 log = get_logger("vsdloral.train.decoder")
 
@@ -68,7 +70,8 @@ def store_settings(cfg: dict, init_sha256: str) -> dict:
             "holdout": int(d.get("holdout", 0)), "flip": bool(d.get("flip", True)),
             "pseudo_shift": int(d.get("pseudo_shift", 4)), "max_frames": int(d.get("max_frames", 0)),
             "degradation": dict(cfg.get("degradation") or {}), "init_sha256": init_sha256,
-            **({"unet_inputs": True} if c.get("unet_inputs") else {})}  # absent when off: older stores keep their key
+            **({"unet_inputs": True} if c.get("unet_inputs") else {}),  # absent when off: older stores keep their key
+            **({"input_image": True} if c.get("input_skip") else {})}
 
 
 def settings_key(settings: dict) -> str:
@@ -208,7 +211,7 @@ def precompute(cfg: dict, store: str | Path, *, shard: tuple[int, int] = (0, 1))
     for k in tqdm(todo, file=sys.stderr, desc=f"decoder store {index}/{count}", dynamic_ncols=True,
                   disable=not cfg["train"].get("progress", True)):
         ids = list(range(k * chunk, min((k + 1) * chunk, windows)))
-        zs, ts, hs, fs, ms, us, cs = [], [], [], [], [], [], []
+        zs, ts, hs, fs, ms, us, cs, ups = [], [], [], [], [], [], [], []
         for i in ids:
             s = dataset.sample(i)
             lq = s["lq"][None]
@@ -223,6 +226,8 @@ def precompute(cfg: dict, store: str | Path, *, shard: tuple[int, int] = (0, 1))
             ts.append(teacher(s["lq"][1:]).mul(255).round().to(torch.uint8))
             hq = s["hq"][1:].mul(255).round().to(torch.uint8)
             hs.append(hq)
+            if settings.get("input_image"):
+                ups.append(upscale(s["lq"][1:], int(settings["scale"])).mul(255).round().to(torch.uint8))
             if hq.shape[0] >= 2:
                 flow, mask = gt_flow(hq.float() / 255)
                 fs.append(flow.to(torch.float16))
@@ -233,6 +238,8 @@ def precompute(cfg: dict, store: str | Path, *, shard: tuple[int, int] = (0, 1))
             tensors.update(flow=torch.cat(fs).contiguous(), mask=torch.cat(ms).contiguous())
         if us:
             tensors.update(u=torch.cat(us).contiguous(), cur=torch.cat(cs).contiguous())
+        if ups:
+            tensors["up"] = torch.cat(ups).contiguous()
         with atomic_path(chunk_path(store, k)) as tmp:
             save_file(tensors, str(tmp), metadata={"key": key, "chunk": str(k), "first": str(ids[0]),
                                                    "windows": str(len(ids)), "teacher": teacher.identity})
@@ -270,7 +277,7 @@ class Store:
                              "run vsdloral-train decoder-data with the same settings first")
         per = int(settings["frames"]) - 1  # restored frames per window
         names = ("z", "teacher", "hq") + (("flow", "mask") if per >= 2 else ()) \
-            + (("u", "cur") if settings.get("unet_inputs") else ())
+            + (("u", "cur") if settings.get("unet_inputs") else ()) + (("up",) if settings.get("input_image") else ())
         parts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
         for k in range(n_chunks):
             with safe_open(str(chunk_path(store, k)), framework="pt") as f:
@@ -287,6 +294,8 @@ class Store:
         self.u = self.cur = None  # the UNet's whole-window input and the current latent (decoder.unet_inputs)
         if settings.get("unet_inputs"):
             self.u, self.cur = (torch.cat(parts[n])[: self.windows * per] for n in ("u", "cur"))
+        # the input's bicubic upscale (uint8) of every restored frame (decoder.input_skip)
+        self.up = torch.cat(parts["up"])[: self.windows * per] if settings.get("input_image") else None
 
     def _unet_parts(self, ids: list[int], boxes: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
         """``u``, ``cur`` (whole windows, float32) and ``pos`` ((y, x) of each latent crop) of frames
@@ -306,16 +315,22 @@ class Store:
         h, w = self.z.shape[-2:]
         scale = self.hq.shape[-1] // w  # pixels per latent position
         ch, cw = (min(crop, h), min(crop, w)) if crop else (h, w)
-        zs, ts, hs, ids, boxes = [], [], [], [], []
+        zs, ts, hs, ups, ids, boxes = [], [], [], [], [], []
         for i in rng.integers(0, self.frames, size=batch_size):
             y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
             ids.append(int(i))
             boxes.append((y, x))
+            ys, xs = slice(y * scale, (y + ch) * scale), slice(x * scale, (x + cw) * scale)
             zs.append(self.z[i, :, y:y + ch, x:x + cw])
-            ts.append(self.teacher[i, :, y * scale:(y + ch) * scale, x * scale:(x + cw) * scale])
-            hs.append(self.hq[i, :, y * scale:(y + ch) * scale, x * scale:(x + cw) * scale])
-        return {"z": torch.stack(zs).float(), "teacher": torch.stack(ts).float() / 255,
-                "hq": torch.stack(hs).float() / 255, **self._unet_parts(ids, boxes)}
+            ts.append(self.teacher[i, :, ys, xs])
+            hs.append(self.hq[i, :, ys, xs])
+            if self.up is not None:
+                ups.append(self.up[i, :, ys, xs])
+        out = {"z": torch.stack(zs).float(), "teacher": torch.stack(ts).float() / 255,
+               "hq": torch.stack(hs).float() / 255, **self._unet_parts(ids, boxes)}
+        if ups:
+            out["up"] = torch.stack(ups).float() / 255
+        return out
 
     @property
     def pairs(self) -> int:
@@ -337,7 +352,7 @@ class Store:
         ch, cw = (min(crop, h), min(crop, w)) if crop else (h, w)
         gy, gx = torch.meshgrid(torch.arange(ch * scale, dtype=torch.float32),
                                 torch.arange(cw * scale, dtype=torch.float32), indexing="ij")
-        names = ("z", "teacher", "hq")
+        names = ("z", "teacher", "hq") + (("up",) if self.up is not None else ())
         first: dict[str, list[torch.Tensor]] = {n: [] for n in names}
         second: dict[str, list[torch.Tensor]] = {n: [] for n in names}
         flows, masks, ids, boxes = [], [], ([], []), []
@@ -353,15 +368,20 @@ class Store:
                 part["z"].append(self.z[j, :, y:y + ch, x:x + cw])
                 part["teacher"].append(self.teacher[j, :, ys, xs])
                 part["hq"].append(self.hq[j, :, ys, xs])
+                if self.up is not None:
+                    part["up"].append(self.up[j, :, ys, xs])
             flow = self.flow[p, :, ys, xs].float()
             tx, ty = gx + flow[0], gy + flow[1]
             inside = (tx >= 0) & (tx <= cw * scale - 1) & (ty >= 0) & (ty <= ch * scale - 1)
             flows.append(flow)
             masks.append(self.mask[p, :, ys, xs].bool() & inside[None])
         out = {n: first[n] + second[n] for n in names}
-        return {"z": torch.stack(out["z"]).float(), "teacher": torch.stack(out["teacher"]).float() / 255,
-                "hq": torch.stack(out["hq"]).float() / 255, "flow": torch.stack(flows),
-                "mask": torch.stack(masks).float(), **self._unet_parts(ids[0] + ids[1], boxes + boxes)}
+        res = {"z": torch.stack(out["z"]).float(), "teacher": torch.stack(out["teacher"]).float() / 255,
+               "hq": torch.stack(out["hq"]).float() / 255, "flow": torch.stack(flows),
+               "mask": torch.stack(masks).float(), **self._unet_parts(ids[0] + ids[1], boxes + boxes)}
+        if "up" in out:
+            res["up"] = torch.stack(out["up"]).float() / 255
+        return res
 
 
 __all__ = ["RUNTIMES", "Store", "build_store_teacher", "gt_flow", "latents", "pipeline_net", "precompute", "section",

@@ -31,7 +31,7 @@ from vsdloral.model.weights import DLoRALModel, read_metadata
 from vsdloral.utils.log import get_logger
 
 from .adversarial import Adversary
-from .losses import colour_loss
+from .losses import colour_loss, mid_band_loss
 from .decoder_data import (Store, build_store_teacher, gt_flow, init_path, load_sources, pipeline_net, section,
                            window_dataset)
 from .nets import upscale
@@ -79,6 +79,13 @@ def excess_texture_loss(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.relu(texture_energy(y) - texture_energy(target)).mean()
 
 
+def image_of(batch: dict, device: torch.device | None = None) -> torch.Tensor | None:
+    """The decoder's input image in [-1,1] of a batch (``up``, from the store) or a held-out window
+    (``bicubic``), or None when it has neither (a store without ``decoder.input_skip``)."""
+    x = batch.get("up", batch.get("bicubic"))
+    return None if x is None else (2 * x - 1).to(device if device is not None else x.device)
+
+
 def decoder_config(cfg: dict, latent_channels: int, factor: int) -> dict:
     """The preset's decoder with ``model.decoder`` overrides, checked against the init model's VAE."""
     base = get_preset(cfg["arch"]).decoder
@@ -86,7 +93,8 @@ def decoder_config(cfg: dict, latent_channels: int, factor: int) -> dict:
     if base is None and not over:
         raise ValueError(f"decoder: arch {cfg['arch']!r} has no decoder_config; use --preset lite2 "
                          "(or give model.decoder)")
-    return check_decoder_config({**(base or {}), **over}, latent_channels=latent_channels, factor=factor)
+    skip = {"input_skip": True} if section(cfg).get("input_skip") else {}
+    return check_decoder_config({**(base or {}), **over, **skip}, latent_channels=latent_channels, factor=factor)
 
 
 class DecoderNet(nn.Module):
@@ -99,12 +107,16 @@ class DecoderNet(nn.Module):
         self.post_quant_conv = post_quant_conv.requires_grad_(False) if post_quant_conv is not None else None
         self.decoder, self.scaling_factor, self.autocast = decoder, scaling_factor, autocast
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        """``image``: the input's bicubic upscale in [-1,1], for a decoder with ``input_skip``."""
         z = z / self.scaling_factor
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
+        kw = {}
+        if getattr(self.decoder, "input_skip", False):
+            kw["image"] = None if image is None else image.contiguous(memory_format=torch.channels_last)
         with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=self.autocast == "bf16"):
-            y = self.decoder(z.contiguous(memory_format=torch.channels_last))
+            y = self.decoder(z.contiguous(memory_format=torch.channels_last), **kw)
         return y.float()
 
 
@@ -133,7 +145,8 @@ class DecoderTask(Task):
         self.weights = {"teacher": float(c.get("teacher", 1.0)), "gt": float(c.get("gt", 0.0)),
                         "temporal": float(c.get("temporal", 0.0)), "texture": float(c.get("texture", 0.0)),
                         "grid": float(c.get("grid", 0.0)), "adversarial": float(c.get("adversarial", 0.0)),
-                        "excess": float(c.get("excess", 0.0)), "colour": float(c.get("colour", 0.0))}
+                        "excess": float(c.get("excess", 0.0)), "colour": float(c.get("colour", 0.0)),
+                        "mid": float(c.get("mid", 0.0))}
         self.texture_target = str(c.get("texture_target", "gt"))
         if self.texture_target not in ("gt", "teacher"):
             raise ValueError(f"decoder.texture_target must be gt or teacher, not {self.texture_target!r}")
@@ -170,16 +183,18 @@ class DecoderTask(Task):
         meta = read_metadata(p)
         theirs, ours = meta.get("decoder_config") or {}, self.decoder_config
 
-        def trunk(c: dict) -> dict:  # everything but the optional refinement
-            return {k: v for k, v in c.items() if k != "refine"}
+        optional = ("refine", "input_skip")  # parts a run may add to the decoder it starts from (zero-initialised)
 
-        if trunk(theirs) != trunk(ours) or theirs.get("refine", 0) not in (0, ours.get("refine", 0)):
+        def trunk(c: dict) -> dict:
+            return {k: v for k, v in c.items() if k not in optional}
+
+        if trunk(theirs) != trunk(ours) or any(theirs.get(k, 0) not in (0, ours.get(k, 0)) for k in optional):
             raise ValueError(f"decoder.warm_start {p}: its decoder_config {meta.get('decoder_config')} differs from "
                              f"this run's {self.decoder_config}")
-        # a decoder without the refinement this run adds: the refinement starts at zero (no change)
+        # a decoder without the refinement or input skip this run adds: they start at zero (no change)
         missing, unexpected = self.net.decoder.load_state_dict(
             DLoRALModel.load(p).vae.decoder.float().state_dict(), strict=False)
-        if unexpected or any(not k.startswith("refine.") for k in missing):
+        if unexpected or any(not k.startswith(("refine.", "image_in.", "image_skip.")) for k in missing):
             raise ValueError(f"decoder.warm_start {p}: its decoder's tensors do not fit ({(missing + unexpected)[0]})")
         return {"file": p.name, "sha256": sha256_file(p), "provenance": meta.get("provenance", {})}
 
@@ -219,9 +234,10 @@ class DecoderTask(Task):
             s = ds.sample(10 ** 6 + i)
             u, cur = net.unet_inputs(s["lq"][None])  # the UNet's input too, for a stage that trains it
             z = cur - net.eps(u)  # = latents(net, lq)
-            y0 = (net.codec.decode(z) + 1) / 2
+            bicubic = upscale(s["lq"][1:], self.scale)
+            y0 = (net.codec.decode(z, 2 * bicubic - 1) + 1) / 2
             item = {"z": z, "u": u, "cur": cur, "teacher": teacher(s["lq"][1:]), "hq": s["hq"][1:], "init": y0,
-                    "bicubic": upscale(s["lq"][1:], self.scale)}
+                    "bicubic": bicubic}
             if item["hq"].shape[0] >= 2:
                 item["flow"], item["mask"] = gt_flow(item["hq"])
             out.append(item)
@@ -239,10 +255,10 @@ class DecoderTask(Task):
     # -- training ------------------------------------------------------------------------
     def restore(self, model, window: dict, device: torch.device) -> torch.Tensor:
         """A held-out window's restored frames in [-1,1] (here: its stored latents, decoded)."""
-        return model(window["z"].to(device))
+        return model(window["z"].to(device), image_of(window, device))
 
     def forward(self, model, batch):
-        return {"y": model(batch["z"])}
+        return {"y": model(batch["z"], image_of(batch))}
 
     def loss(self, out, batch, step):
         y = out["y"].float()
@@ -260,6 +276,8 @@ class DecoderTask(Task):
             terms["grid"] = grid_ratio(y)
         if self.weights["colour"] > 0:
             terms["colour"] = colour_loss(y, gt)
+        if self.weights["mid"] > 0:
+            terms["mid"] = mid_band_loss(y, gt)
         if self.weights["temporal"] > 0:
             terms["temporal"] = warped_temporal_loss(y, gt, batch["flow"], batch["mask"])
         logs = {}

@@ -33,7 +33,7 @@ from vsdloral.utils.log import get_logger
 
 from . import lora
 from .decoder_data import init_path, section
-from .decoder_task import DecoderNet, DecoderTask
+from .decoder_task import DecoderNet, DecoderTask, image_of
 from .task import register
 
 log = get_logger("vsdloral.train.joint")
@@ -67,14 +67,15 @@ class JointNet(nn.Module):
         return cur - eps.float()
 
     def forward(self, u: torch.Tensor, cur: torch.Tensor, pos: torch.Tensor | None = None,
-                size: tuple[int, int] | None = None) -> torch.Tensor:
+                size: tuple[int, int] | None = None, image: torch.Tensor | None = None) -> torch.Tensor:
         """``u`` (N,2C,h,w), ``cur`` (N,C,h,w); with ``pos`` (N,2: y, x) and ``size`` (h', w') the
-        latent is cropped there before decoding."""
+        latent is cropped there before decoding. ``image``: the input's bicubic upscale in [-1,1]
+        where the decoded latent lies (after the crop), for a decoder with ``input_skip``."""
         z = self.latent(u, cur)
         if pos is not None:
             ch, cw = size
             z = torch.stack([z[i, :, y:y + ch, x:x + cw] for i, (y, x) in enumerate(pos.tolist())])
-        return self.decoder_net(z)
+        return self.decoder_net(z, image)
 
 
 @register
@@ -109,10 +110,10 @@ class JointTask(DecoderTask):
             p.requires_grad_(True)
 
     def forward(self, model, batch):
-        return {"y": model(batch["u"], batch["cur"], batch["pos"], tuple(batch["z"].shape[-2:]))}
+        return {"y": model(batch["u"], batch["cur"], batch["pos"], tuple(batch["z"].shape[-2:]), image_of(batch))}
 
     def restore(self, model, window: dict, device: torch.device) -> torch.Tensor:
-        return model(window["u"].to(device), window["cur"].to(device))
+        return model(window["u"].to(device), window["cur"].to(device), image=image_of(window, device))
 
     def state(self) -> dict:
         return {**super().state(), "unet_lora": _quality_state(self.net.unet),

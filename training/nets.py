@@ -15,6 +15,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
 
 from vsdloral.model.cfr import CrossFrameRetrieval
+from vsdloral.model.decoders import decode_latents, needs_image
 from vsdloral.model.spynet import SPyNet
 from vsdloral.model.temporal import flow_input, warp_reference
 
@@ -60,8 +61,9 @@ class LatentCodec(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.train_parts == "all"):
             return self.vae.encode(x).latent_dist.mode() * self.scaling_factor
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(z / self.scaling_factor).sample.clamp(-1, 1)
+    def decode(self, z: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        """``image``: the input's bicubic upscale in [-1,1], for a decoder that also takes it."""
+        return decode_latents(self.vae, z / self.scaling_factor, image).clamp(-1, 1)
 
 
 class PriorNet(nn.Module):
@@ -74,11 +76,12 @@ class PriorNet(nn.Module):
 
     def forward(self, lq: torch.Tensor) -> dict[str, torch.Tensor]:
         """``lq`` (B,3,h,w) in [0,1] -> ``y`` (B,3,H,W) in [-1,1] and ``z_hat``."""
-        z = self.codec.encode(2 * upscale(lq, self.scale) - 1)
+        x = 2 * upscale(lq, self.scale) - 1
+        z = self.codec.encode(x)
         t = torch.ones(z.shape[0], device=z.device, dtype=torch.long)
         eps = self.unet(z, t, encoder_hidden_states=self.prompt_embeds.expand(z.shape[0], -1, -1).to(z.dtype)).sample
         z_hat = z - eps
-        return {"y": self.codec.decode(z_hat), "z_hat": z_hat}
+        return {"y": self.codec.decode(z_hat, x), "z_hat": z_hat}
 
 
 class DLoRALNet(nn.Module):
@@ -97,7 +100,8 @@ class DLoRALNet(nn.Module):
         b, t = lq.shape[:2]
         u, cur = self.unet_inputs(lq)
         z_hat = cur - self.eps(u)
-        y = self.codec.decode(z_hat)
+        image = 2 * upscale(lq[:, 1:].flatten(0, 1), self.scale) - 1 if needs_image(self.codec.vae) else None
+        y = self.codec.decode(z_hat, image)
         return {"y": y.unflatten(0, (b, t - 1)), "z_hat": z_hat}
 
     def eps(self, u: torch.Tensor) -> torch.Tensor:

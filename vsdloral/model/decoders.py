@@ -8,6 +8,12 @@ image: texture is drawn by wide convolutions on the small grid, never by narrow 
 levels. It has no normalisation layers, so a tile decodes as the whole frame does away from the
 tile's border (no GroupNorm statistics over the frame).
 
+With ``input_skip`` the decoder also sees the input image, the bicubic upscale of the LQ frame that
+the encoder was given (``image``, (N,3,H,W) in [-1,1]), pixel-unshuffled onto the latent grid, in
+its trunk and its linear path (both zero-initialised: such a decoder starts as the one without).
+The latent of a small VAE loses local colour that the input still has (docs/generalisation.md);
+:func:`decode_latents` is the call that hands the image over.
+
 A weights file records such a decoder in its ``decoder_config`` metadata (absent: diffusers'
 ``Decoder`` from ``vae_config``); its tensors stay under ``vae.decoder.``.
 """
@@ -38,12 +44,14 @@ class LatentSRDecoder(nn.Module):
     [-1,1]. ``channels`` wide, ``blocks`` residual blocks (2 convs each) on the latent grid."""
 
     def __init__(self, latent_channels: int, *, out_channels: int = 3, channels: int = 64, blocks: int = 6,
-                 scale: int = 4, slope: float = 0.2, refine: int = 0) -> None:
+                 scale: int = 4, slope: float = 0.2, refine: int = 0, input_skip: bool = False) -> None:
         super().__init__()
         self.config = {"kind": "latent-sr", "latent_channels": int(latent_channels), "out_channels": int(out_channels),
                        "channels": int(channels), "blocks": int(blocks), "scale": int(scale), "slope": float(slope)}
         if refine:
             self.config["refine"] = int(refine)
+        if input_skip:
+            self.config["input_skip"] = True
         sub = out_channels * scale * scale
         self.conv_in = nn.Conv2d(latent_channels, channels, 3, padding=1)
         self.act = nn.LeakyReLU(slope, inplace=True)
@@ -61,13 +69,38 @@ class LatentSRDecoder(nn.Module):
                                         nn.Conv2d(refine, out_channels, 3, padding=1))
             nn.init.zeros_(self.refine[2].weight)  # starts as no refinement
             nn.init.zeros_(self.refine[2].bias)
+        # optional input image (3 * scale^2 channels once unshuffled) into the trunk and the linear path
+        self.image_in = self.image_skip = None
+        if input_skip:
+            self.image_in = nn.Conv2d(3 * scale * scale, channels, 3, padding=1)
+            self.image_skip = nn.Conv2d(3 * scale * scale, sub, 1)
+            for conv in (self.image_in, self.image_skip):
+                nn.init.zeros_(conv.weight)
+                nn.init.zeros_(conv.bias)
 
-    def forward(self, z: torch.Tensor, latent_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    @property
+    def input_skip(self) -> bool:
+        """True when :meth:`forward` needs the input image."""
+        return self.image_in is not None
+
+    def forward(self, z: torch.Tensor, latent_embeds: torch.Tensor | None = None, *,
+                image: torch.Tensor | None = None) -> torch.Tensor:
         """What ``AutoencoderKL._decode`` passes (the post-quant latent; ``latent_embeds`` is
-        diffusers' spatial-norm input, which this decoder has no use for)."""
-        h = self.act(self.conv_in(z))
-        h = self.conv_out(self.blocks(h))
-        y = self.shuffle(h + self.skip(z))
+        diffusers' spatial-norm input, which this decoder has no use for), and with ``input_skip``
+        the input ``image`` (N,3,scale*h,scale*w) in [-1,1]."""
+        h = self.conv_in(z)
+        skip = self.skip(z)
+        if self.image_in is not None:
+            if image is None or image.shape[-2:] != (z.shape[-2] * self.shuffle.upscale_factor,
+                                                      z.shape[-1] * self.shuffle.upscale_factor):
+                raise ValueError("this decoder (input_skip) needs the input image at the latent's size times "
+                                 f"{self.shuffle.upscale_factor}; got {None if image is None else tuple(image.shape)}"
+                                 f" for a latent of {tuple(z.shape)}")
+            im = nn.functional.pixel_unshuffle(image.to(z.dtype), self.shuffle.upscale_factor)
+            h = h + self.image_in(im)
+            skip = skip + self.image_skip(im)
+        h = self.conv_out(self.blocks(self.act(h)))
+        y = self.shuffle(h + skip)
         return y if self.refine is None else y + self.refine(y)
 
 
@@ -86,6 +119,8 @@ def check_decoder_config(config: dict, *, latent_channels: int, factor: int) -> 
     refine = int(config.get("refine", 0))
     if refine:
         out["refine"] = refine  # absent: none (every file before refinement existed)
+    if config.get("input_skip"):
+        out["input_skip"] = True  # absent: the latent alone (every file before it existed)
     if out["latent_channels"] != latent_channels:
         raise ValueError(f"decoder_config latent_channels {out['latent_channels']} != the VAE's {latent_channels}")
     if out["scale"] != factor:
@@ -112,6 +147,21 @@ def decoder_config_of(vae: nn.Module) -> dict | None:
     return dict(cfg) if isinstance(cfg, dict) and cfg.get("kind") in KINDS else None
 
 
+def needs_image(vae: nn.Module) -> bool:
+    """True when the VAE's decoder also takes the input image (``input_skip``)."""
+    return bool(getattr(getattr(vae.decoder, "_orig_mod", vae.decoder), "input_skip", False))
+
+
+def decode_latents(vae: nn.Module, z: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+    """``vae.decode(z).sample``, handing ``image`` (the input's bicubic upscale in [-1,1]) to a
+    decoder that takes it; ignored by any other decoder."""
+    if not needs_image(vae):
+        return vae.decode(z).sample
+    if vae.post_quant_conv is not None:
+        z = vae.post_quant_conv(z)
+    return vae.decoder(z, image=image)
+
+
 def swap_decoder(vae: nn.Module, config: dict) -> nn.Module:
     """Replace ``vae.decoder`` by the decoder of ``config`` (built on the current default device);
     returns the VAE."""
@@ -119,4 +169,5 @@ def swap_decoder(vae: nn.Module, config: dict) -> nn.Module:
     return vae
 
 
-__all__ = ["KINDS", "LatentSRDecoder", "build_decoder", "check_decoder_config", "decoder_config_of", "swap_decoder"]
+__all__ = ["KINDS", "LatentSRDecoder", "build_decoder", "check_decoder_config", "decode_latents", "decoder_config_of",
+           "needs_image", "swap_decoder"]

@@ -209,11 +209,14 @@ class FrameNet(nn.Module):
         return fn(x, self.timestep, encoder_hidden_states=prompt).sample.contiguous()
 
     # -- decode, crop, colour fix -------------------------------------------------------------------
-    def decode(self, z_hat: torch.Tensor, vae_tile: int | None) -> torch.Tensor:
-        """``vae.decode(z_hat / scaling_factor)`` in float32, clamped to [-1,1]."""
+    def decode(self, z_hat: torch.Tensor, vae_tile: int | None, image: torch.Tensor | None = None) -> torch.Tensor:
+        """``vae.decode(z_hat / scaling_factor)`` in float32, clamped to [-1,1]; ``image``: the
+        padded input in [-1,1] (:attr:`PreparedFrame.image`), for a decoder that also takes it."""
         z_in = (z_hat / self.scaling_factor).contiguous(memory_format=self.memory_format)
         vt = vae_tiling.decoder_tile(vae_tile, z_in.shape[-2], z_in.shape[-1], self.factor)
-        return vae_tiling.decode(self.vae, z_in, vt).float().contiguous().clamp(-1, 1)
+        if image is not None:
+            image = image.to(self.dtype).contiguous(memory_format=self.memory_format)
+        return vae_tiling.decode(self.vae, z_in, vt, image).float().contiguous().clamp(-1, 1)
 
     def finish(self, y: torch.Tensor, cur: PreparedFrame, color_fix: str) -> torch.Tensor:
         """The decoded frame in [-1,1] -> cropped to the input size, [0,1], colour-fixed, clamped."""
@@ -235,4 +238,4 @@ class FrameNet(nn.Module):
         pc = self.prepare(cur, tile=tile, vae_tile=vae_tile)
         pr = self.prepare(ref, tile=tile, vae_tile=vae_tile)
         z_hat = self.latent(pc, pr, tile, tile_overlap, cfr, batch_tiles=batch_tiles)
-        return self.finish(self.decode(z_hat, vae_tile), pc, color_fix)
+        return self.finish(self.decode(z_hat, vae_tile, pc.image), pc, color_fix)

@@ -243,7 +243,7 @@ class Restorer:
         with self._lock:
             z_hat = self._latent_with_retry(cur, ref, tile, tile_overlap, cfr_kw)
             with self._stage("vae_decode"):
-                y = self.net.decode(z_hat, vae_tile)
+                y = self.net.decode(z_hat, vae_tile, cur.image)
             self.stats["vae_decodes"] += y.shape[0]
             self.stats["frames"] += y.shape[0]
         with self._stage("color_fix"):

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..utils.log import get_logger
+from .decoders import decode_latents
 from .stable_norm import StableGroupNorm
 
 log = get_logger("vsdloral.vae_tiling")
@@ -456,11 +457,12 @@ def encode(vae: nn.Module, x: torch.Tensor, tile: int | None):
     return DiagonalGaussianDistribution(h)
 
 
-def decode(vae: nn.Module, z: torch.Tensor, tile: int | None) -> torch.Tensor:
+def decode(vae: nn.Module, z: torch.Tensor, tile: int | None, image: torch.Tensor | None = None) -> torch.Tensor:
     """``vae.decode(z).sample`` of a diffusers ``AutoencoderKL``, tiled when ``tile`` is set (see
-    :func:`decoder_tile`) and the decoder is supported, else untiled."""
+    :func:`decoder_tile`) and the decoder is supported, else untiled. ``image``: the input's
+    bicubic upscale, for a decoder that takes it (:func:`vsdloral.model.decoders.decode_latents`)."""
     if tile is None or _fallback(vae.decoder, "decoder"):
-        return _untiled(vae, lambda: vae.decode(z).sample)
+        return _untiled(vae, lambda: decode_latents(vae, z, image))
     _check_grad()
     if vae.post_quant_conv is not None:
         z = vae.post_quant_conv(z)
