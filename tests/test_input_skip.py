@@ -61,6 +61,8 @@ def test_starts_as_the_plain_decoder_then_uses_the_image():
     assert d[8:12, 8:12].min() > 0 and d[:4].max() == 0 and d[:, 16:].max() == 0
     with pytest.raises(ValueError, match="input_skip"):
         skip(z)
+    with pytest.raises(ValueError, match="input_skip must be true or false"):
+        check_decoder_config({**SKIP, "input_skip": "yes"}, latent_channels=4, factor=4)
     with pytest.raises(ValueError, match="input_skip"):
         skip(z, image=image[..., :-4])
 

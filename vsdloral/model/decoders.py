@@ -119,7 +119,10 @@ def check_decoder_config(config: dict, *, latent_channels: int, factor: int) -> 
     refine = int(config.get("refine", 0))
     if refine:
         out["refine"] = refine  # absent: none (every file before refinement existed)
-    if config.get("input_skip"):
+    skip = config.get("input_skip", False)
+    if not isinstance(skip, bool):
+        raise ValueError(f"decoder_config input_skip must be true or false, not {skip!r}")
+    if skip:
         out["input_skip"] = True  # absent: the latent alone (every file before it existed)
     if out["latent_channels"] != latent_channels:
         raise ValueError(f"decoder_config latent_channels {out['latent_channels']} != the VAE's {latent_channels}")
