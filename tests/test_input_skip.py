@@ -169,7 +169,7 @@ def skip_joint_cfg(tmp_path, sample_clip, tiny_model_path):
                       "val_images": [str(stills)], "val_windows": 1, "val_crop": 64}
     cfg["joint"] = {"steps": 3, "lr": 1e-2, "warmup": 0, "batch_size": 2, "train_crop": 4, "lora_rank": 2,
                     "lora_alpha": 4, "teacher": 1.0, "gt": 0.5, "temporal": 1.0, "colour": 2.0, "mid": 2.0,
-                    "autocast": "none"}
+                    "mid_energy": 0.5, "flat": 1.0, "autocast": "none"}
     point_at_tiny_setup(cfg, sample_clip, teacher, tmp_path)
     init = _tiny_with_skip(image_weights=0.0)
     plain_cfg = check_decoder_config(TINY_DECODER, latent_channels=init.meta.latent_channels,
@@ -216,4 +216,4 @@ def test_store_holds_the_image_and_the_joint_stage_trains_and_exports_it(skip_jo
     m = DLoRALModel.load(out)
     assert m.vae.decoder.image_skip.weight.abs().sum() > 0  # the image path learned
     rows = (tmp_path / "run" / "metrics.jsonl").read_text()
-    assert '"mid"' in rows
+    assert all(f'"{k}"' in rows for k in ("mid", "mid_energy", "flat"))

@@ -24,14 +24,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from vsdloral.evaluation.grid import grid_ratio
-from vsdloral.evaluation.texture import texture_energy
+from vsdloral.evaluation.texture import flat_excess, texture_energy
 from vsdloral.model.decoders import build_decoder, check_decoder_config, decoder_config_of, swap_decoder
 from vsdloral.model.presets import get_preset
 from vsdloral.model.weights import DLoRALModel, read_metadata
 from vsdloral.utils.log import get_logger
 
 from .adversarial import Adversary
-from .losses import colour_loss, mid_band_loss
+from .losses import colour_loss, flat_excess_loss, mid_band_loss, mid_energy_loss
 from .decoder_data import (Store, build_store_teacher, gt_flow, init_path, load_sources, pipeline_net, section,
                            window_dataset)
 from .nets import upscale
@@ -146,7 +146,8 @@ class DecoderTask(Task):
                         "temporal": float(c.get("temporal", 0.0)), "texture": float(c.get("texture", 0.0)),
                         "grid": float(c.get("grid", 0.0)), "adversarial": float(c.get("adversarial", 0.0)),
                         "excess": float(c.get("excess", 0.0)), "colour": float(c.get("colour", 0.0)),
-                        "mid": float(c.get("mid", 0.0))}
+                        "mid": float(c.get("mid", 0.0)), "mid_energy": float(c.get("mid_energy", 0.0)),
+                        "flat": float(c.get("flat", 0.0))}
         self.texture_target = str(c.get("texture_target", "gt"))
         if self.texture_target not in ("gt", "teacher"):
             raise ValueError(f"decoder.texture_target must be gt or teacher, not {self.texture_target!r}")
@@ -278,6 +279,10 @@ class DecoderTask(Task):
             terms["colour"] = colour_loss(y, gt)
         if self.weights["mid"] > 0:
             terms["mid"] = mid_band_loss(y, gt)
+        if self.weights["mid_energy"] > 0:
+            terms["mid_energy"] = mid_energy_loss(y, gt)
+        if self.weights["flat"] > 0:
+            terms["flat"] = flat_excess_loss(y, gt)
         if self.weights["temporal"] > 0:
             terms["temporal"] = warped_temporal_loss(y, gt, batch["flow"], batch["mask"])
         logs = {}
@@ -319,7 +324,8 @@ class DecoderTask(Task):
         difference to the next frame warped back along the ground truth's flow, valid pixels), and
         the texture energy relative to the ground truth's (``val_texture``, 1: as much detail), issue 31's
         texture recall (``val_recall_mid``, ``val_recall_fine``: :mod:`vsdloral.evaluation.recall`, per window)
-        and colour error (``val_colour``: :mod:`vsdloral.evaluation.colour`); each also for the teacher, the init
+        and colour error (``val_colour``: :mod:`vsdloral.evaluation.colour`), the detail drawn over flat regions
+        (``val_flat_excess``: :func:`vsdloral.evaluation.texture.flat_excess`); each also for the teacher, the init
         model and the bicubic upscale (``_teacher``, ``_init``, ``_bicubic``) where the window has them."""
         if not windows:
             return {}
@@ -346,6 +352,7 @@ class DecoderTask(Task):
                 for band, r in texture_recall(img_hwc, gt_hwc).items():
                     res.setdefault(f"val_recall_{band}{name}", []).append(r)
                 res.setdefault(f"val_colour{name}", []).append(colour_error(img_hwc, gt_hwc))
+                res.setdefault(f"val_flat_excess{name}", []).append(flat_excess(img_hwc, gt_hwc))
                 if min(img.shape[-2:]) >= 194:
                     res.setdefault(f"val_niqe{name}", []).append(niqe(hwc(img[0])))
                 res.setdefault(f"val_grid{name}", []).append(grid_ratio(img).item())

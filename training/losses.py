@@ -1,5 +1,5 @@
 """Losses: L2, LPIPS (local weights only), differentiable flow consistency, flow-free temporal consistency, CSD,
-low-passed chroma (colour)."""
+low-passed chroma (colour), the luma's mid band (its pixels and its energy) and detail over flat regions."""
 
 from __future__ import annotations
 
@@ -124,8 +124,51 @@ def mid_band_loss(pred: torch.Tensor, target: torch.Tensor, band: tuple[float, f
     (N,3,H,W, any common range): the detail a x4 input still carries, where texture recall's mid band
     (:mod:`vsdloral.evaluation.recall`) measures it; a smoothed or shifted band costs, the colour and
     the drawn fine band do not."""
-    w = _LUMA.to(pred.device, torch.float32).view(1, 3, 1, 1)
-    yp, yt = (pred.float() * w).sum(1, keepdim=True), (target.float() * w).sum(1, keepdim=True)
-    lo, hi = band
-    return ((gaussian_lowpass(yp, lo) - gaussian_lowpass(yp, hi)) - (gaussian_lowpass(yt, lo) - gaussian_lowpass(yt, hi))
-            ).abs().mean()
+    return (_luma_mid_band(pred, band) - _luma_mid_band(target, band)).abs().mean()
+
+
+def _luma_mid_band(x: torch.Tensor, band: tuple[float, float] = MID_BAND) -> torch.Tensor:
+    """The mid band (``blur(y, lo) - blur(y, hi)``) of the BT.709 luma of (N,3,H,W), (N,1,H,W) float32."""
+    y = (x.float() * _LUMA.to(x.device, torch.float32).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    return gaussian_lowpass(y, band[0]) - gaussian_lowpass(y, band[1])
+
+
+MID_ENERGY_EPS = 1e-4  # ([-1,1] luma units squared) about a 1/4-level band amplitude of an 8-bit image
+
+
+def mid_energy_loss(pred: torch.Tensor, target: torch.Tensor, cell: int = 8, share: float = 0.5,
+                    eps: float = MID_ENERGY_EPS) -> torch.Tensor:
+    """``|log(E(pred) + eps) - log(E(target) + eps)|`` per ``cell`` x ``cell`` cell, averaged over the
+    target's more textured ``share`` of cells (by :func:`vsdloral.evaluation.texture.texture_energy`),
+    where ``E`` is the mean squared mid band (:data:`MID_BAND`) of the luma: images (N,3,H,W) in [-1,1].
+
+    The energy side of texture recall's mid band (:mod:`vsdloral.evaluation.recall`). L1 on the band
+    (:func:`mid_band_loss`) is lowest for a shrunken band wherever its phase is uncertain (realistic LQ);
+    this term is not, so together they keep the band's amount and, where they can, its place."""
+    from vsdloral.evaluation.texture import texture_energy
+
+    ep = F.avg_pool2d(_luma_mid_band(pred) ** 2, cell)
+    et = F.avg_pool2d(_luma_mid_band(target) ** 2, cell)
+    with torch.no_grad():
+        tex = texture_energy(target.float(), cell).flatten(1)
+        mask = (tex >= torch.quantile(tex, 1.0 - share, dim=1, keepdim=True)).float()
+    diff = (torch.log(ep + eps) - torch.log(et + eps)).abs().flatten(1)
+    return ((diff * mask).sum(1) / mask.sum(1).clamp_min(1)).mean()
+
+
+def flat_excess_loss(pred: torch.Tensor, target: torch.Tensor, share: float = 0.3) -> torch.Tensor:
+    """Per image, :func:`vsdloral.evaluation.texture.flat_excess` in torch: the output's local detail beyond the
+    target's over the target's flattest ``share`` of 8x8 cells, over the target's mean cell energy (floored),
+    averaged over the batch; images (N,3,H,W) in [-1,1], measured as the metric does, in [0,1].
+
+    The unnormalised excess term (``decoder.excess``) averages over every cell on the images' absolute
+    energy scale, so a faint mesh over flat regions (flat_excess 0.1-0.2) costs it about 1e-3; this term
+    costs it what the metric reads."""
+    from vsdloral.evaluation.texture import FLAT_ENERGY_FLOOR, texture_energy
+
+    ey = texture_energy((pred.float() + 1) / 2).flatten(1)
+    with torch.no_grad():
+        eg = texture_energy((target.float() + 1) / 2).flatten(1)
+        flat = (eg <= torch.quantile(eg, share, dim=1, keepdim=True)).float()
+        scale = eg.mean(1).clamp_min(FLAT_ENERGY_FLOOR)
+    return ((F.relu(ey - eg) * flat).sum(1) / flat.sum(1) / scale).mean()

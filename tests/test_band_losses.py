@@ -1,0 +1,67 @@
+"""The training terms against a faint mesh over flat regions (flat_excess_loss) and a shrunken mid band
+(mid_energy_loss): zero for the ground truth, what the metrics read, and gradients that act."""
+
+import numpy as np
+import torch
+
+from training.data import read_video
+from training.losses import flat_excess_loss, gaussian_lowpass, mid_band_loss, mid_energy_loss
+from vsdloral.evaluation.recall import texture_recall
+from vsdloral.evaluation.texture import flat_excess
+
+
+def _frame(sample_clip) -> torch.Tensor:
+    """A real frame (1,3,96,128) in [-1,1]."""
+    img = torch.from_numpy(read_video(sample_clip, 1)[0, :96, :128].copy()).permute(2, 0, 1)[None].float() / 255
+    return img * 2 - 1
+
+
+def _mesh(like: torch.Tensor, amplitude: float = 0.02) -> torch.Tensor:
+    """A period-2 dot mesh, the pattern a hedging decoder draws over flat regions."""
+    h, w = like.shape[-2:]
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    return amplitude * (((yy + xx) % 2) * 2 - 1).float().expand_as(like)
+
+
+def test_flat_excess_loss_is_the_metric_per_image(sample_clip):
+    gt = _frame(sample_clip)
+    out = (gt + _mesh(gt)).clamp(-1, 1)
+    assert flat_excess_loss(gt, gt).item() == 0
+    loss = flat_excess_loss(out, gt).item()
+    to01 = lambda t: ((t[0].permute(1, 2, 0) + 1) / 2).numpy()[None]  # noqa: E731
+    assert loss > 0.05
+    assert abs(loss - flat_excess(to01(out), to01(gt))) < 1e-4 * max(1.0, loss)
+    # the unnormalised excess term reads the same mesh a hundred times smaller
+    from training.decoder_task import excess_texture_loss
+    assert excess_texture_loss(out, gt).item() < loss / 20
+    # its gradient takes the mesh off
+    x = out.clone().requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=0.005)
+    for _ in range(40):
+        opt.zero_grad()
+        flat_excess_loss(x, gt).backward()
+        opt.step()
+    assert flat_excess_loss(x, gt).item() < 0.3 * loss
+
+
+def test_mid_energy_loss_sees_a_shrunken_band_that_l1_prefers(sample_clip):
+    gt = _frame(sample_clip)
+    assert mid_energy_loss(gt, gt).item() == 0
+    smooth = gaussian_lowpass(gt, 2.0)
+    # a band of the right energy in the wrong place: L1 prefers the blur, the energy term does not
+    shifted = torch.roll(gt, shifts=(1, 1), dims=(2, 3))  # one pixel off
+    assert mid_band_loss(shifted, gt) > mid_band_loss(smooth, gt)
+    assert mid_energy_loss(shifted, gt) < 0.5 * mid_energy_loss(smooth, gt)
+    # it reads what texture recall's mid band reads: a blur loses energy, and the loss grows with it
+    to01 = lambda t: ((t[0].permute(1, 2, 0) + 1) / 2).numpy()  # noqa: E731
+    assert texture_recall(to01(smooth), to01(gt))["mid"] < 0.8
+    assert mid_energy_loss(gaussian_lowpass(gt, 3.0), gt) > mid_energy_loss(smooth, gt) > 0.1
+    # its gradient brings the band's energy back
+    x = smooth.clone().requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=0.01)
+    for _ in range(60):
+        opt.zero_grad()
+        mid_energy_loss(x, gt).backward()
+        opt.step()
+    recall = texture_recall(np.clip(to01(x.detach()), 0, 1), to01(gt))["mid"]
+    assert recall > texture_recall(to01(smooth), to01(gt))["mid"] + 0.15
