@@ -3,6 +3,9 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# test processes (pytest-xdist): much of the suite waits on subprocesses (vspipe, ffmpeg, Ray, exports), so two
+# workers on two cores finish sooner than one; PYTEST_WORKERS=0 runs it in this process
+PYTEST_WORKERS ?= 2
 
 .PHONY: setup test demo clean
 
@@ -22,7 +25,7 @@ $(STAMP): pyproject.toml .ci/find-python
 
 test: setup
 	bash .ci/system-deps
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 demo: setup
 	bash .ci/system-deps
