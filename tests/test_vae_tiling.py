@@ -97,9 +97,14 @@ def test_channels_last_and_diffusers_tiling_untouched(vae):
 #   bf16 decode of a latent with an offset of 10: 0.016 / 1.05e-3 (planted 0.055 / 5.4e-3);
 #   fp16 encode: 7.9e-4 / 2.8e-5 (planted 2.6e-3 / 2.6e-4); fp16 decode: 3.9e-3 / 5e-4 (planted
 #   4.9e-3 / 6.5e-4: fp16's 10-bit mantissa leaves the decoder's shift error within its rounding).
+# CPU fp16 kernels round differently from machine to machine: on an AVX-512 BF16 machine without AMX
+# (2026-12-07) the fp16 encode gave 2.4e-3 / 1.7e-4 (planted 3.0e-3 / 2.8e-4), where both the tiled and the
+# untiled encode are within the format's rounding of a float64 run (4.8e-3 / 3.4e-4 untiled, 5.6e-3 /
+# 3.6e-4 tiled), so fp16's encode is checked by its mean (between the two machines' right and planted
+# figures) and its max only against a gross error.
 REDUCED_TOL = {  # (encode max, encode mean, decode max, decode mean)
     torch.bfloat16: (4e-3, 4e-4, 0.04, 2.5e-3),
-    torch.float16: (1.5e-3, 1e-4, 0.01, 1e-3),
+    torch.float16: (4e-3, 2.2e-4, 0.01, 1e-3),
 }
 
 
