@@ -3,6 +3,7 @@
 
 import numpy as np
 import torch
+from loss_checks import descend
 
 from training.data import read_video
 from training.losses import flat_excess_loss, gaussian_lowpass, mid_band_loss, mid_energy_loss
@@ -35,12 +36,7 @@ def test_flat_excess_loss_is_the_metric_per_image(sample_clip):
     from training.decoder_task import excess_texture_loss
     assert excess_texture_loss(out, gt).item() < loss / 20
     # its gradient takes the mesh off
-    x = out.clone().requires_grad_(True)
-    opt = torch.optim.Adam([x], lr=0.005)
-    for _ in range(40):
-        opt.zero_grad()
-        flat_excess_loss(x, gt).backward()
-        opt.step()
+    x = descend(lambda y: flat_excess_loss(y, gt), out, lr=0.005, steps=40)
     assert flat_excess_loss(x, gt).item() < 0.3 * loss
 
 
@@ -57,11 +53,6 @@ def test_mid_energy_loss_sees_a_shrunken_band_that_l1_prefers(sample_clip):
     assert texture_recall(to01(smooth), to01(gt))["mid"] < 0.8
     assert mid_energy_loss(gaussian_lowpass(gt, 3.0), gt) > mid_energy_loss(smooth, gt) > 0.1
     # its gradient brings the band's energy back
-    x = smooth.clone().requires_grad_(True)
-    opt = torch.optim.Adam([x], lr=0.01)
-    for _ in range(60):
-        opt.zero_grad()
-        mid_energy_loss(x, gt).backward()
-        opt.step()
-    recall = texture_recall(np.clip(to01(x.detach()), 0, 1), to01(gt))["mid"]
+    x = descend(lambda y: mid_energy_loss(y, gt), smooth, lr=0.01, steps=60)
+    recall = texture_recall(np.clip(to01(x), 0, 1), to01(gt))["mid"]
     assert recall > texture_recall(to01(smooth), to01(gt))["mid"] + 0.15

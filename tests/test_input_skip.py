@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from decoder_stage_setup import TINY_DECODER
+from loss_checks import descend
 
 from vsdloral.model.decoders import (build_decoder, check_decoder_config, decode_latents, decoder_config_of,
                                      needs_image, swap_decoder)
@@ -146,12 +147,7 @@ def test_mid_band_loss_sees_the_band_not_brightness_or_colour(sample_clip):
     tint = img + torch.tensor([0.0722, 0.0, -0.2126]).view(1, 3, 1, 1) * 0.3
     assert mid_band_loss(tint, img).item() < 1e-6
     # its gradient brings the band back
-    x = smooth.clone().requires_grad_(True)
-    opt = torch.optim.Adam([x], lr=0.01)
-    for _ in range(60):
-        opt.zero_grad()
-        mid_band_loss(x, img).backward()
-        opt.step()
+    x = descend(lambda y: mid_band_loss(y, img), smooth, lr=0.01, steps=60)
     assert mid_band_loss(x, img).item() < 0.3 * blurred
 
 
