@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vsdloral.evaluation.recall import CELL, TEXTURED_SHARE
+from vsdloral.evaluation.texture import FLAT_ENERGY_FLOOR, FLAT_SHARE, texture_energy
 from vsdloral.model.spynet import SPyNet
 
 from .checkpoint import load_state_file
@@ -136,7 +138,7 @@ def _luma_mid_band(x: torch.Tensor, band: tuple[float, float] = MID_BAND) -> tor
 MID_ENERGY_EPS = 1e-4  # ([-1,1] luma units squared) about a 1/4-level band amplitude of an 8-bit image
 
 
-def mid_energy_loss(pred: torch.Tensor, target: torch.Tensor, cell: int = 8, share: float = 0.5,
+def mid_energy_loss(pred: torch.Tensor, target: torch.Tensor, cell: int = CELL, share: float = TEXTURED_SHARE,
                     eps: float = MID_ENERGY_EPS) -> torch.Tensor:
     """``|log(E(pred) + eps) - log(E(target) + eps)|`` per ``cell`` x ``cell`` cell, averaged over the
     target's more textured ``share`` of cells (by :func:`vsdloral.evaluation.texture.texture_energy`),
@@ -145,8 +147,6 @@ def mid_energy_loss(pred: torch.Tensor, target: torch.Tensor, cell: int = 8, sha
     The energy side of texture recall's mid band (:mod:`vsdloral.evaluation.recall`). L1 on the band
     (:func:`mid_band_loss`) is lowest for a shrunken band wherever its phase is uncertain (realistic LQ);
     this term is not, so together they keep the band's amount and, where they can, its place."""
-    from vsdloral.evaluation.texture import texture_energy
-
     ep = F.avg_pool2d(_luma_mid_band(pred) ** 2, cell)
     et = F.avg_pool2d(_luma_mid_band(target) ** 2, cell)
     with torch.no_grad():
@@ -156,7 +156,7 @@ def mid_energy_loss(pred: torch.Tensor, target: torch.Tensor, cell: int = 8, sha
     return ((diff * mask).sum(1) / mask.sum(1).clamp_min(1)).mean()
 
 
-def flat_excess_loss(pred: torch.Tensor, target: torch.Tensor, share: float = 0.3) -> torch.Tensor:
+def flat_excess_loss(pred: torch.Tensor, target: torch.Tensor, share: float = FLAT_SHARE) -> torch.Tensor:
     """Per image, :func:`vsdloral.evaluation.texture.flat_excess` in torch: the output's local detail beyond the
     target's over the target's flattest ``share`` of 8x8 cells, over the target's mean cell energy (floored),
     averaged over the batch; images (N,3,H,W) in [-1,1], measured as the metric does, in [0,1].
@@ -164,8 +164,6 @@ def flat_excess_loss(pred: torch.Tensor, target: torch.Tensor, share: float = 0.
     The unnormalised excess term (``decoder.excess``) averages over every cell on the images' absolute
     energy scale, so a faint mesh over flat regions (flat_excess 0.1-0.2) costs it about 1e-3; this term
     costs it what the metric reads."""
-    from vsdloral.evaluation.texture import FLAT_ENERGY_FLOOR, texture_energy
-
     ey = texture_energy((pred.float() + 1) / 2).flatten(1)
     with torch.no_grad():
         eg = texture_energy((target.float() + 1) / 2).flatten(1)
