@@ -56,3 +56,27 @@ def test_mid_energy_loss_sees_a_shrunken_band_that_l1_prefers(sample_clip):
     x = descend(lambda y: mid_energy_loss(y, gt), smooth, lr=0.01, steps=60)
     recall = texture_recall(np.clip(to01(x), 0, 1), to01(gt))["mid"]
     assert recall > texture_recall(to01(smooth), to01(gt))["mid"] + 0.15
+
+
+def test_mid_energy_window_from_the_input_asks_for_no_more_than_it_and_the_truth_carry(sample_clip):
+    """With the input's upscale as ``reference``: zero anywhere between its band energy and the truth's
+    (a blurred input asks for nothing it lost), a cost below the input's and above both, the plain
+    two-sided term when the input carries exactly the truth's band."""
+    gt = _frame(sample_clip)
+    blurred_input = gaussian_lowpass(gt, 1.5)  # realistic LQ's upscale: the mid band mostly gone
+    x = gaussian_lowpass(gt, 1.0)  # more band than the input, less than the truth
+    assert mid_energy_loss(blurred_input, gt).item() > 0.1  # the plain term asks for the truth's band
+    assert mid_energy_loss(blurred_input, gt, reference=blurred_input).item() == 0
+    assert mid_energy_loss(x, gt, reference=blurred_input).item() == 0
+    assert mid_energy_loss(gt, gt, reference=blurred_input).item() == 0
+    # less than the input keeps: the erasure the ship rule forbids
+    assert mid_energy_loss(gaussian_lowpass(gt, 3.0), gt, reference=blurred_input).item() > 0.1
+    # more than both the input and the truth
+    loud = gt + 2 * (gt - gaussian_lowpass(gt, 1.5))
+    assert mid_energy_loss(loud, gt, reference=blurred_input).item() > 0.1
+    torch.testing.assert_close(mid_energy_loss(x, gt, reference=gt), mid_energy_loss(x, gt))
+    # its gradient lifts an erased band to the input's level
+    erased = gaussian_lowpass(gt, 3.0)
+    y = descend(lambda t: mid_energy_loss(t, gt, reference=blurred_input), erased, lr=0.01, steps=60)
+    assert (mid_energy_loss(y, gt, reference=blurred_input)
+            < 0.5 * mid_energy_loss(erased, gt, reference=blurred_input))

@@ -149,6 +149,14 @@ class DecoderTask(Task):
                         "mid": float(c.get("mid", 0.0)), "mid_energy": float(c.get("mid_energy", 0.0)),
                         "flat": float(c.get("flat", 0.0))}
         self.texture_target = str(c.get("texture_target", "gt"))
+        # decoder.mid_energy_target: the mid band's energy of the ground truth (gt), or the window between
+        # the input's bicubic upscale and the ground truth (input; needs decoder.input_skip's stored upscale)
+        self.mid_energy_target = str(c.get("mid_energy_target", "gt"))
+        if self.mid_energy_target not in ("gt", "input"):
+            raise ValueError(f"decoder.mid_energy_target must be gt or input, not {self.mid_energy_target!r}")
+        if self.mid_energy_target == "input" and not c.get("input_skip"):
+            raise ValueError("decoder.mid_energy_target: input needs decoder.input_skip: true (the store's "
+                             "bicubic upscale of each input)")
         if self.texture_target not in ("gt", "teacher"):
             raise ValueError(f"decoder.texture_target must be gt or teacher, not {self.texture_target!r}")
         if min(self.weights.values()) < 0 or not self.weights["teacher"] + self.weights["gt"] > 0:
@@ -280,7 +288,8 @@ class DecoderTask(Task):
         if self.weights["mid"] > 0:
             terms["mid"] = mid_band_loss(y, gt)
         if self.weights["mid_energy"] > 0:
-            terms["mid_energy"] = mid_energy_loss(y, gt)
+            ref = 2 * batch["up"] - 1 if self.mid_energy_target == "input" else None
+            terms["mid_energy"] = mid_energy_loss(y, gt, reference=ref)
         if self.weights["flat"] > 0:
             terms["flat"] = flat_excess_loss(y, gt)
         if self.weights["temporal"] > 0:

@@ -139,20 +139,32 @@ MID_ENERGY_EPS = 1e-4  # ([-1,1] luma units squared) about a 1/4-level band ampl
 
 
 def mid_energy_loss(pred: torch.Tensor, target: torch.Tensor, cell: int = CELL, share: float = TEXTURED_SHARE,
-                    eps: float = MID_ENERGY_EPS) -> torch.Tensor:
+                    eps: float = MID_ENERGY_EPS, reference: torch.Tensor | None = None) -> torch.Tensor:
     """``|log(E(pred) + eps) - log(E(target) + eps)|`` per ``cell`` x ``cell`` cell, averaged over the
     target's more textured ``share`` of cells (by :func:`vsdloral.evaluation.texture.texture_energy`),
     where ``E`` is the mean squared mid band (:data:`MID_BAND`) of the luma: images (N,3,H,W) in [-1,1].
 
     The energy side of texture recall's mid band (:mod:`vsdloral.evaluation.recall`). L1 on the band
     (:func:`mid_band_loss`) is lowest for a shrunken band wherever its phase is uncertain (realistic LQ);
-    this term is not, so together they keep the band's amount and, where they can, its place."""
-    ep = F.avg_pool2d(_luma_mid_band(pred) ** 2, cell)
-    et = F.avg_pool2d(_luma_mid_band(target) ** 2, cell)
+    this term is not, so together they keep the band's amount and, where they can, its place.
+
+    With ``reference`` (the input's bicubic upscale) the cost is the log distance to the window from
+    ``E(reference)`` to ``max(E(reference), E(target))``: never less mid band than the input carries (what
+    the ship rule's recall compares with), never more than both, and no push beyond the input where it lost
+    the band (realistic LQ), which a model can only fill with a pattern of the right energy and wrong place."""
+    ep = torch.log(F.avg_pool2d(_luma_mid_band(pred) ** 2, cell) + eps)
+    et = torch.log(F.avg_pool2d(_luma_mid_band(target) ** 2, cell) + eps)
     with torch.no_grad():
         tex = texture_energy(target.float(), cell).flatten(1)
         mask = (tex >= torch.quantile(tex, 1.0 - share, dim=1, keepdim=True)).float()
-    diff = (torch.log(ep + eps) - torch.log(et + eps)).abs().flatten(1)
+    if reference is None:
+        diff = (ep - et).abs()
+    else:
+        with torch.no_grad():
+            lo = torch.log(F.avg_pool2d(_luma_mid_band(reference.float()) ** 2, cell) + eps)
+            hi = torch.maximum(lo, et)
+        diff = F.relu(lo - ep) + F.relu(ep - hi)
+    diff = diff.flatten(1)
     return ((diff * mask).sum(1) / mask.sum(1).clamp_min(1)).mean()
 
 
