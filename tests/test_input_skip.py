@@ -68,6 +68,44 @@ def test_starts_as_the_plain_decoder_then_uses_the_image():
         skip(z, image=image[..., :-4])
 
 
+def _image_part(decoder, z: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """What the image adds to the decoder's output (its trunk path at zero: the linear path alone)."""
+    with torch.no_grad():
+        return decoder(z, image=image) - decoder(z, image=torch.zeros_like(image))
+
+
+@pytest.mark.parametrize("path", ["grid", "full"])
+def test_full_resolution_image_path_is_the_same_filter_at_every_pixel(path):
+    """``image_path: full`` adds a 3x3 conv of the image at full resolution: moving the image by one
+    pixel moves its contribution by one pixel. The grid path maps each 4x4 block by per-phase weights,
+    so its contribution to a one-pixel move changes shape (the beaded edges); this is what the full
+    path exists for, so the check runs on both and must fail on the grid."""
+    cfg = check_decoder_config({**SKIP, "image_path": path}, latent_channels=4, factor=4)
+    assert cfg.get("image_path", "grid") == path
+    torch.manual_seed(0)
+    dec = build_decoder(cfg)
+    z, image = torch.randn(1, 4, 6, 6), torch.rand(1, 3, 24, 24) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(dec(z, image=image), dec(z, image=torch.zeros_like(image)))  # zero-initialised
+        dec.image_skip.weight.normal_(0, 0.1)
+    a = _image_part(dec, z, image)
+    b = _image_part(dec, z, torch.roll(image, 1, dims=-1))
+    err = (torch.roll(a, 1, dims=-1) - b)[..., 2:-2, 2:-2].abs().max().item()
+    if path == "full":
+        assert err < 1e-5
+        assert dec.config["image_path"] == "full" and dec.image_skip.weight.shape == (3, 3, 3, 3)
+    else:
+        assert err > 1e-2 and "image_path" not in dec.config
+
+
+def test_image_path_is_checked():
+    with pytest.raises(ValueError, match="image_path must be one of grid, full"):
+        check_decoder_config({**SKIP, "image_path": "pixel"}, latent_channels=4, factor=4)
+    with pytest.raises(ValueError, match="image_path 'full' needs input_skip"):
+        check_decoder_config({**TINY_DECODER, "image_path": "full"}, latent_channels=4, factor=4)
+    assert "image_path" not in check_decoder_config({**SKIP, "image_path": "grid"}, latent_channels=4, factor=4)
+
+
 def test_recorded_in_the_file_and_decoded_through_the_vae(tmp_path):
     m = _tiny_with_skip()
     path = tmp_path / "skip.safetensors"
@@ -153,7 +191,8 @@ def test_mid_band_loss_sees_the_band_not_brightness_or_colour(sample_clip):
 
 @pytest.fixture
 def skip_joint_cfg(tmp_path, sample_clip, tiny_model_path):
-    """test_joint_stage's tiny joint config, with ``decoder.input_skip`` and the mid-band term."""
+    """test_joint_stage's tiny joint config, with ``decoder.input_skip`` on the full-resolution image path
+    and the mid-band terms (the mid-energy window from the input, as issue 31's run 6)."""
     from decoder_stage_setup import point_at_tiny_setup, teacher_and_stills
 
     from training import config as config_mod
@@ -165,8 +204,9 @@ def skip_joint_cfg(tmp_path, sample_clip, tiny_model_path):
                       "val_images": [str(stills)], "val_windows": 1, "val_crop": 64}
     cfg["joint"] = {"steps": 3, "lr": 1e-2, "warmup": 0, "batch_size": 2, "train_crop": 4, "lora_rank": 2,
                     "lora_alpha": 4, "teacher": 1.0, "gt": 0.5, "temporal": 1.0, "colour": 2.0, "mid": 2.0,
-                    "mid_energy": 0.5, "flat": 1.0, "autocast": "none"}
+                    "mid_energy": 0.5, "mid_energy_target": "input", "flat": 1.0, "autocast": "none"}
     point_at_tiny_setup(cfg, sample_clip, teacher, tmp_path)
+    cfg["model"]["decoder"] = {**TINY_DECODER, "image_path": "full"}
     init = _tiny_with_skip(image_weights=0.0)
     plain_cfg = check_decoder_config(TINY_DECODER, latent_channels=init.meta.latent_channels,
                                      factor=init.meta.vae_factor)
@@ -209,7 +249,20 @@ def test_store_holds_the_image_and_the_joint_stage_trains_and_exports_it(skip_jo
     out = tmp_path / "skip.safetensors"
     export(tmp_path / "run", out)
     assert read_metadata(out)["decoder_config"]["input_skip"] is True
+    assert read_metadata(out)["decoder_config"]["image_path"] == "full"
     m = DLoRALModel.load(out)
     assert m.vae.decoder.image_skip.weight.abs().sum() > 0  # the image path learned
     rows = (tmp_path / "run" / "metrics.jsonl").read_text()
     assert all(f'"{k}"' in rows for k in ("mid", "mid_energy", "flat"))
+    # a run on the grid path cannot start from this decoder's full-resolution one
+    grid = copy.deepcopy(cfg)
+    grid["model"]["decoder"] = dict(TINY_DECODER)
+    grid["joint"]["warm_start"] = str(out)
+    with pytest.raises(ValueError, match="decoder_config"):
+        JointTask(grid)
+    # the window from the input needs the input's stored upscale
+    plain = copy.deepcopy(cfg)
+    plain["decoder"]["input_skip"] = False
+    plain["model"]["decoder"] = dict(TINY_DECODER)
+    with pytest.raises(ValueError, match="mid_energy_target: input needs decoder.input_skip"):
+        JointTask(plain)

@@ -192,12 +192,15 @@ class DecoderTask(Task):
         meta = read_metadata(p)
         theirs, ours = meta.get("decoder_config") or {}, self.decoder_config
 
-        optional = ("refine", "input_skip")  # parts a run may add to the decoder it starts from (zero-initialised)
+        # parts a run may add to the decoder it starts from (zero-initialised); an input skip it already has
+        # must take the image the same way (image_path)
+        optional = ("refine", "input_skip", "image_path")
 
         def trunk(c: dict) -> dict:
             return {k: v for k, v in c.items() if k not in optional}
 
-        if trunk(theirs) != trunk(ours) or any(theirs.get(k, 0) not in (0, ours.get(k, 0)) for k in optional):
+        if (trunk(theirs) != trunk(ours) or any(theirs.get(k, 0) not in (0, ours.get(k, 0)) for k in optional[:2])
+                or (theirs.get("input_skip") and theirs.get("image_path", "grid") != ours.get("image_path", "grid"))):
             raise ValueError(f"decoder.warm_start {p}: its decoder_config {meta.get('decoder_config')} differs from "
                              f"this run's {self.decoder_config}")
         # a decoder without the refinement or input skip this run adds: they start at zero (no change)

@@ -10,7 +10,11 @@ tile's border (no GroupNorm statistics over the frame).
 
 With ``input_skip`` the decoder also sees the input image, the bicubic upscale of the LQ frame that
 the encoder was given (``image``, (N,3,H,W) in [-1,1]), pixel-unshuffled onto the latent grid, in
-its trunk and its linear path (both zero-initialised: such a decoder starts as the one without).
+its trunk and its linear path (both zero-initialised: such a decoder starts as the one without). The
+linear path is a 1x1 conv on that grid (``image_path: grid``, the first such files) or, with
+``image_path: full``, a 3x3 conv on the image itself added at full resolution: the grid path maps each
+4x4 block by its own weights per sub-pixel phase, so an edge moves in block-sized steps (beaded
+edges, docs/generalisation.md run 5); the full-resolution path is the same filter at every pixel.
 The latent of a small VAE loses local colour that the input still has (docs/generalisation.md);
 :func:`decode_latents` is the call that hands the image over.
 
@@ -24,6 +28,7 @@ import torch
 from torch import nn
 
 KINDS = ("latent-sr",)
+IMAGE_PATHS = ("grid", "full")  # the input image's linear path: on the latent grid (1x1), or at full resolution (3x3)
 
 
 class _ResBlock(nn.Module):
@@ -44,14 +49,19 @@ class LatentSRDecoder(nn.Module):
     [-1,1]. ``channels`` wide, ``blocks`` residual blocks (2 convs each) on the latent grid."""
 
     def __init__(self, latent_channels: int, *, out_channels: int = 3, channels: int = 64, blocks: int = 6,
-                 scale: int = 4, slope: float = 0.2, refine: int = 0, input_skip: bool = False) -> None:
+                 scale: int = 4, slope: float = 0.2, refine: int = 0, input_skip: bool = False,
+                 image_path: str = "grid") -> None:
         super().__init__()
         self.config = {"kind": "latent-sr", "latent_channels": int(latent_channels), "out_channels": int(out_channels),
                        "channels": int(channels), "blocks": int(blocks), "scale": int(scale), "slope": float(slope)}
         if refine:
             self.config["refine"] = int(refine)
+        if image_path not in IMAGE_PATHS:
+            raise ValueError(f"image_path must be one of {', '.join(IMAGE_PATHS)}, not {image_path!r}")
         if input_skip:
             self.config["input_skip"] = True
+            if image_path != "grid":
+                self.config["image_path"] = image_path  # absent: grid (every file before it existed)
         sub = out_channels * scale * scale
         self.conv_in = nn.Conv2d(latent_channels, channels, 3, padding=1)
         self.act = nn.LeakyReLU(slope, inplace=True)
@@ -69,11 +79,14 @@ class LatentSRDecoder(nn.Module):
                                         nn.Conv2d(refine, out_channels, 3, padding=1))
             nn.init.zeros_(self.refine[2].weight)  # starts as no refinement
             nn.init.zeros_(self.refine[2].bias)
-        # optional input image (3 * scale^2 channels once unshuffled) into the trunk and the linear path
+        # optional input image (3 * scale^2 channels once unshuffled) into the trunk, and into the linear
+        # path on the latent grid (grid) or at full resolution (full)
         self.image_in = self.image_skip = None
+        self.image_full = input_skip and image_path == "full"
         if input_skip:
             self.image_in = nn.Conv2d(3 * scale * scale, channels, 3, padding=1)
-            self.image_skip = nn.Conv2d(3 * scale * scale, sub, 1)
+            self.image_skip = (nn.Conv2d(3, out_channels, 3, padding=1) if self.image_full
+                               else nn.Conv2d(3 * scale * scale, sub, 1))
             for conv in (self.image_in, self.image_skip):
                 nn.init.zeros_(conv.weight)
                 nn.init.zeros_(conv.bias)
@@ -96,11 +109,15 @@ class LatentSRDecoder(nn.Module):
                 raise ValueError("this decoder (input_skip) needs the input image at the latent's size times "
                                  f"{self.shuffle.upscale_factor}; got {None if image is None else tuple(image.shape)}"
                                  f" for a latent of {tuple(z.shape)}")
-            im = nn.functional.pixel_unshuffle(image.to(z.dtype), self.shuffle.upscale_factor)
+            image = image.to(z.dtype)
+            im = nn.functional.pixel_unshuffle(image, self.shuffle.upscale_factor)
             h = h + self.image_in(im)
-            skip = skip + self.image_skip(im)
+            if not self.image_full:
+                skip = skip + self.image_skip(im)
         h = self.conv_out(self.blocks(self.act(h)))
         y = self.shuffle(h + skip)
+        if self.image_full:
+            y = y + self.image_skip(image)
         return y if self.refine is None else y + self.refine(y)
 
 
@@ -124,6 +141,13 @@ def check_decoder_config(config: dict, *, latent_channels: int, factor: int) -> 
         raise ValueError(f"decoder_config input_skip must be true or false, not {skip!r}")
     if skip:
         out["input_skip"] = True  # absent: the latent alone (every file before it existed)
+    path = config.get("image_path", "grid")
+    if path not in IMAGE_PATHS:
+        raise ValueError(f"decoder_config image_path must be one of {', '.join(IMAGE_PATHS)}, not {path!r}")
+    if path != "grid":
+        if not skip:
+            raise ValueError(f"decoder_config image_path {path!r} needs input_skip: true (the input image's path)")
+        out["image_path"] = path
     if out["latent_channels"] != latent_channels:
         raise ValueError(f"decoder_config latent_channels {out['latent_channels']} != the VAE's {latent_channels}")
     if out["scale"] != factor:
