@@ -20,11 +20,11 @@ from vsdloral.model.weights import DLoRALModel, read_metadata
 SKIP = {**TINY_DECODER, "input_skip": True}
 
 
-def _tiny_with_skip(seed: int = 0, image_weights: float = 0.1) -> DLoRALModel:
-    """The tiny model with the tiny latent-grid decoder with ``input_skip``, random weights, the
-    image paths set to ``N(0, image_weights)`` (0: their zero initialisation)."""
+def _tiny_with_skip(seed: int = 0, image_weights: float = 0.1, image_path: str = "grid") -> DLoRALModel:
+    """The tiny model with the tiny latent-grid decoder with ``input_skip`` (on ``image_path``), random
+    weights, the image paths set to ``N(0, image_weights)`` (0: their zero initialisation)."""
     m = init_model("tiny", seed=seed)
-    cfg = check_decoder_config(SKIP, latent_channels=m.meta.latent_channels, factor=m.meta.vae_factor)
+    cfg = check_decoder_config({**SKIP, "image_path": image_path}, latent_channels=m.meta.latent_channels, factor=m.meta.vae_factor)
     swap_decoder(m.vae, cfg)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -149,14 +149,17 @@ def test_frame_net_hands_the_decoder_the_current_frames_image(tmp_path):
         assert (rz.restore(cur, ref, color_fix="none") - a).abs().max() > 1e-3
 
 
-def test_exported_graph_matches_torch(tmp_path):
-    """The ONNX graph takes the image into the decoder as FrameNet does (fp32, ONNX Runtime)."""
+@pytest.mark.parametrize("image_path", ["grid", "full"])
+def test_exported_graph_matches_torch(tmp_path, image_path):
+    """The ONNX graph takes the image into the decoder as FrameNet does (fp32, ONNX Runtime), on
+    either image path."""
     ort = pytest.importorskip("onnxruntime")
     import vsdloral
     from vsdloral.runtime import cached_graph
     from vsdloral.runtime.onnx_export import resolve_options
 
-    m = _tiny_with_skip(seed=2)
+    m = _tiny_with_skip(seed=2, image_path=image_path)
+    assert (m.meta.decoder_config.get("image_path", "grid")) == image_path
     path = tmp_path / "skip.safetensors"
     m.save(path)
     r = vsdloral.load_model(path, device="cpu", dtype=torch.float32)
