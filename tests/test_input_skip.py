@@ -20,16 +20,18 @@ from vsdloral.model.weights import DLoRALModel, read_metadata
 SKIP = {**TINY_DECODER, "input_skip": True}
 
 
-def _tiny_with_skip(seed: int = 0, image_weights: float = 0.1, image_path: str = "grid") -> DLoRALModel:
-    """The tiny model with the tiny latent-grid decoder with ``input_skip`` (on ``image_path``), random
-    weights, the image paths set to ``N(0, image_weights)`` (0: their zero initialisation)."""
+def _tiny_with_skip(seed: int = 0, image_weights: float = 0.1, image_path: str = "grid",
+                    **extra) -> DLoRALModel:
+    """The tiny model with the tiny latent-grid decoder with ``input_skip`` (on ``image_path``, plus
+    ``extra`` decoder_config keys), random weights, the image paths set to ``N(0, image_weights)`` (0:
+    their zero initialisation)."""
     m = init_model("tiny", seed=seed)
-    cfg = check_decoder_config({**SKIP, "image_path": image_path}, latent_channels=m.meta.latent_channels, factor=m.meta.vae_factor)
+    cfg = check_decoder_config({**SKIP, "image_path": image_path, **extra}, latent_channels=m.meta.latent_channels, factor=m.meta.vae_factor)
     swap_decoder(m.vae, cfg)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in m.vae.decoder.named_parameters():
-            if name.startswith(("image_in.", "image_skip.")):
+            if name.startswith(("image_in.", "image_skip.", "image_refine.")):
                 p.copy_(torch.randn(p.shape, generator=g) * image_weights)
             else:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
@@ -106,6 +108,40 @@ def test_image_path_is_checked():
     assert "image_path" not in check_decoder_config({**SKIP, "image_path": "grid"}, latent_channels=4, factor=4)
 
 
+def test_image_refine_feeds_the_image_to_the_refinement():
+    """``image_refine``: zero-initialised (the decoder without it exactly, so a run can add it to a file
+    that lacks it), then the refinement's output depends on the image; checked in the config."""
+    base = {**SKIP, "image_path": "full", "refine": 4}
+    cfg = check_decoder_config({**base, "image_refine": True}, latent_channels=4, factor=4)
+    assert cfg["image_refine"] is True and "image_refine" not in check_decoder_config(base, latent_channels=4, factor=4)
+    torch.manual_seed(0)
+    plain, dec = build_decoder(check_decoder_config(base, latent_channels=4, factor=4)), build_decoder(cfg)
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.normal_(0, 0.1)
+    missing, unexpected = dec.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and sorted(missing) == ["image_refine.bias", "image_refine.weight"]
+    z, image = torch.randn(1, 4, 6, 6), torch.rand(1, 3, 24, 24) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(dec(z, image=image), plain(z, image=image))
+        dec.image_refine.weight.normal_(0, 0.1)
+        changed = dec(z, image=image) - plain(z, image=image)
+    assert changed.abs().max() > 1e-3
+    # the image reaches the output only through the refinement: its last conv at zero, no change
+    with torch.no_grad():
+        dec.refine[2].weight.zero_()
+        dec.refine[2].bias.zero_()
+        plain.refine[2].weight.zero_()
+        plain.refine[2].bias.zero_()
+        assert torch.equal(dec(z, image=image), plain(z, image=image))
+    with pytest.raises(ValueError, match="image_refine needs input_skip: true and refine > 0"):
+        check_decoder_config({**TINY_DECODER, "refine": 4, "image_refine": True}, latent_channels=4, factor=4)
+    with pytest.raises(ValueError, match="image_refine needs input_skip: true and refine > 0"):
+        check_decoder_config({**SKIP, "image_refine": True}, latent_channels=4, factor=4)
+    with pytest.raises(ValueError, match="image_refine must be true or false"):
+        check_decoder_config({**base, "image_refine": 1}, latent_channels=4, factor=4)
+
+
 def test_recorded_in_the_file_and_decoded_through_the_vae(tmp_path):
     m = _tiny_with_skip()
     path = tmp_path / "skip.safetensors"
@@ -149,16 +185,16 @@ def test_frame_net_hands_the_decoder_the_current_frames_image(tmp_path):
         assert (rz.restore(cur, ref, color_fix="none") - a).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("image_path", ["grid", "full"])
-def test_exported_graph_matches_torch(tmp_path, image_path):
+@pytest.mark.parametrize("image_path,extra", [("grid", {}), ("full", {"refine": 4, "image_refine": True})])
+def test_exported_graph_matches_torch(tmp_path, image_path, extra):
     """The ONNX graph takes the image into the decoder as FrameNet does (fp32, ONNX Runtime), on
-    either image path."""
+    either image path (and into the refinement)."""
     ort = pytest.importorskip("onnxruntime")
     import vsdloral
     from vsdloral.runtime import cached_graph
     from vsdloral.runtime.onnx_export import resolve_options
 
-    m = _tiny_with_skip(seed=2, image_path=image_path)
+    m = _tiny_with_skip(seed=2, image_path=image_path, **extra)
     assert (m.meta.decoder_config.get("image_path", "grid")) == image_path
     path = tmp_path / "skip.safetensors"
     m.save(path)

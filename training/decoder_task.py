@@ -194,19 +194,20 @@ class DecoderTask(Task):
 
         # parts a run may add to the decoder it starts from (zero-initialised); an input skip it already has
         # must take the image the same way (image_path)
-        optional = ("refine", "input_skip", "image_path")
+        optional = ("refine", "input_skip", "image_path", "image_refine")
 
         def trunk(c: dict) -> dict:
             return {k: v for k, v in c.items() if k not in optional}
 
-        if (trunk(theirs) != trunk(ours) or any(theirs.get(k, 0) not in (0, ours.get(k, 0)) for k in optional[:2])
+        if (trunk(theirs) != trunk(ours)
+                or any(theirs.get(k, 0) not in (0, ours.get(k, 0)) for k in ("refine", "input_skip", "image_refine"))
                 or (theirs.get("input_skip") and theirs.get("image_path", "grid") != ours.get("image_path", "grid"))):
             raise ValueError(f"decoder.warm_start {p}: its decoder_config {meta.get('decoder_config')} differs from "
                              f"this run's {self.decoder_config}")
         # a decoder without the refinement or input skip this run adds: they start at zero (no change)
         missing, unexpected = self.net.decoder.load_state_dict(
             DLoRALModel.load(p).vae.decoder.float().state_dict(), strict=False)
-        if unexpected or any(not k.startswith(("refine.", "image_in.", "image_skip.")) for k in missing):
+        if unexpected or any(not k.startswith(("refine.", "image_in.", "image_skip.", "image_refine.")) for k in missing):
             raise ValueError(f"decoder.warm_start {p}: its decoder's tensors do not fit ({(missing + unexpected)[0]})")
         return {"file": p.name, "sha256": sha256_file(p), "provenance": meta.get("provenance", {})}
 

@@ -14,7 +14,10 @@ its trunk and its linear path (both zero-initialised: such a decoder starts as t
 linear path is a 1x1 conv on that grid (``image_path: grid``, the first such files) or, with
 ``image_path: full``, a 3x3 conv on the image itself added at full resolution: the grid path maps each
 4x4 block by its own weights per sub-pixel phase, so an edge moves in block-sized steps (beaded
-edges, docs/generalisation.md run 5); the full-resolution path is the same filter at every pixel.
+edges, docs/generalisation.md run 5); the full-resolution path is the same filter at every pixel. With
+``image_refine`` (and ``refine``) the image also enters the full-resolution refinement's hidden layer (a 3x3
+conv, zero-initialised), the one stage that sees neighbouring sub-pixel phases together and where the
+input's edges lie (docs/generalisation.md run 6: the trunk's phases zip along edges).
 The latent of a small VAE loses local colour that the input still has (docs/generalisation.md);
 :func:`decode_latents` is the call that hands the image over.
 
@@ -50,7 +53,7 @@ class LatentSRDecoder(nn.Module):
 
     def __init__(self, latent_channels: int, *, out_channels: int = 3, channels: int = 64, blocks: int = 6,
                  scale: int = 4, slope: float = 0.2, refine: int = 0, input_skip: bool = False,
-                 image_path: str = "grid") -> None:
+                 image_path: str = "grid", image_refine: bool = False) -> None:
         super().__init__()
         self.config = {"kind": "latent-sr", "latent_channels": int(latent_channels), "out_channels": int(out_channels),
                        "channels": int(channels), "blocks": int(blocks), "scale": int(scale), "slope": float(slope)}
@@ -62,6 +65,10 @@ class LatentSRDecoder(nn.Module):
             self.config["input_skip"] = True
             if image_path != "grid":
                 self.config["image_path"] = image_path  # absent: grid (every file before it existed)
+        if image_refine:
+            if not (input_skip and refine):
+                raise ValueError("image_refine needs input_skip and refine > 0")
+            self.config["image_refine"] = True
         sub = out_channels * scale * scale
         self.conv_in = nn.Conv2d(latent_channels, channels, 3, padding=1)
         self.act = nn.LeakyReLU(slope, inplace=True)
@@ -90,6 +97,12 @@ class LatentSRDecoder(nn.Module):
             for conv in (self.image_in, self.image_skip):
                 nn.init.zeros_(conv.weight)
                 nn.init.zeros_(conv.bias)
+        # optional input image into the refinement's hidden layer (refine channels)
+        self.image_refine = None
+        if image_refine:
+            self.image_refine = nn.Conv2d(3, refine, 3, padding=1)
+            nn.init.zeros_(self.image_refine.weight)
+            nn.init.zeros_(self.image_refine.bias)
 
     @property
     def input_skip(self) -> bool:
@@ -118,7 +131,11 @@ class LatentSRDecoder(nn.Module):
         y = self.shuffle(h + skip)
         if self.image_full:
             y = y + self.image_skip(image)
-        return y if self.refine is None else y + self.refine(y)
+        if self.refine is None:
+            return y
+        if self.image_refine is None:
+            return y + self.refine(y)
+        return y + self.refine[2](self.refine[1](self.refine[0](y) + self.image_refine(image)))
 
 
 def check_decoder_config(config: dict, *, latent_channels: int, factor: int) -> dict:
@@ -148,6 +165,14 @@ def check_decoder_config(config: dict, *, latent_channels: int, factor: int) -> 
         if not skip:
             raise ValueError(f"decoder_config image_path {path!r} needs input_skip: true (the input image's path)")
         out["image_path"] = path
+    image_refine = config.get("image_refine", False)
+    if not isinstance(image_refine, bool):
+        raise ValueError(f"decoder_config image_refine must be true or false, not {image_refine!r}")
+    if image_refine:
+        if not (skip and refine):
+            raise ValueError("decoder_config image_refine needs input_skip: true and refine > 0 (the refinement "
+                             "it feeds the input image to)")
+        out["image_refine"] = True  # absent: the refinement sees the decoded image alone
     if out["latent_channels"] != latent_channels:
         raise ValueError(f"decoder_config latent_channels {out['latent_channels']} != the VAE's {latent_channels}")
     if out["scale"] != factor:
