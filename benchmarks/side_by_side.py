@@ -13,9 +13,9 @@ Per degradation two PNGs in ``--out``: ``{slug}-{deg}.png``, quality's ``--crops
 the 160 px window of most ground-truth detail, shown 2x) with one column per model, and
 ``{slug}-{deg}-strip.png``: frames 1, 2 and 3 (each restored with its predecessor as reference) in rows, the
 same columns, and the same 128 px window in every row (the most detailed one of the middle frame's ground truth),
-so texture that swims between frames shows. For each column it also reports ``flat_excess``
-(:mod:`vsdloral.evaluation.texture`) over those frames: detail drawn over the ground truth's flat regions,
-e.g. a mesh on bokeh. ``--smoke``: quality's tiny content (a frame of bikes.mp4 as the
+so texture that swims between frames shows. For each column it also reports, over those frames, ``flat_excess``
+(:mod:`vsdloral.evaluation.texture`): detail drawn over the ground truth's flat regions, e.g. a mesh on bokeh;
+and ``edge_roughness`` (:mod:`vsdloral.evaluation.edges`): edges that zip into beads, 0 for the ground truth. ``--smoke``: quality's tiny content (a frame of bikes.mp4 as the
 still) and, without ``--model``, a random tiny model; nothing is downloaded.
 """
 
@@ -28,6 +28,7 @@ from typing import NoReturn
 
 import numpy as np
 
+from vsdloral.evaluation.edges import edge_roughness
 from vsdloral.evaluation.texture import flat_excess
 
 from .common import dtype_name, emit, model_file, parser, setup_threads
@@ -157,8 +158,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"side_by_side: wrote {crop} and {strip}", file=sys.stderr)
             frames = list(STRIP_FRAMES)  # detail drawn over the ground truth's flat regions, per column
             excess = {label: round(flat_excess(v[frames], gt[frames]), 4) for label, v in columns}
+            rough = {label: _round(edge_roughness(v[frames], gt[frames])) for label, v in columns}
             images.append({"degradation": deg, "crops": str(crop), "strip": str(strip), "strip_window": list(window),
                            "strip_crop": size, "strip_frames": list(STRIP_FRAMES), "flat_excess": excess,
+                           "edge_roughness": rough,
                            "peer_from_cache": peer_spf is None and peer_sha is not None})
     result = {"content": item["name"], "kind": item["kind"], "models": {label: str(path) for label, path in models},
               "columns": [label for label, _ in columns], "peer": peer_name, "peer_sha256": peer_sha,
@@ -176,7 +179,13 @@ def _table(res: dict) -> str:
         lines.append("  detail over the ground truth's flat regions (flat_excess, frames "
                      f"{', '.join(map(str, im['strip_frames']))}): "
                      + ", ".join(f"{k} {v:.3f}" for k, v in im["flat_excess"].items()))
+        lines.append("  edges that zip or fray (edge_roughness, 0 for the ground truth): "
+                     + ", ".join(f"{k} {'-' if v is None else f'{v:.3f}'}" for k, v in im["edge_roughness"].items()))
     return "\n".join(lines)
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 3)
 
 
 if __name__ == "__main__":

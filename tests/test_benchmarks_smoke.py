@@ -192,6 +192,10 @@ def test_quality_smoke(tmp_path):
         assert 0 <= row["grid_reference"] < 0.1
         # detail over the ground truth's flat regions, reported for every method (its meaning: test_eval)
         assert all(row[m]["flat_excess"] >= 0 for m in ("bicubic", "realesrgan", "per_frame", "temporal"))
+        # edge roughness on every method (0 for the ground truth; its meaning: test_edge_roughness): the
+        # random models fray edges as they like, a bicubic upscale's are straighter than the truth's
+        assert all(math.isfinite(row[m]["edge_roughness"]) for m in ("bicubic", "realesrgan", "per_frame", "temporal"))
+        assert row["bicubic"]["edge_roughness"] < 0.05
         # bicubic x4 is a plausible figure (measured on carphone 22.8 / 21.4 dB); the random tiny model and the
         # random peer restore far worse (about 11 and 7 dB); temporal and per-frame are different runs
         assert 18 < row["bicubic"]["psnr_y"] < 45, row["bicubic"]

@@ -17,6 +17,7 @@ import numpy as np
 from .flow import EWARP_SCALE, FLOW_METHOD, DISFlow, flow_epe, valid_mask, warping_error
 from .grid import grid_ratio_image
 from .colour import colour_error
+from .edges import edge_energies, roughness_of
 from .recall import band_energies
 from .texture import flat_excess
 from .io import FrameSource, open_frames
@@ -39,6 +40,7 @@ class _Accumulator:
     flat: list[float] = field(default_factory=list)
     recall: dict[str, list[float]] = field(default_factory=lambda: {"mid": [0.0, 0.0], "fine": [0.0, 0.0]})
     colour: list[float] = field(default_factory=list)
+    edges: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])  # vsdloral.evaluation.edges sums
     tof: list[float] = field(default_factory=list)
     prev: np.ndarray | None = None
     prev_u8: np.ndarray | None = None
@@ -59,6 +61,8 @@ class _Accumulator:
                 self.recall[k][0] += eo
                 self.recall[k][1] += eg
             self.colour.append(colour_error(cand, ref))
+            for i, v in enumerate(edge_energies(cand[None], ref[None])):
+                self.edges[i] += v
         self.frames += 1
         cand_u8 = flow.to_u8(luma(cand))
         if self.prev is not None:
@@ -75,6 +79,7 @@ class _Accumulator:
         for k, (eo, eg) in self.recall.items():  # energies summed over frames (vsdloral.evaluation.recall)
             res[f"recall_{k}"] = eo / eg if eg > 0 else None
         res["colour_error"] = float(np.mean(self.colour)) if self.colour else None
+        res["edge_roughness"] = roughness_of(*self.edges)  # energies summed over frames, as recall's
         if with_lpips:
             res["lpips"] = self.lpips_sum / self.frames
         res["niqe"] = float(np.mean(self.niqe)) if self.niqe else None
@@ -129,7 +134,9 @@ def evaluate(
     the reference's flat regions, e.g. a mesh on bokeh, 0 for none), ``recall_mid`` and ``recall_fine``
     (:mod:`vsdloral.evaluation.recall`: the output's band energy over the reference's in the reference's more
     textured half of 8x8 cells; 1 for the reference), ``colour_error`` (:mod:`vsdloral.evaluation.colour`: mean
-    CIEDE2000 on low-passed frames, 0 for the reference),
+    CIEDE2000 on low-passed frames, 0 for the reference), ``edge_roughness`` (:mod:`vsdloral.evaluation.edges`: the
+    output's gradient along the reference's strongest edges over its gradient across them, over the reference's
+    own; 0 for the reference, above 0 for edges that zip into 4-px beads),
     ``flow_method``, ``notes`` and, when ``lq`` is given, ``baseline``: the same metrics for a bicubic upscale
     of ``lq`` to the reference size. With ``max_frames`` only the first N frames of each input are compared.
     """
