@@ -6,7 +6,7 @@ import torch
 from loss_checks import descend
 
 from training.data import read_video
-from training.losses import flat_excess_loss, gaussian_lowpass, mid_band_loss, mid_energy_loss
+from training.losses import edge_roughness_loss, flat_excess_loss, gaussian_lowpass, mid_band_loss, mid_energy_loss
 from vsdloral.evaluation.recall import texture_recall
 from vsdloral.evaluation.texture import flat_excess
 
@@ -80,3 +80,23 @@ def test_mid_energy_window_from_the_input_asks_for_no_more_than_it_and_the_truth
     y = descend(lambda t: mid_energy_loss(t, gt, reference=blurred_input), erased, lr=0.01, steps=60)
     assert (mid_energy_loss(y, gt, reference=blurred_input)
             < 0.5 * mid_energy_loss(erased, gt, reference=blurred_input))
+
+
+def test_edge_roughness_loss_is_the_metric_and_straightens_a_zipped_edge():
+    from test_edge_roughness import _edge
+
+    from vsdloral.evaluation.edges import edge_roughness
+
+    gt, zipped = _edge(angle=0.5), _edge(angle=0.5, zip_px=1.0)
+    t = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2) * 2 - 1  # noqa: E731
+    assert edge_roughness_loss(t(gt), t(gt)).item() == 0
+    loss = edge_roughness_loss(t(zipped), t(gt)).item()
+    assert loss > 0.5 and abs(loss - edge_roughness(zipped, gt)) < 1e-4 * loss
+    # a blur's edges are straighter than the truth's: no cost
+    assert edge_roughness_loss(gaussian_lowpass(t(gt), 1.5), t(gt)).item() == 0
+    # per image, then averaged: a zipped image beside a clean one costs half
+    both = edge_roughness_loss(torch.cat([t(zipped), t(gt)]), torch.cat([t(gt), t(gt)])).item()
+    assert abs(both - loss / 2) < 1e-4 * loss
+    # its gradient straightens the edge
+    x = descend(lambda y: edge_roughness_loss(y, t(gt)), t(zipped), lr=0.01, steps=60)
+    assert edge_roughness_loss(x, t(gt)).item() < 0.5 * loss

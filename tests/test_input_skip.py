@@ -243,7 +243,8 @@ def skip_joint_cfg(tmp_path, sample_clip, tiny_model_path):
                       "val_images": [str(stills)], "val_windows": 1, "val_crop": 64}
     cfg["joint"] = {"steps": 3, "lr": 1e-2, "warmup": 0, "batch_size": 2, "train_crop": 4, "lora_rank": 2,
                     "lora_alpha": 4, "teacher": 1.0, "gt": 0.5, "temporal": 1.0, "colour": 2.0, "mid": 2.0,
-                    "mid_energy": 0.5, "mid_energy_target": "input", "flat": 1.0, "autocast": "none"}
+                    "mid_energy": 0.5, "mid_energy_target": "input", "flat": 1.0, "edge": 0.5,
+                    "autocast": "none"}
     point_at_tiny_setup(cfg, sample_clip, teacher, tmp_path)
     cfg["model"]["decoder"] = {**TINY_DECODER, "image_path": "full"}
     init = _tiny_with_skip(image_weights=0.0)
@@ -292,7 +293,7 @@ def test_store_holds_the_image_and_the_joint_stage_trains_and_exports_it(skip_jo
     m = DLoRALModel.load(out)
     assert m.vae.decoder.image_skip.weight.abs().sum() > 0  # the image path learned
     rows = (tmp_path / "run" / "metrics.jsonl").read_text()
-    assert all(f'"{k}"' in rows for k in ("mid", "mid_energy", "flat"))
+    assert all(f'"{k}"' in rows for k in ("mid", "mid_energy", "flat", "edge"))
     # a run on the grid path cannot start from this decoder's full-resolution one
     grid = copy.deepcopy(cfg)
     grid["model"]["decoder"] = dict(TINY_DECODER)

@@ -31,7 +31,7 @@ from vsdloral.model.weights import DLoRALModel, read_metadata
 from vsdloral.utils.log import get_logger
 
 from .adversarial import Adversary
-from .losses import colour_loss, flat_excess_loss, mid_band_loss, mid_energy_loss
+from .losses import colour_loss, edge_roughness_loss, flat_excess_loss, mid_band_loss, mid_energy_loss
 from .decoder_data import (Store, build_store_teacher, gt_flow, init_path, load_sources, pipeline_net, section,
                            window_dataset)
 from .nets import upscale
@@ -147,7 +147,7 @@ class DecoderTask(Task):
                         "grid": float(c.get("grid", 0.0)), "adversarial": float(c.get("adversarial", 0.0)),
                         "excess": float(c.get("excess", 0.0)), "colour": float(c.get("colour", 0.0)),
                         "mid": float(c.get("mid", 0.0)), "mid_energy": float(c.get("mid_energy", 0.0)),
-                        "flat": float(c.get("flat", 0.0))}
+                        "flat": float(c.get("flat", 0.0)), "edge": float(c.get("edge", 0.0))}
         self.texture_target = str(c.get("texture_target", "gt"))
         # decoder.mid_energy_target: the mid band's energy of the ground truth (gt), or the window between
         # the input's bicubic upscale and the ground truth (input; needs decoder.input_skip's stored upscale)
@@ -296,6 +296,8 @@ class DecoderTask(Task):
             terms["mid_energy"] = mid_energy_loss(y, gt, reference=ref)
         if self.weights["flat"] > 0:
             terms["flat"] = flat_excess_loss(y, gt)
+        if self.weights["edge"] > 0:
+            terms["edge"] = edge_roughness_loss(y, gt)
         if self.weights["temporal"] > 0:
             terms["temporal"] = warped_temporal_loss(y, gt, batch["flow"], batch["mask"])
         logs = {}

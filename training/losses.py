@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vsdloral.evaluation.edges import edge_sums, luma
 from vsdloral.evaluation.recall import CELL, TEXTURED_SHARE
 from vsdloral.evaluation.texture import FLAT_ENERGY_FLOOR, FLAT_SHARE, texture_energy
 from vsdloral.model.spynet import SPyNet
@@ -166,6 +167,15 @@ def mid_energy_loss(pred: torch.Tensor, target: torch.Tensor, cell: int = CELL, 
         diff = F.relu(lo - ep) + F.relu(ep - hi)
     diff = diff.flatten(1)
     return ((diff * mask).sum(1) / mask.sum(1).clamp_min(1)).mean()
+
+
+def edge_roughness_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per image, :func:`vsdloral.evaluation.edges.edge_roughness` in torch, floored at 0 and averaged
+    over the batch: the output's squared gradient along the target's strongest edges over its gradient
+    across them, beyond the target's own share; images (N,3,H,W) in [-1,1]. Against edges that zip into
+    beads (docs/generalisation.md runs 5-7); a blur costs nothing (its edges are straighter than the truth's)."""
+    ay, cy, ag, cg = edge_sums(luma(pred.float()), luma(target.float()))
+    return F.relu(ay / cy.clamp_min(1e-12) - (ag / cg.clamp_min(1e-12)).detach()).mean()
 
 
 def flat_excess_loss(pred: torch.Tensor, target: torch.Tensor, share: float = FLAT_SHARE) -> torch.Tensor:

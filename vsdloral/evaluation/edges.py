@@ -23,52 +23,67 @@ EDGE_SIGMA = 1.5  # px: the blur the edges' direction is read from (steady along
 
 _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8
 _QUANTILE_MAX = 1 << 24  # torch.quantile's input limit: larger inputs are strided down to it
-_LUMA = torch.tensor([0.2126, 0.7152, 0.0722])  # BT.709
+_LUMA = (0.2126, 0.7152, 0.0722)  # BT.709
+
+
+def luma(x: torch.Tensor) -> torch.Tensor:
+    """Images (N,3,H,W) -> their BT.709 luma (N,1,H,W)."""
+    w = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * w).sum(1, keepdim=True)
 
 
 def _luma(v: np.ndarray) -> torch.Tensor:
     """(N,H,W,3) floats -> (N,1,H,W) luma."""
-    x = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
-    return (x * _LUMA).sum(-1, keepdim=True).permute(0, 3, 1, 2)
+    return luma(torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)).permute(0, 3, 1, 2))
 
 
 def _gradient(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Sobel x and y derivatives of (N,1,H,W), same size (replicated border)."""
     p = F.pad(g, (1, 1, 1, 1), mode="replicate")
-    kx = _SOBEL_X.view(1, 1, 3, 3)
+    kx = _SOBEL_X.to(g.dtype).to(g.device).view(1, 1, 3, 3)
     return F.conv2d(p, kx), F.conv2d(p, kx.transpose(-1, -2))
 
 
 def _blur(g: torch.Tensor, sigma: float) -> torch.Tensor:
     r = max(1, int(3 * sigma + 0.5))
-    k = torch.exp(-torch.arange(-r, r + 1, dtype=torch.float32) ** 2 / (2 * sigma * sigma))
+    k = torch.exp(-torch.arange(-r, r + 1, dtype=g.dtype, device=g.device) ** 2 / (2 * sigma * sigma))
     k = k / k.sum()
     g = F.conv2d(F.pad(g, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
     return F.conv2d(F.pad(g, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
 
 
+def edge_sums(y: torch.Tensor, g: torch.Tensor, share: float = EDGE_SHARE) -> tuple[torch.Tensor, ...]:
+    """Lumas (N,1,H,W) of output ``y`` and ground truth ``g``: per image, the summed squared gradients on the
+    ground truth's edges (its strongest ``share`` of pixels by blurred gradient), ``(along_y, across_y,
+    along_g, across_g)``, each (N,); "along" and "across" are the directions of that blurred gradient.
+    Differentiable in ``y`` (the training term, training/losses.py ``edge_roughness_loss``)."""
+    with torch.no_grad():
+        sx, sy = _gradient(_blur(g, EDGE_SIGMA))
+        mag = torch.sqrt(sx * sx + sy * sy)
+        flat = mag.flatten(1)
+        step = flat.shape[1] // _QUANTILE_MAX + 1
+        edge = (mag >= torch.quantile(flat[:, ::step], 1.0 - share, dim=1).view(-1, 1, 1, 1)) & (mag > 1e-4)
+        edge = edge.to(y.dtype)
+        nx, ny = sx / mag.clamp_min(1e-12), sy / mag.clamp_min(1e-12)
+
+    def sums(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        gx, gy = _gradient(img)
+        across = gx * nx + gy * ny
+        along = gx * ny - gy * nx  # the tangent (-ny, nx), sign irrelevant once squared
+        return (along * along * edge).sum((1, 2, 3)), (across * across * edge).sum((1, 2, 3))
+
+    return (*sums(y), *sums(g))
+
+
 def edge_energies(frames: np.ndarray, gt: np.ndarray, share: float = EDGE_SHARE) -> tuple[float, float, float, float]:
-    """Frames and ground truth (N,H,W,3 floats in [0,1]): summed squared gradients on the ground truth's
-    edges, ``(along_out, across_out, along_gt, across_gt)``; "along" and "across" are the directions
-    of the ground truth's blurred gradient. Sums add over frames and videos (:func:`edge_roughness`)."""
+    """Frames and ground truth (N,H,W,3 floats in [0,1]): :func:`edge_sums` summed over the frames (each
+    frame's edges its own strongest ``share``). Sums add over frames and videos (:func:`roughness_of`)."""
     if frames.shape != gt.shape:
         raise ValueError(f"edge_roughness: frames {frames.shape} and ground truth {gt.shape} differ in shape")
     if min(gt.shape[1:3]) < 8:
         raise ValueError(f"edge_roughness: frames of at least 8x8 pixels, not {gt.shape[2]}x{gt.shape[1]}")
     with torch.no_grad():
-        g, y = _luma(gt), _luma(frames)
-        sx, sy = _gradient(_blur(g, EDGE_SIGMA))
-        mag = torch.sqrt(sx * sx + sy * sy)
-        edge = mag >= torch.quantile(mag.flatten()[:: mag.numel() // _QUANTILE_MAX + 1], 1.0 - share)
-        edge &= mag > 1e-4  # a flat ground truth has no edges
-        nx, ny = sx / mag.clamp_min(1e-12), sy / mag.clamp_min(1e-12)
-        out = []
-        for img in (y, g):
-            gx, gy = _gradient(img)
-            across = (gx * nx + gy * ny)[edge]
-            along = (gx * ny - gy * nx)[edge]  # the tangent (-ny, nx), sign irrelevant once squared
-            out += [float((along * along).sum()), float((across * across).sum())]
-    return out[0], out[1], out[2], out[3]
+        return tuple(float(v.sum()) for v in edge_sums(_luma(frames), _luma(gt), share))
 
 
 def roughness_of(along_out: float, across_out: float, along_gt: float, across_gt: float) -> float | None:
