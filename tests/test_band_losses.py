@@ -6,7 +6,8 @@ import torch
 from loss_checks import descend
 
 from training.data import read_video
-from training.losses import edge_roughness_loss, flat_excess_loss, gaussian_lowpass, mid_band_loss, mid_energy_loss
+from training.losses import edge_roughness_loss, flat_excess_loss, mid_band_loss, mid_energy_loss
+from vsdloral.model.filters import gaussian_blur
 from vsdloral.evaluation.recall import texture_recall
 from vsdloral.evaluation.texture import flat_excess
 
@@ -43,7 +44,7 @@ def test_flat_excess_loss_is_the_metric_per_image(sample_clip):
 def test_mid_energy_loss_sees_a_shrunken_band_that_l1_prefers(sample_clip):
     gt = _frame(sample_clip)
     assert mid_energy_loss(gt, gt).item() == 0
-    smooth = gaussian_lowpass(gt, 2.0)
+    smooth = gaussian_blur(gt, 2.0)
     # a band of the right energy in the wrong place: L1 prefers the blur, the energy term does not
     shifted = torch.roll(gt, shifts=(1, 1), dims=(2, 3))  # one pixel off
     assert mid_band_loss(shifted, gt) > mid_band_loss(smooth, gt)
@@ -51,7 +52,7 @@ def test_mid_energy_loss_sees_a_shrunken_band_that_l1_prefers(sample_clip):
     # it reads what texture recall's mid band reads: a blur loses energy, and the loss grows with it
     to01 = lambda t: ((t[0].permute(1, 2, 0) + 1) / 2).numpy()  # noqa: E731
     assert texture_recall(to01(smooth), to01(gt))["mid"] < 0.8
-    assert mid_energy_loss(gaussian_lowpass(gt, 3.0), gt) > mid_energy_loss(smooth, gt) > 0.1
+    assert mid_energy_loss(gaussian_blur(gt, 3.0), gt) > mid_energy_loss(smooth, gt) > 0.1
     # its gradient brings the band's energy back
     x = descend(lambda y: mid_energy_loss(y, gt), smooth, lr=0.01, steps=60)
     recall = texture_recall(np.clip(to01(x), 0, 1), to01(gt))["mid"]
@@ -63,20 +64,20 @@ def test_mid_energy_window_from_the_input_asks_for_no_more_than_it_and_the_truth
     (a blurred input asks for nothing it lost), a cost below the input's and above both, the plain
     two-sided term when the input carries exactly the truth's band."""
     gt = _frame(sample_clip)
-    blurred_input = gaussian_lowpass(gt, 1.5)  # realistic LQ's upscale: the mid band mostly gone
-    x = gaussian_lowpass(gt, 1.0)  # more band than the input, less than the truth
+    blurred_input = gaussian_blur(gt, 1.5)  # realistic LQ's upscale: the mid band mostly gone
+    x = gaussian_blur(gt, 1.0)  # more band than the input, less than the truth
     assert mid_energy_loss(blurred_input, gt).item() > 0.1  # the plain term asks for the truth's band
     assert mid_energy_loss(blurred_input, gt, reference=blurred_input).item() == 0
     assert mid_energy_loss(x, gt, reference=blurred_input).item() == 0
     assert mid_energy_loss(gt, gt, reference=blurred_input).item() == 0
     # less than the input keeps: the erasure the ship rule forbids
-    assert mid_energy_loss(gaussian_lowpass(gt, 3.0), gt, reference=blurred_input).item() > 0.1
+    assert mid_energy_loss(gaussian_blur(gt, 3.0), gt, reference=blurred_input).item() > 0.1
     # more than both the input and the truth
-    loud = gt + 2 * (gt - gaussian_lowpass(gt, 1.5))
+    loud = gt + 2 * (gt - gaussian_blur(gt, 1.5))
     assert mid_energy_loss(loud, gt, reference=blurred_input).item() > 0.1
     torch.testing.assert_close(mid_energy_loss(x, gt, reference=gt), mid_energy_loss(x, gt))
     # its gradient lifts an erased band to the input's level
-    erased = gaussian_lowpass(gt, 3.0)
+    erased = gaussian_blur(gt, 3.0)
     y = descend(lambda t: mid_energy_loss(t, gt, reference=blurred_input), erased, lr=0.01, steps=60)
     assert (mid_energy_loss(y, gt, reference=blurred_input)
             < 0.5 * mid_energy_loss(erased, gt, reference=blurred_input))
@@ -93,7 +94,7 @@ def test_edge_roughness_loss_is_the_metric_and_straightens_a_zipped_edge():
     loss = edge_roughness_loss(t(zipped), t(gt)).item()
     assert loss > 0.5 and abs(loss - edge_roughness(zipped, gt)) < 1e-4 * loss
     # a blur's edges are straighter than the truth's: no cost
-    assert edge_roughness_loss(gaussian_lowpass(t(gt), 1.5), t(gt)).item() == 0
+    assert edge_roughness_loss(gaussian_blur(t(gt), 1.5), t(gt)).item() == 0
     # per image, then averaged: a zipped image beside a clean one costs half
     both = edge_roughness_loss(torch.cat([t(zipped), t(gt)]), torch.cat([t(gt), t(gt)])).item()
     assert abs(both - loss / 2) < 1e-4 * loss

@@ -127,8 +127,8 @@ def test_lowpass_fix_takes_the_inputs_low_frequencies_and_keeps_the_outputs_deta
     fix's luma sigma and chroma finer than its chroma sigma stay the output's own."""
     import torch
 
-    from vsdloral.model.colorfix import (_KB, _KR, CHROMA_SIGMA, LUMA_SIGMA, _gaussian_blur, apply_color_fix,
-                                         lowpass_color_fix)
+    from vsdloral.model.colorfix import CHROMA_SIGMA, LUMA_SIGMA, apply_color_fix, lowpass_color_fix
+    from vsdloral.model.filters import KB, KR, gaussian_blur
 
     gt = 0.1 + 0.8 * gt  # room for the drift inside [0, 1]
     h, w = gt.shape[:2]
@@ -146,9 +146,9 @@ def test_lowpass_fix_takes_the_inputs_low_frequencies_and_keeps_the_outputs_deta
     def fine(x: np.ndarray, channel: slice, sigma: float) -> np.ndarray:
         """The Y'CbCr components ``channel`` of x minus their Gaussian blur of ``sigma``."""
         t = _t(x)
-        y = _KR * t[:, 0:1] + (1 - _KR - _KB) * t[:, 1:2] + _KB * t[:, 2:3]
+        y = KR * t[:, 0:1] + (1 - KR - KB) * t[:, 1:2] + KB * t[:, 2:3]
         c = torch.cat([y, t[:, 2:3] - y, t[:, 0:1] - y], 1)[:, channel]
-        return (c - _gaussian_blur(c, sigma)).numpy()
+        return (c - gaussian_blur(c, sigma)).numpy()
 
     for channel, sigma in ((slice(0, 1), LUMA_SIGMA), (slice(1, 3), CHROMA_SIGMA)):
         kept = np.abs(fine(fixed, channel, sigma) - fine(drifted, channel, sigma)).mean()

@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vsdloral.evaluation.edges import edge_sums, luma
+from vsdloral.evaluation.edges import edge_sums
 from vsdloral.evaluation.recall import CELL, TEXTURED_SHARE
 from vsdloral.evaluation.texture import FLAT_ENERGY_FLOOR, FLAT_SHARE, texture_energy
+from vsdloral.model.filters import gaussian_blur, luma
 from vsdloral.model.spynet import SPyNet
 
 from .checkpoint import load_state_file
@@ -92,16 +93,6 @@ def csd_loss(teacher: nn.Module, alphas_cumprod: torch.Tensor, z: torch.Tensor, 
     return 0.5 * F.mse_loss(z.float(), (z.float() - grad).detach())
 
 
-def gaussian_lowpass(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (N,C,H,W) per channel (radius 3 sigma, reflect padding), differentiable."""
-    r = max(1, int(3 * sigma + 0.5))
-    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float32, device=x.device) / sigma) ** 2)
-    k = (k / k.sum()).to(x.dtype)
-    c = x.shape[1]
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-
 #: BT.601 chroma rows (Cb, Cr) of RGB: luma-free, so a change of brightness or zero-mean luma texture is not colour
 _CHROMA = torch.tensor([[-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
 COLOUR_SIGMA = 4.0  # output px, as vsdloral.evaluation.colour.LOWPASS_SIGMA
@@ -114,11 +105,9 @@ def colour_loss(pred: torch.Tensor, target: torch.Tensor, sigma: float = COLOUR_
     m = _CHROMA.to(pred.device, torch.float32)
     cp = torch.einsum("kc,nchw->nkhw", m, pred.float())
     ct = torch.einsum("kc,nchw->nkhw", m, target.float())
-    return (gaussian_lowpass(cp, sigma) - gaussian_lowpass(ct, sigma)).abs().mean()
+    return (gaussian_blur(cp, sigma, "reflect") - gaussian_blur(ct, sigma, "reflect")).abs().mean()
 
 
-#: BT.709 luma of RGB, as vsdloral.evaluation.metrics.luma
-_LUMA = torch.tensor([0.2126, 0.7152, 0.0722])
 MID_BAND = (1.5, 4.0)  # output px, as vsdloral.evaluation.recall.BANDS["mid"]
 
 
@@ -132,8 +121,8 @@ def mid_band_loss(pred: torch.Tensor, target: torch.Tensor, band: tuple[float, f
 
 def _luma_mid_band(x: torch.Tensor, band: tuple[float, float] = MID_BAND) -> torch.Tensor:
     """The mid band (``blur(y, lo) - blur(y, hi)``) of the BT.709 luma of (N,3,H,W), (N,1,H,W) float32."""
-    y = (x.float() * _LUMA.to(x.device, torch.float32).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    return gaussian_lowpass(y, band[0]) - gaussian_lowpass(y, band[1])
+    y = luma(x.float())
+    return gaussian_blur(y, band[0], "reflect") - gaussian_blur(y, band[1], "reflect")
 
 
 MID_ENERGY_EPS = 1e-4  # ([-1,1] luma units squared) about a 1/4-level band amplitude of an 8-bit image

@@ -18,18 +18,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..model.filters import gaussian_blur, luma
+
 EDGE_SHARE = 0.1  # the ground truth's strongest 10% of pixels by smoothed gradient are its edges
 EDGE_SIGMA = 1.5  # px: the blur the edges' direction is read from (steady along a sawtooth's beads)
 
 _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8
 _QUANTILE_MAX = 1 << 24  # torch.quantile's input limit: larger inputs are strided down to it
-_LUMA = (0.2126, 0.7152, 0.0722)  # BT.709
-
-
-def luma(x: torch.Tensor) -> torch.Tensor:
-    """Images (N,3,H,W) -> their BT.709 luma (N,1,H,W)."""
-    w = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x * w).sum(1, keepdim=True)
 
 
 def _luma(v: np.ndarray) -> torch.Tensor:
@@ -44,21 +39,13 @@ def _gradient(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return F.conv2d(p, kx), F.conv2d(p, kx.transpose(-1, -2))
 
 
-def _blur(g: torch.Tensor, sigma: float) -> torch.Tensor:
-    r = max(1, int(3 * sigma + 0.5))
-    k = torch.exp(-torch.arange(-r, r + 1, dtype=g.dtype, device=g.device) ** 2 / (2 * sigma * sigma))
-    k = k / k.sum()
-    g = F.conv2d(F.pad(g, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(g, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
-
-
 def edge_sums(y: torch.Tensor, g: torch.Tensor, share: float = EDGE_SHARE) -> tuple[torch.Tensor, ...]:
     """Lumas (N,1,H,W) of output ``y`` and ground truth ``g``: per image, the summed squared gradients on the
     ground truth's edges (its strongest ``share`` of pixels by blurred gradient), ``(along_y, across_y,
     along_g, across_g)``, each (N,); "along" and "across" are the directions of that blurred gradient.
     Differentiable in ``y`` (the training term, training/losses.py ``edge_roughness_loss``)."""
     with torch.no_grad():
-        sx, sy = _gradient(_blur(g, EDGE_SIGMA))
+        sx, sy = _gradient(gaussian_blur(g, EDGE_SIGMA))
         mag = torch.sqrt(sx * sx + sy * sy)
         flat = mag.flatten(1)
         step = flat.shape[1] // _QUANTILE_MAX + 1

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
+from .filters import KB, KG, KR, gaussian_blur
 from .stable_norm import exact_export, moments_for_export
 
 COLOR_FIXES = ("adain", "wavelet", "lowpass", "none")
@@ -58,23 +57,6 @@ def wavelet_color_fix(out: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
     return high + low
 
 
-# BT.709 luma weights (full-range Y'CbCr of the frame's RGB)
-_KR, _KB = 0.2126, 0.0722
-_KG = 1 - _KR - _KB
-
-
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur (radius 3 sigma, edges replicated) of (N,C,H,W) ``x``, per channel."""
-    radius = max(1, math.ceil(3 * sigma))
-    w = [math.exp(-(u * u) / (2 * sigma * sigma)) for u in range(-radius, radius + 1)]
-    k = [v / sum(w) for v in w]
-    c = x.shape[1]
-    # the kernels built from Python lists: constants of known shape in an exported graph
-    k_row, k_col = x.new_tensor([[[k]]] * c), x.new_tensor([[[[v] for v in k]]] * c)
-    x = F.pad(x, (radius, radius, radius, radius), mode="replicate")
-    return F.conv2d(F.conv2d(x, k_row, groups=c), k_col, groups=c)
-
-
 def lowpass_color_fix(out: torch.Tensor, src: torch.Tensor, luma_sigma: float = LUMA_SIGMA,
                       chroma_sigma: float = CHROMA_SIGMA) -> torch.Tensor:
     """The low frequencies of ``src`` (the upscaled input) under the detail of ``out``, per
@@ -88,16 +70,16 @@ def lowpass_color_fix(out: torch.Tensor, src: torch.Tensor, luma_sigma: float = 
     the frame; the wavelet fix takes all channels from the input above about 32 px only."""
     def ycc(x: torch.Tensor) -> torch.Tensor:
         r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
-        y = _KR * r + _KG * g + _KB * b
-        return torch.cat([y, (b - y) / (2 * (1 - _KB)), (r - y) / (2 * (1 - _KR))], 1)
+        y = KR * r + KG * g + KB * b
+        return torch.cat([y, (b - y) / (2 * (1 - KB)), (r - y) / (2 * (1 - KR))], 1)
 
     o, s = ycc(out), ycc(src)
-    y = o[:, 0:1] - _gaussian_blur(o[:, 0:1], luma_sigma) + _gaussian_blur(s[:, 0:1], luma_sigma)
-    c = o[:, 1:3] - _gaussian_blur(o[:, 1:3], chroma_sigma) + _gaussian_blur(s[:, 1:3], chroma_sigma)
+    y = o[:, 0:1] - gaussian_blur(o[:, 0:1], luma_sigma) + gaussian_blur(s[:, 0:1], luma_sigma)
+    c = o[:, 1:3] - gaussian_blur(o[:, 1:3], chroma_sigma) + gaussian_blur(s[:, 1:3], chroma_sigma)
     cb, cr = c[:, 0:1], c[:, 1:2]
-    r = y + 2 * (1 - _KR) * cr
-    b = y + 2 * (1 - _KB) * cb
-    g = (y - _KR * r - _KB * b) / _KG
+    r = y + 2 * (1 - KR) * cr
+    b = y + 2 * (1 - KB) * cb
+    g = (y - KR * r - KB * b) / KG
     return torch.cat([r, g, b], 1)
 
 
