@@ -128,7 +128,7 @@ def test_joint_stage_trains_d_lora_and_decoder_resumes_exactly_and_exports(joint
     assert [r["step"] for r in val] == [2, 4]
     assert all(k in val[0] for k in ("val_colour", "val_recall_mid", "val_recall_fine", "val_colour_bicubic",
                                      "val_recall_mid_bicubic", "val_colour_init", "val_ewarp",
-                                     "val_flat_excess", "val_flat_excess_bicubic"))
+                                     "val_flat_excess", "val_flat_excess_bicubic", "val_edge", "val_edge_bicubic"))
     (tmp_path / "b" / "checkpoints").mkdir(parents=True)
     ck = tmp_path / "a" / "checkpoints" / "step-00000002.pt"
     (tmp_path / "b" / "checkpoints" / ck.name).write_bytes(ck.read_bytes())

@@ -340,11 +340,13 @@ class DecoderTask(Task):
         the texture energy relative to the ground truth's (``val_texture``, 1: as much detail), issue 31's
         texture recall (``val_recall_mid``, ``val_recall_fine``: :mod:`vsdloral.evaluation.recall`, per window)
         and colour error (``val_colour``: :mod:`vsdloral.evaluation.colour`), the detail drawn over flat regions
-        (``val_flat_excess``: :func:`vsdloral.evaluation.texture.flat_excess`); each also for the teacher, the init
+        (``val_flat_excess``: :func:`vsdloral.evaluation.texture.flat_excess`), edges that zip (``val_edge``:
+        :func:`vsdloral.evaluation.edges.edge_roughness`, windows with edges); each also for the teacher, the init
         model and the bicubic upscale (``_teacher``, ``_init``, ``_bicubic``) where the window has them."""
         if not windows:
             return {}
         from vsdloral.evaluation.colour import colour_error
+        from vsdloral.evaluation.edges import edge_roughness
         from vsdloral.evaluation.flow import EWARP_SCALE, warping_error
         from vsdloral.evaluation.niqe import niqe
         from vsdloral.evaluation.recall import texture_recall
@@ -368,6 +370,9 @@ class DecoderTask(Task):
                     res.setdefault(f"val_recall_{band}{name}", []).append(r)
                 res.setdefault(f"val_colour{name}", []).append(colour_error(img_hwc, gt_hwc))
                 res.setdefault(f"val_flat_excess{name}", []).append(flat_excess(img_hwc, gt_hwc))
+                rough = edge_roughness(img_hwc, gt_hwc)
+                if rough is not None:
+                    res.setdefault(f"val_edge{name}", []).append(rough)
                 if min(img.shape[-2:]) >= 194:
                     res.setdefault(f"val_niqe{name}", []).append(niqe(hwc(img[0])))
                 res.setdefault(f"val_grid{name}", []).append(grid_ratio(img).item())
