@@ -7,9 +7,9 @@ from loss_checks import descend
 
 from training.data import read_video
 from training.losses import edge_roughness_loss, flat_excess_loss, mid_band_loss, mid_energy_loss
-from vsdloral.model.filters import gaussian_blur
 from vsdloral.evaluation.recall import texture_recall
 from vsdloral.evaluation.texture import flat_excess
+from vsdloral.model.filters import gaussian_blur
 
 
 def _frame(sample_clip) -> torch.Tensor:
